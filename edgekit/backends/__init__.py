@@ -1,0 +1,23 @@
+"""Backends by name. Adding a backend = one module here + one profile in targets/ + its tests."""
+
+from __future__ import annotations
+
+import importlib
+
+from edgekit.backends.base import Availability, Backend, BuildContext, CalibrationSettings, Runner
+
+# name -> "module:class"; modules are imported on first use so optional runtimes stay optional.
+_REGISTRY = {
+    "ort": "edgekit.backends.ort:OrtBackend",
+}
+
+__all__ = ["Availability", "Backend", "BuildContext", "CalibrationSettings", "Runner", "get_backend", "registered"]
+
+
+def registered() -> tuple[str, ...]:
+    return tuple(sorted(_REGISTRY))
+
+
+def get_backend(name: str) -> Backend:
+    module, _, cls = _REGISTRY[name].partition(":")
+    return getattr(importlib.import_module(module), cls)()

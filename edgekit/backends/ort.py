@@ -1,0 +1,302 @@
+"""ONNX Runtime targets: FP32 (offline-optimized), static INT8 QDQ with calibration, dynamic INT8.
+
+The smallest real backend and the documentation of the Backend interface.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+
+from edgekit.backends.base import Availability, Backend, BuildContext, CalibrationSettings, Runner
+from edgekit.errors import ProfileError
+from edgekit.fsutil import atomic_move
+from edgekit.types import Artifact, ArtifactFile, Feed, FeedSource, Reference, TargetProfile, TensorSpec
+
+log = logging.getLogger(__name__)
+
+MODES = ("fp32", "static", "dynamic")
+QUANT_TYPES = ("int8", "uint8")
+
+
+@dataclass(frozen=True)
+class OrtRecipe:
+    """The ``[recipe]`` of an ``ort`` profile."""
+
+    mode: str = "fp32"
+    activation_type: str = "uint8"
+    weight_type: str = "int8"
+    per_channel: bool = True
+    reduce_range: bool = False
+    symmetric_activations: bool = False
+    exclude_op_types: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, profile: TargetProfile) -> "OrtRecipe":
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(profile.recipe) - known)
+        if unknown:
+            raise ProfileError(f"target '{profile.name}' recipe has unknown key(s) {unknown}; valid: {sorted(known)}")
+        r = dict(profile.recipe)
+        if "exclude_op_types" in r:
+            r["exclude_op_types"] = tuple(r["exclude_op_types"])
+        recipe = cls(**r)
+        if recipe.mode not in MODES:
+            raise ProfileError(f"target '{profile.name}' recipe mode = {recipe.mode!r}; expected one of {MODES}")
+        for key in ("activation_type", "weight_type"):
+            if getattr(recipe, key) not in QUANT_TYPES:
+                raise ProfileError(f"target '{profile.name}' recipe {key} = {getattr(recipe, key)!r}; expected int8 or uint8")
+        return recipe
+
+
+def session(model: str | bytes, threads: int, optimize: bool = True, save_to: Path | None = None) -> Any:
+    """An ONNX Runtime CPU session with a fixed thread count (timing is only comparable with threads fixed)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
+    if save_to is not None:
+        # Offline optimization saved to disk stays portable only at the BASIC level (standard ONNX ops).
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        opts.optimized_model_filepath = str(save_to)
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
+class FeedCalibrationReader:
+    """ONNX Runtime's CalibrationDataReader protocol over a FeedSource, limited to ``samples``."""
+
+    def __init__(self, source: FeedSource, specs: tuple[TensorSpec, ...], settings: CalibrationSettings):
+        self.source, self.specs, self.settings = source, specs, settings
+        static_batch = any(0 not in s.dynamic_axes for s in specs)
+        self.batch_size = 1 if static_batch else settings.batch_size
+        self.batches_read = 0
+        self.samples_read = 0
+        self._it: Iterator[Feed] | None = None
+
+    def _feeds(self) -> Iterator[Feed]:
+        left = self.settings.samples
+        for batch in self.source.batches(self.batch_size):
+            if left <= 0:
+                return
+            feed = {s.name: np.ascontiguousarray(batch.feed[s.name][:left], dtype=s.dtype) for s in self.specs}
+            n = next(iter(feed.values())).shape[0]
+            left -= n
+            self.batches_read += 1
+            self.samples_read += n
+            yield feed
+
+    def get_next(self) -> Feed | None:
+        if self._it is None:
+            self._it = self._feeds()
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = None
+
+
+def _qtype(name: str) -> Any:
+    from onnxruntime.quantization import QuantType
+
+    return QuantType.QInt8 if name == "int8" else QuantType.QUInt8
+
+
+def _calibrate_method(name: str) -> Any:
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[name]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200] if text else ''}"
+
+
+def preprocess(src: Path, dst: Path) -> str:
+    """ORT's quantization pre-processing, degrading gracefully: symbolic shape inference fails on some
+    dynamo exports ("Incomplete symbolic shape inference"), so retry without it, then without any."""
+    from onnxruntime.quantization import quant_pre_process
+
+    attempts = (("full", {}), ("without symbolic shape inference", {"skip_symbolic_shape": True}))
+    failures = []
+    for label, kwargs in attempts:
+        try:
+            quant_pre_process(str(src), str(dst), **kwargs)
+            return f"pre-processed ({label})" + (f"; after: {'; '.join(failures)}" if failures else "")
+        except Exception as exc:  # ORT raises bare Exceptions here
+            failures.append(f"{label} failed ({_first_line(exc)})")
+            log.debug("quant_pre_process %s failed: %s", label, exc)
+    dst.write_bytes(src.read_bytes())
+    return f"not pre-processed: {'; '.join(failures)}"
+
+
+def _strip_value_info(src: Path, dst: Path) -> None:
+    import onnx
+
+    model = onnx.load(str(src))
+    del model.graph.value_info[:]
+    onnx.save(model, str(dst))
+
+
+def _with_fallbacks(src: Path, tmp: Path, attempt: Callable[[Path], None]) -> str:
+    """Run a quantizer; on the shape-inference failures some exports trigger, retry on a cleaned graph."""
+    try:
+        attempt(src)
+        return ""
+    except Exception as exc:  # onnx.shape_inference.InferenceError and others
+        first = _first_line(exc)
+        log.debug("quantizer failed on %s: %s", src, exc)
+    cleaned = tmp / "no_value_info.onnx"
+    _strip_value_info(src, cleaned)
+    try:
+        attempt(cleaned)
+        return f"first attempt failed ({first}); succeeded after dropping stale value_info"
+    except Exception as exc:
+        second = _first_line(exc)
+    optimized = tmp / "ort_basic.onnx"
+    session(str(src), 1, save_to=optimized)
+    attempt(optimized)
+    return f"first attempts failed ({first}; {second}); succeeded on the ORT-basic-optimized graph"
+
+
+def quantize_static_qdq(
+    src: Path, dst: Path, calib: FeedSource, specs: tuple[TensorSpec, ...], settings: CalibrationSettings, recipe: OrtRecipe
+) -> dict[str, Any]:
+    """Static QDQ quantization of ``src`` into ``dst``; shared with the TensorRT INT8 target."""
+    from onnxruntime.quantization import QuantFormat, quantize_static
+
+    reader = FeedCalibrationReader(calib, specs, settings)
+    extra: dict[str, Any] = {
+        "ActivationSymmetric": recipe.symmetric_activations,
+        "WeightSymmetric": True,
+    }
+    if settings.method == "percentile":
+        extra["CalibPercentile"] = settings.percentile
+    with tempfile.TemporaryDirectory(prefix="edgekit-ort-") as tmpdir:
+        tmp = Path(tmpdir)
+        pre = tmp / "pre.onnx"
+        pre_note = preprocess(src, pre)
+        out = tmp / "quant.onnx"
+
+        def attempt(model: Path) -> None:
+            reader.rewind()
+            reader.batches_read = reader.samples_read = 0
+            quantize_static(
+                str(model),
+                str(out),
+                reader,
+                quant_format=QuantFormat.QDQ,
+                per_channel=recipe.per_channel,
+                reduce_range=recipe.reduce_range,
+                activation_type=_qtype(recipe.activation_type),
+                weight_type=_qtype(recipe.weight_type),
+                calibrate_method=_calibrate_method(settings.method),
+                op_types_to_quantize=None,
+                nodes_to_exclude=_nodes_of_types(model, recipe.exclude_op_types),
+                extra_options=extra,
+            )
+
+        fallback = _with_fallbacks(pre, tmp, attempt)
+        atomic_move(out, dst)
+    notes = {
+        "preprocess": pre_note,
+        "calibration": {"method": settings.method, "samples": reader.samples_read, "batches": reader.batches_read},
+        "activations": f"{recipe.activation_type} {'symmetric' if recipe.symmetric_activations else 'asymmetric'} per-tensor",
+        "weights": f"{recipe.weight_type} symmetric {'per-channel' if recipe.per_channel else 'per-tensor'}",
+    }
+    if settings.method == "percentile":
+        notes["calibration"]["percentile"] = settings.percentile
+    if fallback:
+        notes["quantizer"] = fallback
+    return notes
+
+
+def _nodes_of_types(model: Path, op_types: tuple[str, ...]) -> list[str]:
+    if not op_types:
+        return []
+    import onnx
+
+    return [n.name for n in onnx.load(str(model)).graph.node if n.op_type in op_types]
+
+
+def quantize_dynamic_int8(src: Path, dst: Path, recipe: OrtRecipe) -> dict[str, Any]:
+    from onnxruntime.quantization import quantize_dynamic
+
+    with tempfile.TemporaryDirectory(prefix="edgekit-ort-") as tmpdir:
+        tmp = Path(tmpdir)
+        pre = tmp / "pre.onnx"
+        pre_note = preprocess(src, pre)
+        out = tmp / "quant.onnx"
+
+        def attempt(model: Path) -> None:
+            quantize_dynamic(
+                str(model),
+                str(out),
+                per_channel=recipe.per_channel,
+                reduce_range=recipe.reduce_range,
+                weight_type=_qtype(recipe.weight_type),
+                nodes_to_exclude=_nodes_of_types(model, recipe.exclude_op_types),
+            )
+
+        fallback = _with_fallbacks(pre, tmp, attempt)
+        atomic_move(out, dst)
+    notes = {"preprocess": pre_note, "weights": f"{recipe.weight_type} {'per-channel' if recipe.per_channel else 'per-tensor'}", "activations": "uint8, quantized at run time"}
+    if fallback:
+        notes["quantizer"] = fallback
+    return notes
+
+
+class OrtRunner(Runner):
+    def __init__(self, path: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...], threads: int):
+        super().__init__(inputs, outputs)
+        self.session = session(str(path), threads)
+        self._names = [o.name for o in self.session.get_outputs()]
+
+    def _run(self, feed: Feed) -> list[np.ndarray]:
+        return self.session.run(self._names, feed)
+
+
+class OrtBackend(Backend):
+    name = "ort"
+
+    def availability(self, profile: TargetProfile) -> Availability:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError as exc:
+            return Availability(False, f"onnxruntime is not importable: {exc}", "pip install onnxruntime")
+        return Availability(True)
+
+    def build(self, ctx: BuildContext) -> Artifact:
+        recipe = OrtRecipe.parse(ctx.profile)
+        dst = ctx.target_dir / "model.onnx"
+        if recipe.mode == "fp32":
+            with tempfile.TemporaryDirectory(prefix="edgekit-ort-") as tmpdir:
+                out = Path(tmpdir) / "model.onnx"
+                session(str(ctx.reference.path), 1, save_to=out)
+                atomic_move(out, dst)
+            notes: dict[str, Any] = {"optimization": "ONNX Runtime ORT_ENABLE_BASIC, saved offline; ORT_ENABLE_ALL at load"}
+        elif recipe.mode == "static":
+            if ctx.calibration is None:
+                raise ProfileError(f"target '{ctx.profile.name}' needs calibration data: add a [calibration] section")
+            notes = quantize_static_qdq(ctx.reference.path, dst, ctx.calibration, ctx.reference.inputs, ctx.calibration_settings, recipe)
+        else:
+            notes = quantize_dynamic_int8(ctx.reference.path, dst, recipe)
+        return Artifact(ctx.profile.name, (ArtifactFile.of(dst, ctx.root),), notes)
+
+    def load(self, artifact: Artifact, root: Path, profile: TargetProfile, reference: Reference) -> Runner:
+        return OrtRunner(root / artifact.files[0].path, reference.inputs, reference.outputs, profile.runtime.threads)
+
+    def versions(self) -> Mapping[str, Any]:
+        import onnxruntime
+
+        return {"onnxruntime": onnxruntime.__version__}

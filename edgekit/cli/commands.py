@@ -1,0 +1,108 @@
+"""One function per subcommand; each returns the exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from edgekit.config import load_config, parse_config
+from edgekit.console import Console
+from edgekit.errors import EdgekitError, UsageError
+from edgekit.manifest import Manifest, read_manifest
+from edgekit.pipeline import BuildOptions, build, validate
+from edgekit.profiles import builtin_names, load_profile, profile_to_dict
+from edgekit.report import render_markdown, text_table
+from edgekit.resources import calibration_dir
+
+
+def demo_config() -> dict[str, Any]:
+    """The bundled example as a config: every built-in target, the bundled calibration and validation data."""
+    data = calibration_dir() / "digits"
+    return {
+        "model": {
+            "source": "example:digits",
+            "inputs": [{"name": "image", "shape": [1, 1, 8, 8], "dtype": "float32", "dynamic": {"0": "batch"}}],
+            "outputs": ["logits"],
+            "task": "classification",
+        },
+        "calibration": {"data": str(data / "calib.npz"), "samples": 256, "method": "minmax"},
+        "validation": {"data": str(data / "val.npz"), "labels": "labels"},
+        # The bundled model is big enough for INT8 weights to cut the file to a third: the demo gates on it.
+        "targets": {"use": builtin_names(), "ort-int8": {"gates": {"max_size_ratio": 0.35}}},
+    }
+
+
+def _finish(manifest: Manifest, out: Path, console: Console) -> int:
+    console.result(text_table(manifest.to_dict()))
+    for name, r in manifest.results.items():
+        if r.status in ("failed", "error", "unavailable"):
+            console.note(f"{name}: {r.status}: {r.reason}")
+    console.result(f"\nreport: {out / 'report.md'}\nmanifest: {out / 'manifest.json'}")
+    return manifest.exit_code
+
+
+def cmd_demo(args: argparse.Namespace, console: Console) -> int:
+    cfg = parse_config(demo_config(), Path.cwd())
+    manifest = build(cfg, BuildOptions(out=args.out, targets=tuple(args.target)), console)
+    return _finish(manifest, args.out.absolute(), console)
+
+
+def cmd_build(args: argparse.Namespace, console: Console) -> int:
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    cfg = load_config(args.config)
+    options = BuildOptions(out=args.out, targets=tuple(args.target), validate=not args.no_validate, strict=args.strict)
+    manifest = build(cfg, options, console)
+    return _finish(manifest, args.out.absolute(), console)
+
+
+def cmd_validate(args: argparse.Namespace, console: Console) -> int:
+    manifest = validate(args.dir, tuple(args.target), args.data, console)
+    return _finish(manifest, args.dir.absolute(), console)
+
+
+def cmd_targets(args: argparse.Namespace, console: Console) -> int:
+    from edgekit.backends import get_backend
+
+    if args.action == "show":
+        if not args.name:
+            raise UsageError("`edgekit targets show` needs a NAME; `edgekit targets` lists them")
+        profile = load_profile(args.name)
+        console.result(json.dumps(profile_to_dict(profile), indent=2))
+        avail = get_backend(profile.backend).availability(profile)
+        console.result(f"available here: {'yes' if avail.ok else 'no: ' + avail.reason}")
+        return 0
+    if args.name:
+        raise UsageError(f"unexpected argument {args.name!r}; did you mean `edgekit targets show {args.name}`?")
+    rows = []
+    for name in builtin_names():
+        profile = load_profile(name)
+        avail = get_backend(profile.backend).availability(profile)
+        rows.append((name, profile.backend, profile.precision, "yes" if avail.ok else "no", profile.description))
+    width = max(len(r[0]) for r in rows)
+    console.result(f"{'name'.ljust(width)}  backend   precision  here  description")
+    for name, backend, precision, here, desc in rows:
+        console.result(f"{name.ljust(width)}  {backend:<8}  {precision:<9}  {here:<4}  {desc}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
+    from edgekit.inspect import describe
+
+    console.result(describe(args.model))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    from edgekit.fsutil import atomic_write_text
+
+    manifest = read_manifest(args.dir).to_dict()
+    atomic_write_text(args.dir / "report.md", render_markdown(json.loads(json.dumps(manifest, default=str))))
+    console.result(text_table(manifest))
+    console.result(f"\nreport: {args.dir / 'report.md'}")
+    return 0
+
+
+__all__ = ["EdgekitError"]

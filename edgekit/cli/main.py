@@ -1,0 +1,102 @@
+"""Argument parsing and the one function that turns exceptions into exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Sequence
+
+from edgekit.console import Console
+from edgekit.errors import EdgekitError
+
+DESCRIPTION = """\
+edgekit turns a trained PyTorch model into verified deployment artifacts, one per target profile
+(ONNX Runtime FP32/INT8, torch.ao INT8, TensorRT), and measures each on its own backend: error against
+the FP32 reference, latency, size, with pass/fail gates.
+
+Exit codes: 0 all done and every gate passed; 1 a gate failed or a target errored (artifacts written,
+marked failed); 2 bad input or usage (one message, nothing written); 3 a target cannot run here and
+--strict was given.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # usage errors are exit 2 with one line, like every bad input
+        raise EdgekitError(f"{message} (see `{self.prog} --help`)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="edgekit", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress or notes, only results and errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    d = sub.add_parser("demo", help="build and validate every target for the bundled digits CNN",
+                       description="Run the whole pipeline on the bundled example (a small CNN trained on the 8x8 "
+                       "digits data, weights in the package) for every built-in target, and print the target table.")
+    d.add_argument("-o", "--out", type=Path, default=Path("edgekit-demo"), help="output directory (default: ./edgekit-demo)")
+    d.add_argument("--target", action="append", default=[], metavar="NAME", help="only this target (repeatable)")
+
+    b = sub.add_parser("build", help="build and validate the targets a config file names",
+                       description="Load the model a CONFIG.toml describes, compress it, export and simplify it to "
+                       "ONNX, build every target in [targets] use, validate each artifact on its own backend, and "
+                       "write artifacts, manifest.json and report.md to the output directory.")
+    b.add_argument("config", type=Path, metavar="CONFIG.toml")
+    b.add_argument("-o", "--out", type=Path, default=Path("dist"), help="output directory (default: ./dist)")
+    b.add_argument("--target", action="append", default=[], metavar="NAME", help="build only this target of the config (repeatable)")
+    b.add_argument("--jobs", type=int, default=1, metavar="N", help="parallel target builds (targets are built one at a time; accepted for compatibility)")
+    b.add_argument("--no-validate", action="store_true", help="build artifacts without measuring them")
+    b.add_argument("--strict", action="store_true", help="exit 3 before any work if a target cannot run on this host")
+
+    v = sub.add_parser("validate", help="re-check an output directory: sha256 first, then re-measure",
+                       description="Check that every artifact in DIR still has the sha256 its manifest vouches for "
+                       "(a tampered file is an error), then re-run the validator and rewrite manifest and report.")
+    v.add_argument("dir", type=Path, metavar="DIR")
+    v.add_argument("--target", action="append", default=[], metavar="NAME", help="only this target (repeatable)")
+    v.add_argument("--data", type=Path, metavar="PATH", help="validate on this data instead of the config's [validation] data")
+
+    t = sub.add_parser("targets", help="list the built-in target profiles; `targets show NAME` prints one",
+                       description="List built-in target profiles, or print one resolved profile as TOML-like text.")
+    t.add_argument("action", nargs="?", choices=["show"], help="show one profile")
+    t.add_argument("name", nargs="?", help="the profile to show")
+
+    i = sub.add_parser("inspect", help="describe a model: inputs, outputs, ops, params, size, opset",
+                       description="Describe an ONNX file, or a torch model given as file.py:factory / module:factory / "
+                       "example:NAME: its inputs, outputs, operator counts, parameter count, size and opset.")
+    i.add_argument("model", metavar="MODEL")
+
+    r = sub.add_parser("report", help="re-render report.md of an output directory and print its table")
+    r.add_argument("dir", type=Path, metavar="DIR")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit code. User errors print one line; --debug adds the traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    console = Console(quiet="-q" in argv or "--quiet" in argv)
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args = _parser().parse_args(argv)
+        if args.command is None:
+            _parser().print_help()
+            return 2
+        from edgekit.cli import commands
+
+        return getattr(commands, f"cmd_{args.command}")(args, console)
+    except EdgekitError as exc:
+        if debug:
+            traceback.print_exc()
+        console.error(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        console.error("interrupted; nothing half-written was kept")
+        return 130
+    except Exception as exc:  # a bug in edgekit: still one line, with the way to see more
+        if debug:
+            traceback.print_exc()
+        console.error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback, and report it)")
+        return 70

@@ -1,0 +1,196 @@
+"""Export a SourceModel to ONNX (exporter chosen explicitly), check it, simplify it, verify the simplification."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.config import ExportConfig
+from edgekit.errors import ModelError
+from edgekit.fsutil import atomic_write_bytes
+from edgekit.types import Reference, SourceModel, TensorSpec
+
+log = logging.getLogger(__name__)
+
+SIMPLIFY_RTOL = 1e-4
+SIMPLIFY_TRIALS = 3
+
+
+def example_inputs(specs: tuple[TensorSpec, ...], shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs of the declared example shapes: normal floats, small non-negative ints."""
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for s in specs:
+        shape = shapes.get(s.name) or s.example_shape()
+        if np.issubdtype(np.dtype(s.dtype), np.floating):
+            feed[s.name] = rng.standard_normal(shape).astype(s.dtype)
+        elif s.dtype == "bool":
+            feed[s.name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            feed[s.name] = rng.integers(0, 2, shape).astype(s.dtype)
+    return feed
+
+
+@contextlib.contextmanager
+def _quiet():
+    """torch.onnx prints progress and warnings of its own; the CLI owns the terminal."""
+    sink = io.StringIO()
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            warnings.simplefilter("ignore")
+            yield sink
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _output_names(module: Any, args: tuple[Any, ...], declared: tuple[str, ...]) -> tuple[str, ...]:
+    import torch
+
+    with torch.no_grad():
+        out = module(*args)
+    count = len(out) if isinstance(out, (tuple, list)) else 1
+    if declared and len(declared) != count:
+        raise ModelError(f"[model] outputs names {len(declared)} output(s) {list(declared)} but the model returns {count}")
+    if declared:
+        return declared
+    return ("output",) if count == 1 else tuple(f"output_{i}" for i in range(count))
+
+
+def export_torch(source: SourceModel, shapes: dict[str, tuple[int, ...]], cfg: ExportConfig, path: Path) -> tuple[str, ...]:
+    """Write the torch model as ONNX to ``path``; return the output names used."""
+    import torch
+
+    module = source.module
+    feed = example_inputs(source.inputs, shapes)
+    args = tuple(torch.from_numpy(feed[s.name]) for s in source.inputs)
+    try:
+        outputs = _output_names(module, args, source.outputs)
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"the model fails on the declared [model] inputs: {type(exc).__name__}: {str(exc)[:300]}") from exc
+    dims: dict[str, Any] = {}
+    dynamo = cfg.exporter == "dynamo"
+    kwargs: dict[str, Any] = {}
+    if dynamo:
+        kwargs["external_data"] = False
+        shapes_arg = tuple({ax: dims.setdefault(n, torch.export.Dim(n)) for ax, n in s.dynamic_axes.items()} or None for s in source.inputs)
+        if any(shapes_arg):
+            kwargs["dynamic_shapes"] = shapes_arg
+    else:
+        axes = {s.name: s.dynamic_axes for s in source.inputs if s.dynamic_axes}
+        if axes:
+            batch_names = {n for s in source.inputs for ax, n in s.dynamic_axes.items() if ax == 0}
+            for name in outputs:  # outputs share the batch axis when the inputs have one
+                if batch_names:
+                    axes[name] = {0: sorted(batch_names)[0]}
+            kwargs["dynamic_axes"] = axes
+        kwargs["do_constant_folding"] = True
+    with _quiet() as sink:
+        try:
+            torch.onnx.export(
+                module,
+                args,
+                str(path),
+                dynamo=dynamo,
+                input_names=[s.name for s in source.inputs],
+                output_names=list(outputs),
+                opset_version=cfg.opset,
+                **kwargs,
+            )
+        except Exception as exc:
+            detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            log.debug("exporter output:\n%s", sink.getvalue())
+            raise ModelError(
+                f"ONNX export ({cfg.exporter} exporter) failed: {detail}; try [export] exporter = "
+                f"\"{'torchscript' if dynamo else 'dynamo'}\" or simplify the model's forward()"
+            ) from exc
+    return outputs
+
+
+def _run(model_bytes: bytes, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, feed)
+
+
+def outputs_match(a: list[np.ndarray], b: list[np.ndarray], rtol: float = SIMPLIFY_RTOL) -> tuple[bool, float]:
+    """True when every output of ``b`` is within ``rtol`` (relative to the output's magnitude) of ``a``."""
+    worst = 0.0
+    for x, y in zip(a, b):
+        if x.shape != y.shape:
+            return False, float("inf")
+        scale = max(1.0, float(np.max(np.abs(x))) if x.size else 1.0)
+        err = float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) / scale if x.size else 0.0
+        worst = max(worst, err)
+    return worst <= rtol, worst
+
+
+def simplify(model: Any, specs: tuple[TensorSpec, ...], shapes: dict[str, tuple[int, ...]]) -> tuple[Any, bool, str]:
+    """Run onnxsim and check it numerically on random inputs; return (model to keep, simplified?, note)."""
+    try:
+        import onnxsim
+    except ImportError as exc:
+        return model, False, f"onnxsim is not importable ({exc}); kept the unsimplified graph"
+    try:
+        with _quiet():
+            simplified, check_ok = onnxsim.simplify(model)
+    except Exception as exc:  # onnxsim raises many kinds; any failure means "keep the original"
+        return model, False, f"onnxsim failed ({type(exc).__name__}: {str(exc)[:200]}); kept the unsimplified graph"
+    if not check_ok:
+        return model, False, "onnxsim's own check failed; kept the unsimplified graph"
+    original, candidate = model.SerializeToString(), simplified.SerializeToString()
+    worst = 0.0
+    for trial in range(SIMPLIFY_TRIALS):
+        feed = example_inputs(specs, shapes, seed=100 + trial)
+        ok, err = outputs_match(_run(original, feed), _run(candidate, feed))
+        worst = max(worst, err)
+        if not ok:
+            return model, False, f"onnxsim changed outputs (max relative error {err:.2e} > {SIMPLIFY_RTOL:g}); kept the unsimplified graph"
+    before, after = len(model.graph.node), len(simplified.graph.node)
+    return simplified, True, f"simplified {before} -> {after} nodes; verified on {SIMPLIFY_TRIALS} random inputs (max relative error {worst:.1e})"
+
+
+def make_reference(source: SourceModel, shapes: dict[str, tuple[int, ...]], cfg: ExportConfig, out: Path) -> Reference:
+    """Export (or take the given ONNX), check, simplify and verify; write ``out`` atomically."""
+    import onnx
+
+    outputs = source.outputs
+    with tempfile.TemporaryDirectory(prefix="edgekit-export-") as tmp:
+        raw_path = Path(tmp) / "export.onnx"
+        if source.is_torch:
+            outputs = export_torch(source, shapes, cfg, raw_path)
+            exporter = cfg.exporter
+        else:
+            raw_path = source.onnx_path
+            exporter = "none (ONNX source)"
+        model = onnx.load(str(raw_path))
+    try:
+        onnx.checker.check_model(model, full_check=False)
+    except onnx.checker.ValidationError as exc:
+        raise ModelError(f"the exported ONNX model fails onnx.checker: {str(exc).splitlines()[0][:300]}") from None
+    if cfg.simplify:
+        model, simplified, note = simplify(model, source.inputs, shapes)
+    else:
+        simplified, note = False, "simplification disabled ([export] simplify = false)"
+    model.producer_name = "edgekit"
+    atomic_write_bytes(out, model.SerializeToString())
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    names = tuple(o.name for o in model.graph.output)
+    return Reference(out, source.inputs, names if not source.is_torch else tuple(outputs), exporter, opset, simplified, note)

@@ -1,0 +1,198 @@
+"""Resolve a model source (file.py:factory, package.module:factory, .onnx, example:NAME) and load weights safely."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import logging
+import pickle
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from edgekit.config import ModelConfig
+from edgekit.errors import ConfigError, ModelError, WeightsError
+from edgekit.types import SourceModel, TensorSpec
+
+log = logging.getLogger(__name__)
+
+EXAMPLES = ("digits",)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _call_factory(module: Any, factory: str, where: str) -> Any:
+    fn = getattr(module, factory, None)
+    if fn is None or not callable(fn):
+        public = sorted(n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n)))
+        raise ModelError(f"{where} has no callable '{factory}'; callables there: {', '.join(public[:12]) or 'none'}")
+    try:
+        model = fn()
+    except Exception as exc:  # the user's code: any failure is theirs to fix, reported in one line
+        raise ModelError(f"model factory {where}:{factory} raised {type(exc).__name__}: {exc}") from exc
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise ModelError(f"model factory {where}:{factory} returned {type(model).__name__}, expected a torch.nn.Module")
+    return model
+
+
+def _import_file(path: Path) -> Any:
+    if not path.is_file():
+        raise ModelError(f"model file {path} does not exist")
+    name = f"_edgekit_user_model_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ModelError(f"cannot import {path} as Python")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(name, None)
+        raise ModelError(f"importing model file {path} failed: {type(exc).__name__}: {exc}") from exc
+    return module
+
+
+def _import_module(dotted: str) -> Any:
+    try:
+        return importlib.import_module(dotted)
+    except ModuleNotFoundError as exc:
+        raise ModelError(f"cannot import module '{dotted}': {exc}; is it installed or on PYTHONPATH?") from exc
+    except Exception as exc:
+        raise ModelError(f"importing module '{dotted}' failed: {type(exc).__name__}: {exc}") from exc
+
+
+def read_state_dict(path: Path) -> dict[str, Any]:
+    """Read weights from .safetensors, or a torch state_dict with ``weights_only=True`` (never unpickles code)."""
+    import torch
+
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise WeightsError(f"weights file {path} is not a readable safetensors file: {exc}") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise WeightsError(
+            f"weights file {path} was refused: loading it would execute code or build arbitrary objects "
+            f"({first[:160]}); save a plain state_dict (torch.save(model.state_dict(), ...)) or use .safetensors"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise WeightsError(f"weights file {path} is not a readable torch file: {str(exc).splitlines()[0][:200]}") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"weights file {path} does not hold a state_dict (a mapping of names to tensors)")
+    return obj
+
+
+def load_weights(module: Any, path: Path) -> None:
+    """Load a state_dict into ``module``; every missing/unexpected key and shape mismatch is named."""
+    state = read_state_dict(path)
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {', '.join(missing[:8])}{' …' if len(missing) > 8 else ''}")
+    if unexpected:
+        problems.append(f"unexpected keys: {', '.join(unexpected[:8])}{' …' if len(unexpected) > 8 else ''}")
+    if mismatched:
+        problems.append(f"shape mismatches: {', '.join(mismatched[:8])}{' …' if len(mismatched) > 8 else ''}")
+    if problems:
+        raise WeightsError(f"weights {path} do not fit the model: {'; '.join(problems)}")
+    module.load_state_dict(state, strict=True)
+
+
+def _onnx_specs(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[str, ...]]:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and others for a corrupt file
+        raise ModelError(f"{path} is not a readable ONNX model: {type(exc).__name__}: {str(exc)[:200]}") from None
+    if not model.graph.node:
+        raise ModelError(f"{path} is not a readable ONNX model: it has no graph nodes")
+    inits = {i.name for i in model.graph.initializer}
+    specs = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        t = vi.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or f"d{i}") for i, d in enumerate(t.shape.dim))
+        specs.append(TensorSpec(vi.name, dims, onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name))
+    return tuple(specs), tuple(o.name for o in model.graph.output)
+
+
+def _example(name: str) -> tuple[Any, Path]:
+    if name not in EXAMPLES:
+        raise ConfigError(f"unknown example '{name}'; bundled examples: {', '.join(EXAMPLES)}")
+    from edgekit.examples import digits
+
+    return digits.build(), digits.WEIGHTS
+
+
+def load_model(cfg: ModelConfig) -> SourceModel:
+    """Build the SourceModel a config describes: import, construct, load weights, check inputs are declared."""
+    source = cfg.source
+    if source.endswith(".onnx"):
+        path = Path(source)
+        if not path.is_file():
+            raise ModelError(f"ONNX model {path} does not exist")
+        inputs, outputs = _onnx_specs(path)
+        if cfg.inputs:
+            declared = {i.name: i for i in cfg.inputs}
+            unknown = [n for n in declared if n not in {s.name for s in inputs}]
+            if unknown:
+                raise ConfigError(f"[model] inputs {unknown} are not inputs of {path.name}: it takes {[s.name for s in inputs]}")
+            inputs = tuple(declared[s.name].spec if s.name in declared else s for s in inputs)
+        if cfg.weights is not None:
+            raise ConfigError("[model] weights: an ONNX model carries its own weights; remove 'weights'")
+        return SourceModel(source, inputs, cfg.outputs or outputs, cfg.task, None, path, file_sha256(path))
+
+    if not cfg.inputs:
+        raise ConfigError("[model] inputs is required for a torch model, e.g. inputs = [{ name = \"image\", shape = [1, 3, 224, 224] }]")
+    weights = cfg.weights
+    if source.startswith("example:"):
+        module, bundled = _example(source.split(":", 1)[1])
+        weights = weights or bundled
+        fingerprint_parts = [source]
+    elif ".py:" in source:
+        file_part, factory = source.rsplit(":", 1)
+        path = Path(file_part)
+        module = _call_factory(_import_file(path), factory, str(path))
+        fingerprint_parts = [file_sha256(path)]
+    else:
+        dotted, factory = source.split(":", 1)
+        module = _call_factory(_import_module(dotted), factory, dotted)
+        fingerprint_parts = [source]
+    if weights is not None:
+        load_weights(module, Path(weights))
+        fingerprint_parts.append(file_sha256(Path(weights)))
+    else:
+        log.warning("no weights given: the model keeps the weights its factory made")
+    module.eval()
+    fingerprint = hashlib.sha256("|".join(fingerprint_parts).encode()).hexdigest()
+    outputs = cfg.outputs or ("output",)
+    return SourceModel(source, tuple(i.spec for i in cfg.inputs), outputs, cfg.task, module, None, fingerprint)

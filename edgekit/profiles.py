@@ -1,0 +1,129 @@
+"""Load built-in and user target profiles (TOML data, not code) and apply a config's overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from edgekit.config import TargetOverride
+from edgekit.errors import ProfileError
+from edgekit.resources import targets_dir
+from edgekit.types import Gates, RuntimeSettings, TargetProfile
+
+BACKEND_NAMES = ("ort", "torch_ao", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+_TOP_KEYS = ("description", "backend", "precision", "device", "host_is_device", "recipe", "runtime", "gates")
+_GATE_KEYS = tuple(f.name for f in dataclasses.fields(Gates))
+_RUNTIME_KEYS = tuple(f.name for f in dataclasses.fields(RuntimeSettings))
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in targets_dir().glob("*.toml"))
+
+
+def _unknown(key: str, valid: tuple[str, ...], where: str) -> ProfileError:
+    near = difflib.get_close_matches(key, valid, n=1)
+    hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(valid)}"
+    return ProfileError(f"unknown key '{key}' in {where}{hint}")
+
+
+def _dataclass_from(cls: type, values: dict[str, Any], base: Any, where: str) -> Any:
+    valid = tuple(f.name for f in dataclasses.fields(cls))
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    clean = {}
+    for key, value in values.items():
+        if key not in valid:
+            raise _unknown(key, valid, where)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ProfileError(f"{where} {key} must be a number, got {value!r}")
+        if "int" in str(types[key]) and "float" not in str(types[key]) and not isinstance(value, int):
+            raise ProfileError(f"{where} {key} must be an integer, got {value!r}")
+        clean[key] = value
+    return dataclasses.replace(base, **clean)
+
+
+def parse_profile(name: str, raw: dict[str, Any], source: str) -> TargetProfile:
+    """Check one profile document and build the TargetProfile."""
+    where = f"target profile '{name}' ({source})"
+    for key in raw:
+        if key not in _TOP_KEYS:
+            raise _unknown(key, _TOP_KEYS, where)
+    for key in ("backend", "precision", "device"):
+        if not isinstance(raw.get(key), str):
+            raise ProfileError(f"{where} needs '{key}' as a string")
+    if raw["backend"] not in BACKEND_NAMES:
+        raise ProfileError(f"{where}: backend = {raw['backend']!r} is not one of {', '.join(BACKEND_NAMES)}")
+    if raw["precision"] not in PRECISIONS:
+        raise ProfileError(f"{where}: precision = {raw['precision']!r} is not one of {', '.join(PRECISIONS)}")
+    for key in ("recipe", "runtime", "gates"):
+        if not isinstance(raw.get(key, {}), dict):
+            raise ProfileError(f"{where}: [{key}] must be a table")
+    runtime = _dataclass_from(RuntimeSettings, raw.get("runtime", {}), RuntimeSettings(), f"{where} [runtime]")
+    gates = _dataclass_from(Gates, raw.get("gates", {}), Gates(), f"{where} [gates]")
+    if runtime.threads < 1 or runtime.runs < 1 or runtime.warmup < 0:
+        raise ProfileError(f"{where} [runtime]: threads and runs must be >= 1, warmup >= 0")
+    return TargetProfile(
+        name=name,
+        backend=raw["backend"],
+        precision=raw["precision"],
+        device=raw["device"],
+        description=str(raw.get("description", "")),
+        host_is_device=bool(raw.get("host_is_device", True)),
+        recipe=dict(raw.get("recipe", {})),
+        runtime=runtime,
+        gates=gates,
+        source=source,
+    )
+
+
+def _read(path: Path, name: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"cannot read target profile {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"target profile {path} is not valid TOML: {exc}") from None
+
+
+def load_profile(name: str, override: TargetOverride | None = None) -> TargetProfile:
+    """A built-in profile by name (or the user's profile file from the override), with overrides applied."""
+    if override is not None and override.profile is not None:
+        if not override.profile.is_file():
+            raise ProfileError(f"[targets.{name}] profile file {override.profile} does not exist")
+        profile = parse_profile(name, _read(override.profile, name), str(override.profile))
+    else:
+        path = targets_dir() / f"{name}.toml"
+        if not path.is_file():
+            known = builtin_names()
+            near = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean '{near[0]}'? " if near else ""
+            raise ProfileError(f"unknown target '{name}'; {hint}built-in targets: {', '.join(known)}")
+        profile = parse_profile(name, _read(path, name), f"built-in ({path.name})")
+    if override is None:
+        return profile
+    where = f"[targets.{name}]"
+    return dataclasses.replace(
+        profile,
+        gates=_dataclass_from(Gates, override.gates, profile.gates, f"{where} gates"),
+        runtime=_dataclass_from(RuntimeSettings, override.runtime, profile.runtime, f"{where} runtime"),
+        recipe={**profile.recipe, **override.recipe},
+    )
+
+
+def profile_to_dict(profile: TargetProfile) -> dict[str, Any]:
+    """The resolved profile as plain data (for the manifest and `edgekit targets show`)."""
+    return {
+        "name": profile.name,
+        "description": profile.description,
+        "backend": profile.backend,
+        "precision": profile.precision,
+        "device": profile.device,
+        "host_is_device": profile.host_is_device,
+        "recipe": dict(profile.recipe),
+        "runtime": dataclasses.asdict(profile.runtime),
+        "gates": {k: v for k, v in dataclasses.asdict(profile.gates).items() if v is not None},
+        "source": profile.source,
+    }

@@ -1,0 +1,191 @@
+"""The spine's dataclasses: one name for each thing that flows from config to report.
+
+    BuildConfig ─load─▶ SourceModel ─compress─▶ SourceModel ─export+simplify─▶ Reference
+    Reference + TargetProfile + FeedSource ─backend.build─▶ Artifact ─validate─▶ TargetResult
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:  # torch is heavy; import it only where a torch model is touched
+    import torch
+
+Dim = int | str
+"""A tensor dimension: a fixed size, or a symbolic name such as ``"batch"``."""
+
+Feed = dict[str, np.ndarray]
+"""One batch of model inputs, keyed by input name."""
+
+STATUSES = ("passed", "failed", "unavailable", "error")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape (ints or symbolic names) and numpy dtype name of one model input or output."""
+
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: str = "float32"
+
+    @property
+    def dynamic_axes(self) -> dict[int, str]:
+        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
+
+    def example_shape(self, batch: int | None = None) -> tuple[int, ...]:
+        """A concrete shape: symbolic dims become 1, or ``batch`` on axis 0."""
+        dims = []
+        for i, d in enumerate(self.shape):
+            if isinstance(d, str):
+                dims.append(batch if (i == 0 and batch) else 1)
+            else:
+                dims.append(batch if (i == 0 and batch and 0 in self.dynamic_axes) else d)
+        return tuple(dims)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch from a FeedSource: the inputs and, if the data has them, the labels."""
+
+    feed: Feed
+    labels: np.ndarray | None = None
+
+    @property
+    def size(self) -> int:
+        return int(next(iter(self.feed.values())).shape[0])
+
+
+class FeedSource(Protocol):
+    """A re-iterable, checked stream of batches; memory stays bounded by one batch."""
+
+    specs: tuple[TensorSpec, ...]
+    description: str
+
+    def batches(self, batch_size: int) -> Iterator[Batch]: ...
+
+    def fingerprint(self) -> str: ...
+
+
+@dataclass
+class SourceModel:
+    """The model as the user gave it: a torch module (or an ONNX file) plus its specs and task."""
+
+    source: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[str, ...]
+    task: str | None = None
+    module: "torch.nn.Module | None" = None
+    onnx_path: Path | None = None
+    fingerprint: str = ""
+
+    @property
+    def is_torch(self) -> bool:
+        return self.module is not None
+
+
+@dataclass
+class Reference:
+    """The simplified FP32 ONNX every target is built from, and whether simplification was verified."""
+
+    path: Path
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[str, ...]
+    exporter: str
+    opset: int
+    simplified: bool
+    simplify_note: str
+
+
+@dataclass(frozen=True)
+class Gates:
+    """Pass/fail bounds; ``None`` means the gate is not checked. Drops are in accuracy points."""
+
+    min_cosine: float | None = None
+    min_sqnr_db: float | None = None
+    max_mse: float | None = None
+    max_abs_error: float | None = None
+    min_top1_agreement: float | None = None
+    max_top1_drop: float | None = None
+    max_p50_ms: float | None = None
+    max_size_mb: float | None = None
+    max_size_ratio: float | None = None
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """How a target is run for validation and timing."""
+
+    threads: int = 2
+    warmup: int = 10
+    runs: int = 100
+
+
+@dataclass(frozen=True)
+class TargetProfile:
+    """A target as data: backend, precision, recipe, runtime settings, device, gates."""
+
+    name: str
+    backend: str
+    precision: str
+    device: str
+    description: str = ""
+    host_is_device: bool = True
+    recipe: Mapping[str, Any] = field(default_factory=dict)
+    runtime: RuntimeSettings = RuntimeSettings()
+    gates: Gates = Gates()
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class ArtifactFile:
+    """One file of an artifact, path relative to the output directory."""
+
+    path: str
+    sha256: str
+    bytes: int
+
+    @classmethod
+    def of(cls, path: Path, root: Path) -> "ArtifactFile":
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        return cls(str(path.relative_to(root)), digest.hexdigest(), path.stat().st_size)
+
+
+@dataclass
+class Artifact:
+    """What a backend built: its files and what the build decided on the way (recorded in the manifest)."""
+
+    target: str
+    files: tuple[ArtifactFile, ...]
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.bytes for f in self.files)
+
+
+@dataclass
+class TargetResult:
+    """Everything measured for one target; ``status`` is one of STATUSES."""
+
+    target: str
+    status: str
+    reason: str = ""
+    artifact: Artifact | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    latency: dict[str, Any] = field(default_factory=dict)
+    size: dict[str, Any] = field(default_factory=dict)
+    gates: list[dict[str, Any]] = field(default_factory=list)
+    build_seconds: float | None = None
+    device: str = ""
+    measured_on: str = ""

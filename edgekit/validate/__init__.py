@@ -1,0 +1,1 @@
+"""The validator: error metrics against references, latency on the artifact's own backend, gates."""
