@@ -58,6 +58,7 @@ class Plan:
     calibration: Any
     validation: Any
     unavailable: dict[str, str] = field(default_factory=dict)
+    proxies: set[str] = field(default_factory=set)  # unavailable, but a host proxy is built and measured
 
 
 # ---------------------------------------------------------------------------------------------- build
@@ -68,8 +69,8 @@ def plan(cfg: BuildConfig, options: BuildOptions, progress: Any = None) -> Plan:
     progress = progress or Silent()
     chosen = _select_targets(cfg, options.targets)
     profiles = {name: load_profile(name, cfg.overrides.get(name)) for name in chosen}
-    for name, profile in profiles.items():
-        _check_recipe(profile)
+    for profile in profiles.values():
+        get_backend(profile.backend).check(profile)
     progress.step(f"loading model {cfg.model.source}")
     source = load_model(cfg.model)
     shapes = {i.name: i.shape for i in cfg.model.inputs} or {s.name: s.example_shape() for s in source.inputs}
@@ -85,15 +86,17 @@ def plan(cfg: BuildConfig, options: BuildOptions, progress: Any = None) -> Plan:
                 f"{shared} sample(s) appear in both [calibration] data and [validation] data; validation numbers "
                 "on them are optimistic (set [validation] allow_overlap = true to silence this)"
             )
-    unavailable = {}
+    unavailable, proxies = {}, set()
     for name, profile in profiles.items():
-        avail = get_backend(profile.backend).availability(profile)
+        avail = get_backend(profile.backend).availability(profile, source)
         if not avail.ok:
             reason = avail.reason + (f" ({avail.hint})" if avail.hint else "")
             if options.strict:
                 raise TargetUnavailableError(f"target '{name}' cannot run on this host: {reason}")
             unavailable[name] = reason
-    return Plan(cfg, profiles, source, shapes, calibration, validation, unavailable)
+            if avail.proxy:
+                proxies.add(name)
+    return Plan(cfg, profiles, source, shapes, calibration, validation, unavailable, proxies)
 
 
 def build(cfg: BuildConfig, options: BuildOptions, progress: Any = None) -> Manifest:
@@ -126,7 +129,7 @@ def _build_into(root: Path, p: Plan, options: BuildOptions, progress: Any) -> Ma
     for name, profile in p.profiles.items():
         target_dir = root / name
         target_dir.mkdir(parents=True, exist_ok=True)
-        if name in p.unavailable:
+        if name in p.unavailable and name not in p.proxies:
             results[name] = TargetResult(name, "unavailable", p.unavailable[name], device=profile.device)
             continue
         progress.step(f"building {name} ({profile.description or profile.backend})")
@@ -140,7 +143,8 @@ def _build_into(root: Path, p: Plan, options: BuildOptions, progress: Any) -> Ma
             log.debug("building %s failed", name, exc_info=True)
             results[name] = TargetResult(name, "error", f"build failed: {type(exc).__name__}: {str(exc)[:400]}", device=profile.device)
             continue
-        results[name] = TargetResult(name, "passed", artifact=artifact, build_seconds=round(time.perf_counter() - start, 3), device=profile.device)
+        status, reason = ("unavailable", p.unavailable[name]) if name in p.proxies else ("passed", "")
+        results[name] = TargetResult(name, status, reason, artifact, build_seconds=round(time.perf_counter() - start, 3), device=profile.device)
     manifest = Manifest(
         config=resolved_dict(cfg),
         inputs=_input_hashes(cfg, teacher, p),
@@ -225,7 +229,7 @@ def _measure(
     """Run the validator on every built artifact; fill metrics, latency, size and gate verdicts."""
     runners: dict[str, Runner] = {}
     for name, result in manifest.results.items():
-        if result.status == "unavailable" or result.artifact is None:
+        if result.artifact is None:
             continue
         profile = profiles[name]
         try:
@@ -289,8 +293,12 @@ def _measure(
                 "size_mb": size / 1e6, "size_ratio": size / fp32_bytes}
         result.gates = gates_mod.evaluate(name, profile.gates, flat)
         failed = [g["message"] for g in result.gates if g["passed"] is False]
-        result.status = "failed" if failed else "passed"
-        result.reason = "; ".join(failed)
+        if failed:
+            result.status, result.reason = "failed", "; ".join(failed)
+        elif result.artifact.notes.get("host_proxy"):  # a host proxy that passes is still not the real target
+            result.status, result.reason = "unavailable", str(result.artifact.notes["host_proxy"])
+        else:
+            result.status, result.reason = "passed", ""
 
 
 def _measured_on(profile: TargetProfile, notes: dict[str, Any]) -> str:
@@ -328,14 +336,6 @@ def _select_targets(cfg: BuildConfig, requested: tuple[str, ...]) -> tuple[str, 
 
 def _needs_calibration(profile: TargetProfile) -> bool:
     return profile.precision == "int8" and profile.recipe.get("mode", "static") == "static"
-
-
-def _check_recipe(profile: TargetProfile) -> None:
-    """Parse the recipe now, so a misspelt recipe key is a usage error before any work."""
-    if profile.backend == "ort":
-        from edgekit.backends.ort import OrtRecipe
-
-        OrtRecipe.parse(profile)
 
 
 def _calibration_settings(cfg: DataConfig | None) -> CalibrationSettings:

@@ -24,6 +24,7 @@ class Availability:
     ok: bool
     reason: str = ""
     hint: str = ""
+    proxy: bool = False  # not ok, but a host proxy of the artifact can still be built and measured here
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,11 @@ class Backend(abc.ABC):
     name: str = ""
 
     @abc.abstractmethod
-    def availability(self, profile: TargetProfile) -> Availability:
-        """Cheap, never raises: can ``profile`` be built and run on this host?"""
+    def availability(self, profile: TargetProfile, source: SourceModel | None = None) -> Availability:
+        """Cheap, never raises: can ``profile`` be built and run on this host (for this source model)?"""
+
+    def check(self, profile: TargetProfile) -> None:
+        """Raise ProfileError if the profile's recipe is invalid for this backend (called before any work)."""
 
     @abc.abstractmethod
     def build(self, ctx: BuildContext) -> Artifact:

@@ -16,7 +16,7 @@ import numpy as np
 from edgekit.backends.base import Availability, Backend, BuildContext, CalibrationSettings, Runner
 from edgekit.errors import ProfileError
 from edgekit.fsutil import atomic_move
-from edgekit.types import Artifact, ArtifactFile, Feed, FeedSource, Reference, TargetProfile, TensorSpec
+from edgekit.types import Artifact, ArtifactFile, Feed, FeedSource, Reference, SourceModel, TargetProfile, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,10 @@ class OrtRunner(Runner):
 class OrtBackend(Backend):
     name = "ort"
 
-    def availability(self, profile: TargetProfile) -> Availability:
+    def check(self, profile: TargetProfile) -> None:
+        OrtRecipe.parse(profile)
+
+    def availability(self, profile: TargetProfile, source: SourceModel | None = None) -> Availability:
         try:
             import onnxruntime  # noqa: F401
         except ImportError as exc:
