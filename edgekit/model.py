@@ -88,10 +88,13 @@ def read_state_dict(path: Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        text = str(exc)
+        culprit = next((ln.strip() for ln in text.splitlines() if "GLOBAL" in ln or "global" in ln.split()[:3]), "")
+        if not culprit:
+            raise WeightsError(f"weights file {path} is not a readable torch state_dict (its pickle stream is corrupt)") from None
         raise WeightsError(
             f"weights file {path} was refused: loading it would execute code or build arbitrary objects "
-            f"({first[:160]}); save a plain state_dict (torch.save(model.state_dict(), ...)) or use .safetensors"
+            f"({culprit[:160]}); save a plain state_dict (torch.save(model.state_dict(), ...)) or use .safetensors"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise WeightsError(f"weights file {path} is not a readable torch file: {str(exc).splitlines()[0][:200]}") from None

@@ -1,0 +1,127 @@
+"""Shared fixtures: a sandbox folder with a tiny model, its weights, good data and every kind of bad file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TINY_NET = '''
+import torch.nn as nn
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU()
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(8 * 8 * 8, 4)
+
+    def forward(self, x):
+        return self.fc(self.flat(self.relu(self.bn(self.conv(x)))))
+
+def build():
+    return Tiny()
+
+def broken():
+    raise RuntimeError("factory exploded on purpose")
+
+def not_a_module():
+    return 42
+'''
+
+
+class Evil:
+    """Unpickling this creates a folder: proof that code ran."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def make_sandbox(root: Path) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "net.py").write_text(TINY_NET)
+    (root / "syntax_error.py").write_text("def build(:\n")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_sandbox_net", root / "net.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    model = mod.build().eval()
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(root / "w.safetensors"))
+    torch.save(state, root / "w.pt")
+    torch.save({k: v for k, v in state.items() if k != "fc.bias"}, root / "missing_key.pt")
+    torch.save({**state, "extra.weight": torch.zeros(2)}, root / "unexpected_key.pt")
+    torch.save({**state, "fc.weight": torch.zeros(4, 10)}, root / "wrong_shape.pt")
+    torch.save(Evil(str(root / "PWNED")), root / "evil.pt")
+    (root / "corrupt.safetensors").write_bytes(b"\x00garbage" * 10)
+    (root / "corrupt.pt").write_bytes(b"not a zip file at all")
+    (root / "corrupt.onnx").write_bytes(b"\x08\x07garbage onnx")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((48, 1, 8, 8)).astype(np.float32)
+    np.savez(root / "calib.npz", x=x[:24])
+    np.savez(root / "val.npz", x=x[24:], y=rng.integers(0, 4, 24))
+    np.savez(root / "single.npz", rng.standard_normal((8, 1, 8, 8)).astype(np.float32))
+    nan = x[:8].copy()
+    nan[3, 0, 2, 2] = np.nan
+    np.savez(root / "nan.npz", x=nan)
+    inf = x[:8].copy()
+    inf[0, 0, 0, 0] = np.inf
+    np.savez(root / "inf.npz", x=inf, y=np.zeros(8, np.int64))
+    np.savez(root / "empty.npz", x=np.zeros((0, 1, 8, 8), np.float32))
+    np.savez(root / "wrong_shape.npz", x=x[:8, :, :4, :4])
+    np.savez(root / "wrong_rank.npz", x=x[:8, 0, 0, :])
+    np.savez(root / "wrong_name.npz", image=x[:8], mask=x[:8])
+    np.savez(root / "wrong_dtype.npz", x=np.array(["a"] * 8))
+    np.savez(root / "no_labels.npz", x=x[:8])
+    np.save(root / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (root / "empty_dir").mkdir(exist_ok=True)
+    (root / "not_a_dir").write_text("a file where a directory should be")
+    (root / "foreign_out").mkdir(exist_ok=True)
+    (root / "foreign_out" / "precious.txt").write_text("not edgekit's")
+    return root
+
+
+@pytest.fixture(scope="session")
+def sandbox_template(tmp_path_factory) -> Path:
+    return make_sandbox(tmp_path_factory.mktemp("sandbox_template"))
+
+
+@pytest.fixture()
+def sandbox(sandbox_template, tmp_path) -> Path:
+    """A fresh copy per test, so a test that writes cannot disturb another."""
+    dst = tmp_path / "sandbox"
+    shutil.copytree(sandbox_template, dst)
+    return dst
+
+
+GOOD_CONFIG = """
+[model]
+source = "net.py:build"
+weights = "w.safetensors"
+inputs = [ { name = "x", shape = [1, 1, 8, 8], dynamic = { 0 = "batch" } } ]
+outputs = ["logits"]
+task = "classification"
+
+[calibration]
+data = "calib.npz"
+
+[validation]
+data = "val.npz"
+labels = "y"
+
+[targets]
+use = ["ort-fp32", "ort-int8"]
+"""
