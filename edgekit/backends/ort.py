@@ -32,7 +32,7 @@ class OrtRecipe:
     activation_type: str = "uint8"
     weight_type: str = "int8"
     per_channel: bool = True
-    reduce_range: bool = False
+    reduce_range: bool | str = "auto"  # "auto": 7-bit weights only where the host lacks exact INT8 dot products
     symmetric_activations: bool = False
     exclude_op_types: tuple[str, ...] = ()
 
@@ -48,10 +48,20 @@ class OrtRecipe:
         recipe = cls(**r)
         if recipe.mode not in MODES:
             raise ProfileError(f"target '{profile.name}' recipe mode = {recipe.mode!r}; expected one of {MODES}")
+        if recipe.reduce_range not in (True, False, "auto"):
+            raise ProfileError(f"target '{profile.name}' recipe reduce_range = {recipe.reduce_range!r}; expected true, false or \"auto\"")
         for key in ("activation_type", "weight_type"):
             if getattr(recipe, key) not in QUANT_TYPES:
                 raise ProfileError(f"target '{profile.name}' recipe {key} = {getattr(recipe, key)!r}; expected int8 or uint8")
         return recipe
+
+    def resolved_reduce_range(self) -> bool:
+        """``auto`` resolves per host: x86 without VNNI/AMX saturates u8 x s8 products, so weights get 7 bits."""
+        if self.reduce_range == "auto":
+            from edgekit.hostinfo import has_int8_dot
+
+            return not has_int8_dot()
+        return bool(self.reduce_range)
 
 
 def session(model: str | bytes, threads: int, optimize: bool = True, save_to: Path | None = None) -> Any:
@@ -197,7 +207,7 @@ def quantize_static_qdq(
                 reader,
                 quant_format=QuantFormat.QDQ,
                 per_channel=recipe.per_channel,
-                reduce_range=recipe.reduce_range,
+                reduce_range=recipe.resolved_reduce_range(),
                 activation_type=_qtype(recipe.activation_type),
                 weight_type=_qtype(recipe.weight_type),
                 calibrate_method=_calibrate_method(settings.method),
@@ -212,13 +222,21 @@ def quantize_static_qdq(
         "preprocess": pre_note,
         "calibration": {"method": settings.method, "samples": reader.samples_read, "batches": reader.batches_read},
         "activations": f"{recipe.activation_type} {'symmetric' if recipe.symmetric_activations else 'asymmetric'} per-tensor",
-        "weights": f"{recipe.weight_type} symmetric {'per-channel' if recipe.per_channel else 'per-tensor'}",
+        "weights": f"{recipe.weight_type} symmetric {'per-channel' if recipe.per_channel else 'per-tensor'}"
+        + _range_note(recipe),
     }
     if settings.method == "percentile":
         notes["calibration"]["percentile"] = settings.percentile
     if fallback:
         notes["quantizer"] = fallback
     return notes
+
+
+def _range_note(recipe: OrtRecipe) -> str:
+    if not recipe.resolved_reduce_range():
+        return ", 8-bit range"
+    why = " (reduce_range = auto: this x86 host has no VNNI/AMX, where full-range u8 x s8 products saturate)"
+    return ", 7-bit range" + (why if recipe.reduce_range == "auto" else "")
 
 
 def _nodes_of_types(model: Path, op_types: tuple[str, ...]) -> list[str]:
@@ -243,14 +261,14 @@ def quantize_dynamic_int8(src: Path, dst: Path, recipe: OrtRecipe) -> dict[str, 
                 str(model),
                 str(out),
                 per_channel=recipe.per_channel,
-                reduce_range=recipe.reduce_range,
+                reduce_range=recipe.resolved_reduce_range(),
                 weight_type=_qtype(recipe.weight_type),
                 nodes_to_exclude=_nodes_of_types(model, recipe.exclude_op_types),
             )
 
         fallback = _with_fallbacks(pre, tmp, attempt)
         atomic_move(out, dst)
-    notes = {"preprocess": pre_note, "weights": f"{recipe.weight_type} {'per-channel' if recipe.per_channel else 'per-tensor'}", "activations": "uint8, quantized at run time"}
+    notes = {"preprocess": pre_note, "weights": f"{recipe.weight_type} {'per-channel' if recipe.per_channel else 'per-tensor'}" + _range_note(recipe), "activations": "uint8, quantized at run time"}
     if fallback:
         notes["quantizer"] = fallback
     return notes

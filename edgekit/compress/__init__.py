@@ -1,0 +1,232 @@
+"""Torch-side compression before export: one module per method, registered by name in STEPS.
+
+A ``[[compress]]`` TOML table becomes a frozen settings dataclass through ``parse_step``; ``apply_step``
+runs it on a copy of the model and measures parameters, serialized size and output error before/after.
+The same methods are a Python API: ``prune(model, PruneSettings(amount=0.3), example_inputs)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import io
+import logging
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from edgekit.compress.distill import DistillSettings, distill
+from edgekit.compress.low_rank import LowRankSettings, low_rank
+from edgekit.compress.prune import PruneSettings, prune
+from edgekit.compress.qat import QATSettings, qat
+from edgekit.errors import ConfigError
+from edgekit.types import FeedSource
+
+__all__ = [
+    "STEPS",
+    "CompressContext",
+    "DistillSettings",
+    "LowRankSettings",
+    "PruneSettings",
+    "QATSettings",
+    "StepSettings",
+    "StepSpec",
+    "apply_step",
+    "distill",
+    "low_rank",
+    "parse_step",
+    "prune",
+    "qat",
+]
+
+log = logging.getLogger(__name__)
+
+StepSettings = PruneSettings | LowRankSettings | DistillSettings | QATSettings
+
+
+@dataclass
+class CompressContext:
+    """What a step may need besides the model; the pipeline fills it once for all steps."""
+
+    example_inputs: tuple[torch.Tensor, ...]
+    """One batch of inputs, in forward() order: traced for pruning dependencies and used to measure error."""
+    train: FeedSource | None = None
+    """Training data for distill / qat: batches keyed by input name; labels may be None."""
+    input_names: tuple[str, ...] = ()
+    """Input names in forward() order, to turn a feed dict into positional tensors."""
+    teacher: nn.Module | None = None
+    """The uncompressed model as loaded; never modified."""
+    finetune: Callable[[nn.Module, int], None] | None = None
+    """Called between gradual pruning steps with the model and the 1-based step index."""
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One registered method: its settings class, how to run it, and whether it needs training data."""
+
+    name: str
+    settings: type
+    run: Callable[[nn.Module, Any, CompressContext], tuple[nn.Module, dict[str, Any]]]
+    needs_train: bool
+    summary: str
+
+
+def _run_prune(model: nn.Module, s: PruneSettings, ctx: CompressContext) -> tuple[nn.Module, dict[str, Any]]:
+    return prune(model, s, ctx.example_inputs, finetune=ctx.finetune)
+
+
+def _run_low_rank(model: nn.Module, s: LowRankSettings, ctx: CompressContext) -> tuple[nn.Module, dict[str, Any]]:
+    return low_rank(model, s)
+
+
+def _run_distill(model: nn.Module, s: DistillSettings, ctx: CompressContext) -> tuple[nn.Module, dict[str, Any]]:
+    if ctx.teacher is None:
+        raise ConfigError("[[compress]] method = 'distill' needs a teacher model; it is the model as loaded")
+    return distill(model, ctx.teacher, s, _train(ctx, "distill"), ctx.input_names)
+
+
+def _run_qat(model: nn.Module, s: QATSettings, ctx: CompressContext) -> tuple[nn.Module, dict[str, Any]]:
+    return qat(model, s, _train(ctx, "qat"), ctx.input_names, teacher=ctx.teacher)
+
+
+def _train(ctx: CompressContext, method: str) -> FeedSource:
+    if ctx.train is None:
+        raise ConfigError(
+            f"[[compress]] method = '{method}' needs training data; add a [train] table, e.g. [train] data = \"train.npz\""
+        )
+    return ctx.train
+
+
+STEPS: dict[str, StepSpec] = {
+    "prune": StepSpec("prune", PruneSettings, _run_prune, False, "remove channels (structured) or weights (unstructured)"),
+    "low_rank": StepSpec("low_rank", LowRankSettings, _run_low_rank, False, "SVD-factorise Linear/Conv2d layers"),
+    "distill": StepSpec("distill", DistillSettings, _run_distill, True, "train the model against the teacher"),
+    "qat": StepSpec("qat", QATSettings, _run_qat, True, "fine-tune under int8 fake quantization"),
+}
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def parse_step(table: dict[str, Any], index: int) -> StepSettings:
+    """Turn the ``index``-th (0-based) ``[[compress]]`` table into its method's settings; ConfigError if malformed."""
+    where = f"[[compress]] #{index + 1}"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table, e.g. [[compress]] method = \"prune\"")
+    if "method" not in table:
+        raise ConfigError(f"{where} needs 'method', one of: {', '.join(STEPS)}")
+    method = table["method"]
+    if method not in STEPS:
+        near = difflib.get_close_matches(str(method), list(STEPS), n=1)
+        hint = f"; did you mean '{near[0]}'?" if near else ""
+        raise ConfigError(f"{where} method = {method!r} is not one of {', '.join(STEPS)}{hint}")
+    cls = STEPS[method].settings
+    where = f"{where} (method = '{method}')"
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key == "method":
+            continue
+        if key not in fields:
+            near = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(fields)}"
+            raise ConfigError(f"unknown key '{key}' in {where}{hint}")
+        values[key] = _coerce(value, hints[key], f"{where} {key}")
+    try:
+        return cls(**values)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check a TOML value against a settings field's type; lists become tuples so settings stay frozen."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        kinds = [a for a in args if a is not type(None)]
+        for kind in kinds:
+            try:
+                return _coerce(value, kind, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where} must be {' or '.join(_name(k) for k in kinds)}, got {value!r}")
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list of {_name(args[0])}, e.g. [\"fc*\"], got {value!r}")
+        return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, bool) and hint is not bool or not isinstance(value, hint):
+        raise ConfigError(f"{where} must be {_name(hint)}, got {value!r}")
+    return value
+
+
+def _name(kind: Any) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(kind, str(kind))
+
+
+# ---------------------------------------------------------------- running
+
+
+def apply_step(model: nn.Module, settings: StepSettings, ctx: CompressContext) -> tuple[nn.Module, dict[str, Any]]:
+    """Run one step on a copy of ``model``; return the new model and a JSON-able record of what changed.
+
+    The record holds the method's own report plus, measured here: parameter count, serialized state-dict
+    bytes, and the output error against the teacher (or, without one, the step's input model) on
+    ``ctx.example_inputs``, before and after the step.
+    """
+    spec = next((s for s in STEPS.values() if isinstance(settings, s.settings)), None)
+    if spec is None:
+        raise TypeError(f"not a compress settings object: {type(settings).__name__}")
+    reference = ctx.teacher if ctx.teacher is not None else model
+    before = _measure(model, reference, ctx.example_inputs)
+    new_model, report = spec.run(model, settings, ctx)
+    new_model.eval()
+    after = _measure(new_model, reference, ctx.example_inputs)
+    record: dict[str, Any] = {"method": spec.name, **report}
+    for key in before:
+        record[f"{key}_before"] = before[key]
+        record[f"{key}_after"] = after[key]
+    log.info(
+        "%s: params %d -> %d, output rel. error vs teacher %.4g -> %.4g",
+        spec.name, before["params"], after["params"], before["rel_error"], after["rel_error"],
+    )
+    return new_model, record
+
+
+def _measure(model: nn.Module, reference: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> dict[str, Any]:
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    params = sum(p.numel() for p in model.parameters())
+    return {"params": int(params), "bytes": buf.tell(), "rel_error": _rel_error(model, reference, example_inputs)}
+
+
+@torch.no_grad()
+def _rel_error(model: nn.Module, reference: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> float:
+    """||y - y_ref|| / ||y_ref|| over all float outputs, both models in eval mode (modes restored after)."""
+    if model is reference:
+        return 0.0
+    modes = [(m, m.training) for m in (model, reference)]
+    try:
+        model.eval()
+        reference.eval()
+        y, y_ref = _flat(model(*example_inputs)), _flat(reference(*example_inputs))
+    finally:
+        for m, training in modes:
+            m.train(training)
+    if y.shape != y_ref.shape:
+        return float("nan")
+    return round(float((y - y_ref).norm() / y_ref.norm().clamp_min(1e-12)), 6)
+
+
+def _flat(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out.detach().float().flatten()
+    if isinstance(out, dict):
+        out = list(out.values())
+    return torch.cat([_flat(o) for o in out if isinstance(o, (torch.Tensor, list, tuple, dict))])
+

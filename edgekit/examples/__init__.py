@@ -1,0 +1,1 @@
+"""Bundled example models (``example:NAME`` sources), each with weights shipped in the package."""
