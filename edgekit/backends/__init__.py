@@ -9,6 +9,8 @@ from edgekit.backends.base import Availability, Backend, BuildContext, Calibrati
 # name -> "module:class"; modules are imported on first use so optional runtimes stay optional.
 _REGISTRY = {
     "ort": "edgekit.backends.ort:OrtBackend",
+    "tensorrt": "edgekit.backends.tensorrt:TensorRTBackend",
+    "torch_ao": "edgekit.backends.torch_ao:TorchAoBackend",
 }
 
 __all__ = ["Availability", "Backend", "BuildContext", "CalibrationSettings", "Runner", "get_backend", "registered"]
