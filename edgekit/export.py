@@ -189,7 +189,9 @@ def make_reference(source: SourceModel, shapes: dict[str, tuple[int, ...]], cfg:
         model, simplified, note = simplify(model, source.inputs, shapes)
     else:
         simplified, note = False, "simplification disabled ([export] simplify = false)"
-    model.producer_name = "edgekit"
+    from edgekit import __version__
+
+    model.producer_name, model.producer_version = "edgekit", __version__
     atomic_write_bytes(out, model.SerializeToString())
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     names = tuple(o.name for o in model.graph.output)

@@ -10,7 +10,7 @@ import pytest
 from edgekit.cli import main
 
 
-@pytest.mark.parametrize("command", ["demo", "build", "validate", "targets", "inspect", "report"])
+@pytest.mark.parametrize("command", ["demo", "build", "validate", "targets", "inspect", "compare", "report"])
 def test_every_command_explains_itself(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([command, "--help"])
@@ -52,3 +52,42 @@ def test_inspect_onnx_and_torch(sandbox, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "parameters: 2,148" in out and "Conv2d 1" in out
     assert main(["inspect", "corrupt.onnx"]) == 2
+
+
+def test_compare_two_models_on_data_and_on_random_inputs(sandbox, capsys, monkeypatch):
+    import json
+
+    from conftest import GOOD_CONFIG
+
+    monkeypatch.chdir(sandbox)
+    (sandbox / "cfg.toml").write_text(GOOD_CONFIG)
+    assert main(["-q", "build", "cfg.toml", "-o", "out"]) == 0
+    capsys.readouterr()
+    assert main(["compare", "out/reference/model.onnx", "out/ort-int8/model.onnx", "--data", "val.npz"]) == 0
+    out = capsys.readouterr().out
+    row = next(ln for ln in out.splitlines() if ln.startswith("logits"))
+    samples, mse, _, cosine = row.split()[1:5]
+    manifest = json.loads((sandbox / "out" / "manifest.json").read_text())
+    vs_onnx = manifest["targets"]["ort-int8"]["metrics"]["vs_onnx"]["outputs"]["logits"]
+    assert int(samples) == 24
+    assert float(cosine) == pytest.approx(vs_onnx["cosine"], abs=1e-6)  # the same numbers the validator measured
+    assert float(mse) == pytest.approx(vs_onnx["mse"], rel=1e-3)
+    assert main(["compare", "out/reference/model.onnx", "out/ort-fp32/model.onnx"]) == 0
+    row = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("logits"))
+    assert float(row.split()[4]) > 0.99999
+    assert main(["compare", "out/reference/model.onnx", "missing.onnx"]) == 2
+    assert main(["compare", "out/reference/model.onnx", "net.py"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln]
+    assert len(err) == 2 and "missing.onnx does not exist" in err[0] and "two .onnx files" in err[1]
+
+
+def test_report_html_has_the_table_and_charts(sandbox, monkeypatch, capsys):
+    from conftest import GOOD_CONFIG
+
+    monkeypatch.chdir(sandbox)
+    (sandbox / "cfg.toml").write_text(GOOD_CONFIG)
+    assert main(["-q", "build", "cfg.toml", "-o", "out"]) == 0
+    assert main(["report", "out", "--html"]) == 0
+    page = (sandbox / "out" / "report.html").read_text()
+    assert page.count("<svg") == 3 and "<td>ort-int8</td>" in page and "p50 latency" in page
+    assert "min_cosine" in page

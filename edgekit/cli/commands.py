@@ -13,7 +13,7 @@ from edgekit.errors import EdgekitError, UsageError
 from edgekit.manifest import Manifest, read_manifest
 from edgekit.pipeline import BuildOptions, build, validate
 from edgekit.profiles import builtin_names, load_profile, profile_to_dict
-from edgekit.report import render_markdown, text_table
+from edgekit.report import render_html, render_markdown, text_table
 from edgekit.resources import calibration_dir
 
 
@@ -98,10 +98,21 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
     from edgekit.fsutil import atomic_write_text
 
-    manifest = read_manifest(args.dir).to_dict()
-    atomic_write_text(args.dir / "report.md", render_markdown(json.loads(json.dumps(manifest, default=str))))
+    manifest = json.loads(json.dumps(read_manifest(args.dir).to_dict(), default=str))
+    atomic_write_text(args.dir / "report.md", render_markdown(manifest))
     console.result(text_table(manifest))
     console.result(f"\nreport: {args.dir / 'report.md'}")
+    if args.html:
+        atomic_write_text(args.dir / "report.html", render_html(manifest))
+        console.result(f"html report: {args.dir / 'report.html'}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    from edgekit.compare import compare_models, render
+
+    console.step(f"running {args.model_a.name} and {args.model_b.name} on the same inputs")
+    console.result(render(compare_models(args.model_a, args.model_b, args.data)))
     return 0
 
 

@@ -68,8 +68,19 @@ def _parser() -> argparse.ArgumentParser:
                        "example:NAME: its inputs, outputs, operator counts, parameter count, size and opset.")
     i.add_argument("model", metavar="MODEL")
 
-    r = sub.add_parser("report", help="re-render report.md of an output directory and print its table")
+    c = sub.add_parser("compare", help="run the same inputs through two ONNX models; print their error table",
+                       description="Feed MODEL_A and MODEL_B (e.g. reference/model.onnx and an INT8 artifact) the same "
+                       "inputs — the samples in --data, or seeded random inputs — and print MSE, max abs error, cosine "
+                       "and SQNR of B against A for every output they share.")
+    c.add_argument("model_a", type=Path, metavar="MODEL_A")
+    c.add_argument("model_b", type=Path, metavar="MODEL_B")
+    c.add_argument("--data", type=Path, metavar="PATH", help=".npz or folder of .npy/.npz inputs keyed by input name")
+
+    r = sub.add_parser("report", help="re-render report.md (and --html report.html) of an output directory",
+                       description="Re-render report.md from DIR/manifest.json and print the target table; with --html "
+                       "also write report.html with latency, SQNR and size charts.")
     r.add_argument("dir", type=Path, metavar="DIR")
+    r.add_argument("--html", action="store_true", help="also write report.html")
     return p
 
 
