@@ -179,7 +179,7 @@ def _parse_data(t: Any, section: str, base: Path) -> DataConfig:
     keys = {
         "calibration": ("data", "samples", "method", "percentile", "batch_size"),
         "validation": ("data", "samples", "labels", "batch_size", "allow_overlap"),
-        "train": ("data", "samples", "labels", "batch_size"),
+        "train": ("data", "samples", "labels"),  # the batch size is each training step's own (batch_size)
     }[section]
     t = _check_keys(t, keys, f"[{section}]")
     if "data" not in t:
@@ -231,6 +231,24 @@ def _parse_targets(t: Any, base: Path) -> tuple[tuple[str, ...], dict[str, Targe
     return use, overrides
 
 
+def _check_compress(steps: tuple[Any, ...], raw: dict[str, Any]) -> None:
+    """What the steps need from the rest of the config: a torch model, and [train] data for the training steps."""
+    source = raw.get("model", {}).get("source", "") if isinstance(raw.get("model"), dict) else ""
+    if steps and isinstance(source, str) and source.endswith(".onnx"):
+        raise ConfigError(
+            "[[compress]] works on a torch model, but [model] source is an ONNX file; remove [[compress]] "
+            "or give the torch model (file.py:factory) instead"
+        )
+    from edgekit.compress import STEPS
+
+    for i, step in enumerate(steps):
+        if STEPS[step.method].needs_train and "train" not in raw:
+            raise ConfigError(
+                f"[[compress]] #{i + 1} method = '{step.method}' needs training data: add a [train] section, "
+                "e.g. [train] data = \"train.npz\" (labels = \"labels\" adds the hard-label loss)"
+            )
+
+
 def parse_config(raw: dict[str, Any], base: Path, path: Path | None = None) -> BuildConfig:
     """Turn a parsed TOML document into a BuildConfig; paths resolve against ``base``."""
     _check_keys(raw, ("model", "export", "compress", "calibration", "validation", "train", "targets"), "the config")
@@ -249,6 +267,7 @@ def parse_config(raw: dict[str, Any], base: Path, path: Path | None = None) -> B
         from edgekit.compress import parse_step  # the compress package owns its step settings
 
         steps = tuple(parse_step(s, i) for i, s in enumerate(_typed(raw["compress"], list, "[[compress]]")))
+        _check_compress(steps, raw)
     use, overrides = _parse_targets(raw.get("targets", {"use": ["ort-fp32"]}), base)
     cfg = BuildConfig(
         model=_parse_model(raw["model"], base),
@@ -300,12 +319,14 @@ def resolved_dict(cfg: BuildConfig) -> dict[str, Any]:
         "export": {"exporter": cfg.export.exporter, "opset": cfg.export.opset, "simplify": cfg.export.simplify},
     }
     if cfg.compress:
-        out["compress"] = [dict(t) for t in cfg.raw.get("compress", [])]
+        from edgekit.compress import settings_table
+
+        out["compress"] = [settings_table(s) for s in cfg.compress]
     for section in ("calibration", "validation", "train"):
         d: DataConfig | None = getattr(cfg, section)
         if d is None:
             continue
-        entry: dict[str, Any] = {"data": d.data, "batch_size": d.batch_size}
+        entry: dict[str, Any] = {"data": d.data} if section == "train" else {"data": d.data, "batch_size": d.batch_size}
         if d.samples is not None:
             entry["samples"] = d.samples
         if section == "calibration":

@@ -59,6 +59,7 @@ class Plan:
     validation: Any
     unavailable: dict[str, str] = field(default_factory=dict)
     proxies: set[str] = field(default_factory=set)  # unavailable, but a host proxy is built and measured
+    train: Any = None  # [train] data, opened only when a [[compress]] step trains
 
 
 # ---------------------------------------------------------------------------------------------- build
@@ -86,6 +87,11 @@ def plan(cfg: BuildConfig, options: BuildOptions, progress: Any = None) -> Plan:
                 f"{shared} sample(s) appear in both [calibration] data and [validation] data; validation numbers "
                 "on them are optimistic (set [validation] allow_overlap = true to silence this)"
             )
+    train = None
+    if cfg.compress:
+        from edgekit.compress.run import prepare
+
+        train = prepare(cfg, source, validation, progress)
     unavailable, proxies = {}, set()
     for name, profile in profiles.items():
         avail = get_backend(profile.backend).availability(profile, source)
@@ -96,7 +102,7 @@ def plan(cfg: BuildConfig, options: BuildOptions, progress: Any = None) -> Plan:
             unavailable[name] = reason
             if avail.proxy:
                 proxies.add(name)
-    return Plan(cfg, profiles, source, shapes, calibration, validation, unavailable, proxies)
+    return Plan(cfg, profiles, source, shapes, calibration, validation, unavailable, proxies, train)
 
 
 def build(cfg: BuildConfig, options: BuildOptions, progress: Any = None) -> Manifest:
@@ -116,12 +122,14 @@ def build(cfg: BuildConfig, options: BuildOptions, progress: Any = None) -> Mani
 
 def _build_into(root: Path, p: Plan, options: BuildOptions, progress: Any) -> Manifest:
     cfg, source = p.cfg, p.source
-    teacher = source
+    original = source
     compress_log: list[dict[str, Any]] = []
     if cfg.compress:
         from edgekit.compress.run import run_compress
 
-        source, compress_log = run_compress(cfg, source, p.shapes, progress)
+        # from here on `source` is the compressed model: the reference is exported from it and the targets'
+        # errors are measured against it; the compress log measures each step against `original`
+        source, compress_log = run_compress(cfg, source, p.shapes, progress, train=p.train, validation=p.validation)
     progress.step(f"exporting to ONNX ({cfg.export.exporter} exporter) and simplifying")
     reference = make_reference(source, p.shapes, cfg.export, root / REFERENCE_FILE)
     settings = _calibration_settings(cfg.calibration)
@@ -147,7 +155,7 @@ def _build_into(root: Path, p: Plan, options: BuildOptions, progress: Any) -> Ma
         results[name] = TargetResult(name, status, reason, artifact, build_seconds=round(time.perf_counter() - start, 3), device=profile.device)
     manifest = Manifest(
         config=resolved_dict(cfg),
-        inputs=_input_hashes(cfg, teacher, p),
+        inputs=_input_hashes(cfg, original, p),
         reference=_reference_dict(reference, root),
         validation={},
         references={},
@@ -158,7 +166,7 @@ def _build_into(root: Path, p: Plan, options: BuildOptions, progress: Any) -> Ma
     )
     if options.validate:
         data = _validation_data(p.validation, cfg.validation, source.inputs, p.shapes)
-        _measure(root, manifest, reference, teacher if teacher.is_torch else None, p.profiles, data, p.shapes, cfg.model.task, progress)
+        _measure(root, manifest, reference, source if source.is_torch else None, p.profiles, data, p.shapes, cfg.model.task, progress)
     else:
         manifest.validation = {"description": "not validated (--no-validate)", "samples": 0}
     _write_outputs(root, manifest)
@@ -210,7 +218,9 @@ def validate(root: Path, targets: tuple[str, ...] = (), data: Path | None = None
     validation = open_feed(cfg.validation, reference.inputs, "validation") if cfg.validation else None
     vdata = _validation_data(validation, cfg.validation, reference.inputs, shapes)
     sub = dataclasses.replace(manifest, results={n: manifest.results[n] for n in chosen})
-    _measure(root, sub, reference, source if source.is_torch else None, profiles, vdata, shapes, cfg.model.task, progress)
+    # a compressed build's torch model is not re-made here (training is not re-run): its ONNX reference stands in
+    torch_source = source if source.is_torch and not cfg.compress else None
+    _measure(root, sub, reference, torch_source, profiles, vdata, shapes, cfg.model.task, progress)
     manifest.results.update(sub.results)
     manifest.validation, manifest.references = sub.validation, sub.references
     manifest.versions = Manifest.__dataclass_fields__["versions"].default_factory()
@@ -364,6 +374,8 @@ def _input_hashes(cfg: BuildConfig, source: SourceModel, p: Plan) -> dict[str, A
         hashes["calibration"] = p.calibration.fingerprint()
     if p.validation is not None:
         hashes["validation"] = p.validation.fingerprint()
+    if p.train is not None:
+        hashes["train"] = p.train.fingerprint()
     hashes["profiles"] = {
         n: hashlib.sha256(json.dumps(profile_to_dict(pr), sort_keys=True).encode()).hexdigest() for n, pr in p.profiles.items()
     }

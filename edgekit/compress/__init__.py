@@ -1,8 +1,6 @@
 """Torch-side compression before export: one module per method, registered by name in STEPS.
 
-A ``[[compress]]`` TOML table becomes a frozen settings dataclass through ``parse_step``; ``apply_step``
-runs it on a copy of the model and measures parameters, serialized size and output error before/after.
-The same methods are a Python API: ``prune(model, PruneSettings(amount=0.3), example_inputs)``.
+A ``[[compress]]`` table becomes frozen settings (``parse_step``); the same methods are a Python API.
 """
 
 from __future__ import annotations
@@ -19,9 +17,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from edgekit.compress.distill import DistillSettings, distill
-from edgekit.compress.low_rank import LowRankSettings, low_rank
-from edgekit.compress.prune import PruneSettings, prune
+from edgekit.compress.distill import Capture, DistillSettings, distill
+from edgekit.compress.low_rank import LowRankSettings, check_patterns, low_rank
+from edgekit.compress.prune import PruneSettings, excluded_modules, prune
 from edgekit.compress.qat import QATSettings, qat
 from edgekit.errors import ConfigError
 from edgekit.types import FeedSource
@@ -36,11 +34,15 @@ __all__ = [
     "StepSettings",
     "StepSpec",
     "apply_step",
+    "check_step",
     "distill",
     "low_rank",
     "parse_step",
     "prune",
     "qat",
+    "run_step",
+    "settings_table",
+    "spec_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,8 @@ class CompressContext:
     """The uncompressed model as loaded; never modified."""
     finetune: Callable[[nn.Module, int], None] | None = None
     """Called between gradual pruning steps with the model and the 1-based step index."""
+    progress: Callable[[str, int, int], None] | None = None
+    """Called after each epoch of a training step with (label, epoch, epochs); the console's ``advance`` fits."""
 
 
 @dataclass(frozen=True)
@@ -86,11 +90,18 @@ def _run_low_rank(model: nn.Module, s: LowRankSettings, ctx: CompressContext) ->
 def _run_distill(model: nn.Module, s: DistillSettings, ctx: CompressContext) -> tuple[nn.Module, dict[str, Any]]:
     if ctx.teacher is None:
         raise ConfigError("[[compress]] method = 'distill' needs a teacher model; it is the model as loaded")
-    return distill(model, ctx.teacher, s, _train(ctx, "distill"), ctx.input_names)
+    return distill(model, ctx.teacher, s, _train(ctx, "distill"), ctx.input_names, on_epoch=_epoch_hook(ctx, "distill"))
 
 
 def _run_qat(model: nn.Module, s: QATSettings, ctx: CompressContext) -> tuple[nn.Module, dict[str, Any]]:
-    return qat(model, s, _train(ctx, "qat"), ctx.input_names, teacher=ctx.teacher)
+    return qat(model, s, _train(ctx, "qat"), ctx.input_names, teacher=ctx.teacher, on_epoch=_epoch_hook(ctx, "qat"))
+
+
+def _epoch_hook(ctx: CompressContext, method: str) -> Callable[[int, int, float], None] | None:
+    if ctx.progress is None:
+        return None
+    report = ctx.progress
+    return lambda epoch, epochs, loss: report(f"{method} epochs (loss {loss:.4g})", epoch, epochs)
 
 
 def _train(ctx: CompressContext, method: str) -> FeedSource:
@@ -169,23 +180,57 @@ def _name(kind: Any) -> str:
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(kind, str(kind))
 
 
+def check_step(settings: StepSettings, model: nn.Module, index: int) -> None:
+    """Check the layer and module names a step refers to against the loaded model, before any work starts.
+
+    Later steps see the model earlier steps made; pruning keeps module names and low_rank keeps a
+    factorised layer's name (as a container), so the loaded model's names are the ones to check.
+    """
+    where = f"[[compress]] #{index + 1} (method = '{spec_of(settings).name}')"
+    try:
+        if isinstance(settings, PruneSettings):
+            excluded_modules(model, settings.exclude)
+        elif isinstance(settings, LowRankSettings):
+            check_patterns(model, settings)
+        elif isinstance(settings, DistillSettings):
+            Capture(model, settings.features).close()
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
 # ---------------------------------------------------------------- running
+
+
+def spec_of(settings: StepSettings) -> StepSpec:
+    """The registered method a settings object belongs to."""
+    spec = next((s for s in STEPS.values() if isinstance(settings, s.settings)), None)
+    if spec is None:
+        raise TypeError(f"not a compress settings object: {type(settings).__name__}")
+    return spec
+
+
+def settings_table(settings: StepSettings) -> dict[str, Any]:
+    """The settings as a ``[[compress]]`` table (lists for tuples, unset options left out): ``parse_step`` reads it back."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items() if v is not None}
+
+
+def run_step(model: nn.Module, settings: StepSettings, ctx: CompressContext) -> tuple[nn.Module, dict[str, Any]]:
+    """Run one step on a copy of ``model`` (the argument is untouched); return the new model, in eval mode, and the method's report."""
+    new_model, report = spec_of(settings).run(model, settings, ctx)
+    return new_model.eval(), report
 
 
 def apply_step(model: nn.Module, settings: StepSettings, ctx: CompressContext) -> tuple[nn.Module, dict[str, Any]]:
     """Run one step on a copy of ``model``; return the new model and a JSON-able record of what changed.
 
-    The record holds the method's own report plus, measured here: parameter count, serialized state-dict
-    bytes, and the output error against the teacher (or, without one, the step's input model) on
-    ``ctx.example_inputs``, before and after the step.
+    The record holds the method's own report plus, measured here in torch: parameter count, serialized
+    state-dict bytes, and the output error against the teacher (or, without one, the step's input model)
+    on ``ctx.example_inputs``, before and after the step. (A build measures more: see ``compress.run``.)
     """
-    spec = next((s for s in STEPS.values() if isinstance(settings, s.settings)), None)
-    if spec is None:
-        raise TypeError(f"not a compress settings object: {type(settings).__name__}")
+    spec = spec_of(settings)
     reference = ctx.teacher if ctx.teacher is not None else model
     before = _measure(model, reference, ctx.example_inputs)
-    new_model, report = spec.run(model, settings, ctx)
-    new_model.eval()
+    new_model, report = run_step(model, settings, ctx)
     after = _measure(new_model, reference, ctx.example_inputs)
     record: dict[str, Any] = {"method": spec.name, **report}
     for key in before:

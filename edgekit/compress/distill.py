@@ -1,10 +1,6 @@
 """Knowledge distillation: train the (compressed) student to match the teacher on the training data.
 
-Response distillation: KD = KL(softmax(t/T) || softmax(s/T)) · T², over the class axis (dim 1) of the first
-output; with integer class labels the loss is alpha · KD + (1 - alpha) · CE(s, labels), without them alpha = 1.
-Feature distillation adds feature_weight · MSE between hidden states of the same-named modules, captured
-with forward hooks; where pruning narrowed the student, a learnable 1×1 conv / linear adapter maps the
-student width to the teacher's (trained with the student, then discarded).
+Loss = alpha · KL(softmax(t/T) ‖ softmax(s/T)) · T² + (1 - alpha) · CE(s, labels) + feature_weight · hidden-state MSE.
 """
 
 from __future__ import annotations
@@ -13,7 +9,7 @@ import copy
 import difflib
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -74,8 +70,16 @@ def distill(
     settings: DistillSettings,
     train: FeedSource,
     input_names: tuple[str, ...] = (),
+    on_epoch: Callable[[int, int, float], None] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Train a copy of ``student`` against ``teacher`` (both untouched); return it, in eval mode, and a report."""
+    """Train a copy of ``student`` against ``teacher`` (both untouched); return it, in eval mode, and a report.
+
+    Response distillation uses the class axis (dim 1) of the first output; without integer class labels the
+    loss is KD alone (alpha = 1). Feature distillation compares hidden states of the same-named modules, captured
+    with forward hooks; where pruning narrowed the student, a learnable 1×1 conv / linear adapter maps its width
+    to the teacher's (trained with the student, then discarded). ``on_epoch(epoch, epochs, mean_loss)`` is called
+    after every epoch (progress display).
+    """
     s = settings
     student = copy.deepcopy(student)
     teacher_mode = teacher.training
@@ -83,14 +87,17 @@ def distill(
     with torch.random.fork_rng():
         torch.manual_seed(s.seed)
         try:
-            report = _train(student, teacher, s, train, input_names)
+            report = _train(student, teacher, s, train, input_names, on_epoch)
         finally:
             teacher.train(teacher_mode)
     student.eval()
     return student, report
 
 
-def _train(student: nn.Module, teacher: nn.Module, s: DistillSettings, train: FeedSource, names: tuple[str, ...]) -> dict[str, Any]:
+def _train(
+    student: nn.Module, teacher: nn.Module, s: DistillSettings, train: FeedSource, names: tuple[str, ...],
+    on_epoch: Callable[[int, int, float], None] | None,
+) -> dict[str, Any]:
     t_feats, s_feats = Capture(teacher, s.features), Capture(student, s.features)
     try:
         first = next(iter(train.batches(s.batch_size)), None)
@@ -122,12 +129,14 @@ def _train(student: nn.Module, teacher: nn.Module, s: DistillSettings, train: Fe
                 loss.backward()
                 opt.step()
                 n = x[0].shape[0]
-                total += float(loss) * n
-                kd_total += float(kd) * n
+                total += loss.item() * n
+                kd_total += kd.item() * n
                 count += n
             epoch_loss.append(round(total / count, 6))
             epoch_kd.append(round(kd_total / count, 6))
             log.info("distill epoch %d/%d: loss %.5f (kd %.5f)", epoch, s.epochs, epoch_loss[-1], epoch_kd[-1])
+            if on_epoch is not None:
+                on_epoch(epoch, s.epochs, epoch_loss[-1])
         student.eval()
         report: dict[str, Any] = {
             "epochs": s.epochs,

@@ -1,10 +1,6 @@
 """Low-rank factorisation: replace Linear / Conv2d layers by two thinner layers from a truncated SVD.
 
-Linear(in, out)  ->  Linear(in, r, bias=False) · Linear(r, out)
-Conv2d k×k       ->  Conv2d k×k with r filters (same stride/padding/dilation, no bias) · Conv2d 1×1 (out, bias)
-The factors are U·sqrt(S) and sqrt(S)·Vᵀ of the best rank-r approximation (Eckart–Young), so the weight
-error in Frobenius norm is exactly sqrt(sum of the discarded singular values squared). A layer is only
-replaced when that lowers its parameter count.
+A layer is only replaced when that lowers its parameter count (see ``factorise`` for the arithmetic).
 """
 
 from __future__ import annotations
@@ -65,12 +61,8 @@ def low_rank(model: nn.Module, settings: LowRankSettings) -> tuple[nn.Module, di
     """Factorise the selected layers of a copy of ``model``; return it and a per-run report."""
     model = copy.deepcopy(model)
     kinds = tuple(LAYER_TYPES[t] for t in settings.layer_types)
+    check_patterns(model, settings)
     named = [(n, m) for n, m in model.named_modules() if n]
-    for pattern in settings.include + settings.exclude:
-        if not any(fnmatch.fnmatchcase(n, pattern) for n, _ in named):
-            near = difflib.get_close_matches(pattern, [n for n, _ in named], n=1)
-            hint = f"; did you mean '{near[0]}'?" if near else ""
-            raise ConfigError(f"low_rank pattern '{pattern}' in include/exclude matches no module name{hint}")
     chosen = [
         (n, m)
         for n, m in named
@@ -98,6 +90,16 @@ def low_rank(model: nn.Module, settings: LowRankSettings) -> tuple[nn.Module, di
     }
 
 
+def check_patterns(model: nn.Module, settings: LowRankSettings) -> None:
+    """ConfigError for an include/exclude pattern that matches no module name of ``model``."""
+    names = [n for n, _ in model.named_modules() if n]
+    for pattern in settings.include + settings.exclude:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            near = difflib.get_close_matches(pattern, names, n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else ""
+            raise ConfigError(f"low_rank pattern '{pattern}' in include/exclude matches no module name{hint}")
+
+
 def _matrix(layer: nn.Module) -> torch.Tensor:
     """The weight as an (out, in·k·k) matrix."""
     w = layer.weight.detach()
@@ -123,7 +125,13 @@ def choose_rank(layer: nn.Module, settings: LowRankSettings) -> tuple[int | None
 
 
 def factorise(layer: nn.Module, rank: int) -> tuple[nn.Sequential, float]:
-    """Two layers computing the rank-``rank`` approximation of ``layer``; also the weight's relative error."""
+    """Two layers computing the rank-``rank`` approximation of ``layer``; also the weight's relative error.
+
+    Linear(in, out) -> Linear(in, r, bias=False) · Linear(r, out); Conv2d k×k -> Conv2d k×k with r filters (same
+    stride/padding/dilation, no bias) · Conv2d 1×1 (out, bias). The factors are U·sqrt(S) and sqrt(S)·Vᵀ of the best
+    rank-r approximation (Eckart–Young), so the Frobenius weight error is exactly the root of the sum of the
+    discarded squared singular values.
+    """
     w = _matrix(layer)
     u, s, vh = torch.linalg.svd(w, full_matrices=False)
     root = s[:rank].sqrt()

@@ -1,11 +1,6 @@
 """Prune Conv/Linear layers: zero single weights (unstructured) or physically remove whole channels (structured).
 
-Structured pruning rides on torch-pruning's dependency graph (DepGraph), which follows BatchNorm, depthwise
-and grouped convs, flatten/reshape, concat/split and residual adds, so coupled channels are removed as one
-group and every dependent layer is rewired. On top of it, groups whose channels reach a model output or are
-tied to a model input are never pruned, and the pruned model is checked by a forward pass before it is
-returned. Unstructured pruning computes its own masks (so counts are exact and gradual steps nest), applies
-them with ``torch.nn.utils.prune`` and makes them permanent.
+Structured pruning follows torch-pruning's dependency graph, so every coupled layer is rewired (see _structured).
 """
 
 from __future__ import annotations
@@ -92,7 +87,7 @@ def prune(
     """
     model = copy.deepcopy(model)
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-    excluded = _excluded(model, settings.exclude)
+    excluded = excluded_modules(model, settings.exclude)
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, LAYER_TYPES) and m not in excluded]
     if not layers:
         raise ConfigError("prune: no Conv/Linear layer is left to prune; loosen 'exclude'")
@@ -106,7 +101,7 @@ def prune(
     return model, report
 
 
-def _excluded(model: nn.Module, patterns: tuple[str, ...]) -> set[nn.Module]:
+def excluded_modules(model: nn.Module, patterns: tuple[str, ...]) -> set[nn.Module]:
     """Modules matched by name or class name, with everything inside them; a pattern matching nothing is an error."""
     named = list(model.named_modules())
     out: set[nn.Module] = set()
@@ -128,7 +123,11 @@ def _excluded(model: nn.Module, patterns: tuple[str, ...]) -> set[nn.Module]:
 def _unstructured(
     model: nn.Module, s: PruneSettings, layers: list[tuple[str, nn.Module]], finetune: Callable[[nn.Module, int], None] | None
 ) -> dict[str, Any]:
-    """Zero the lowest-scoring weights; random scores are drawn once so every step extends the previous mask."""
+    """Zero the lowest-scoring weights; random scores are drawn once so every step extends the previous mask.
+
+    Masks are computed here (so counts are exact and gradual steps nest), applied with ``torch.nn.utils.prune``
+    and made permanent: no ``weight_orig`` / ``weight_mask`` reaches the export.
+    """
     gen = torch.Generator().manual_seed(s.seed)
     fixed = {m: torch.rand(m.weight.shape, generator=gen) for _, m in layers} if s.criterion == "random" else {}
     targets = schedule(s.amount, s.steps, s.schedule)
@@ -179,6 +178,13 @@ def _structured(
     example_inputs: tuple[torch.Tensor, ...],
     finetune: Callable[[nn.Module, int], None] | None,
 ) -> dict[str, Any]:
+    """Remove whole output channels / neurons with torch-pruning's dependency graph (DepGraph).
+
+    DepGraph follows BatchNorm, depthwise and grouped convs, flatten/reshape, concat/split and residual adds, so
+    coupled channels go as one group and every dependent layer is rewired. On top of it, groups whose channels
+    reach a model output or are tied to a model input are never pruned, and the pruned model must pass a forward
+    pass with unchanged output shapes before it is returned.
+    """
     try:
         import torch_pruning as tp
     except ImportError:

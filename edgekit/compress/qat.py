@@ -1,12 +1,6 @@
 """Quantization-aware fine-tuning for the INT8 targets: train under simulated int8, return a float model.
 
-Every Conv/Linear is wrapped to fake-quantize its weight (int8, symmetric, per output channel) and its input
-(uint8, affine, per tensor, min/max observed like ONNX Runtime's MinMax calibration), with straight-through
-gradients. After ``epochs`` of fine-tuning - MSE to the teacher's outputs when there is a teacher, else
-cross-entropy on integer labels - the wrappers are removed and a plain FLOAT model with the tuned weights is
-returned. That is a deliberate choice: the float model exports with either ONNX exporter and runs
-everywhere, and each INT8 target then quantizes it through its normal static path (ORT QDQ, calibration),
-landing on weights that already sit well on the int8 grid. BatchNorm statistics stay frozen while tuning.
+The float result exports like any model; each INT8 target then quantizes it through its normal path.
 """
 
 from __future__ import annotations
@@ -14,7 +8,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -76,11 +70,21 @@ def qat(
     train: FeedSource,
     input_names: tuple[str, ...] = (),
     teacher: nn.Module | None = None,
+    on_epoch: Callable[[int, int, float], None] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Fine-tune a copy of ``model`` under fake quantization; return the float model (eval mode) and a report.
 
+    Every Conv/Linear is wrapped to fake-quantize its weight (int8, symmetric, per output channel) and its input
+    (uint8, affine, per tensor, min/max observed like ONNX Runtime's MinMax calibration), with straight-through
+    gradients. The loss is MSE to the teacher's outputs when there is a teacher, else cross-entropy on integer
+    labels; BatchNorm statistics stay frozen. The weights of the best epoch by that objective (measured
+    under fake quantization on the training data) are kept - the input weights when no epoch improved on them.
+    Then the wrappers are removed: a plain FLOAT model exports with either exporter and runs everywhere, and
+    each INT8 target quantizes it through its normal static path, landing on weights that sit well on the grid.
+
     The report's ``int8_rel_error_before/after`` is the relative output error of the fake-quantized model
     against the teacher (or, without one, against the float input model) on the training data.
+    ``on_epoch(epoch, epochs, mean_loss)`` is called after every epoch (progress display).
     """
     s = settings
     reference = teacher if teacher is not None else copy.deepcopy(model).eval()
@@ -98,7 +102,7 @@ def qat(
     try:
         with torch.random.fork_rng():
             torch.manual_seed(s.seed)
-            report = _tune(model, reference, teacher is not None, s, train, input_names, wrapped)
+            report = _tune(model, reference, teacher is not None, s, train, input_names, wrapped, on_epoch)
     finally:
         reference.train(ref_mode)
         for name, fq in wrapped:
@@ -130,14 +134,18 @@ def _tune(
     train: FeedSource,
     names: tuple[str, ...],
     wrapped: list[tuple[str, FakeQuant]],
+    on_epoch: Callable[[int, int, float], None] | None,
 ) -> dict[str, Any]:
     model.eval()
     with torch.no_grad():  # calibration pass: observe activation ranges before anything is rounded
         for batch in train.batches(s.batch_size):
             model(*feed_tensors(batch, names))
     before = _error(model, reference, train, s.batch_size, names)
+    # Keep the best weights seen (the input ones included): with few, tiny gradients Adam's normalised steps
+    # can move weights across int8 grid points for no gain, and a tuning run must never leave things worse.
+    best = (before if use_teacher else _cross_entropy(model, train, s.batch_size, names), 0, copy.deepcopy(model.state_dict()))
     opt = torch.optim.Adam(model.parameters(), lr=s.lr)
-    epoch_loss = []
+    epoch_loss, epoch_score = [], []
     for epoch in range(1, s.epochs + 1):
         model.train()
         for m in model.modules():
@@ -156,10 +164,17 @@ def _tune(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * x[0].shape[0]
+            total += loss.item() * x[0].shape[0]
             count += x[0].shape[0]
         epoch_loss.append(round(total / count, 6))
         log.info("qat epoch %d/%d: loss %.5f", epoch, s.epochs, epoch_loss[-1])
+        if on_epoch is not None:
+            on_epoch(epoch, s.epochs, epoch_loss[-1])
+        score = _error(model, reference, train, s.batch_size, names) if use_teacher else _cross_entropy(model, train, s.batch_size, names)
+        epoch_score.append(score)
+        if score < best[0]:
+            best = (score, epoch, copy.deepcopy(model.state_dict()))
+    model.load_state_dict(best[2])
     for _, fq in wrapped:
         fq.observe = False
     after = _error(model, reference, train, s.batch_size, names)
@@ -168,10 +183,29 @@ def _tune(
         "layers": len(wrapped),
         "epoch_loss": epoch_loss,
         "loss": "mse to teacher" if use_teacher else "cross-entropy",
+        ("epoch_int8_rel_error" if use_teacher else "epoch_int8_cross_entropy"): epoch_score,
+        "kept_epoch": best[1],
         "int8_rel_error_before": before,
         "int8_rel_error_after": after,
         "returns": "float model (fake quantization removed); quantize it with the target's static int8 path",
     }
+
+
+@torch.no_grad()
+def _cross_entropy(model: nn.Module, train: FeedSource, batch_size: int, names: tuple[str, ...]) -> float:
+    """Mean cross-entropy of the fake-quantized model on the labelled training data, eval mode, observers frozen."""
+    observing = [m for m in model.modules() if isinstance(m, FakeQuant) and m.observe]
+    for m in observing:
+        m.observe = False
+    model.eval()
+    total, count = 0.0, 0
+    for batch in train.batches(batch_size):
+        out = first_output(model(*feed_tensors(batch, names)))
+        total += float(F.cross_entropy(out, _check_labels(usable_labels(batch), out), reduction="sum"))
+        count += out.shape[0]
+    for m in observing:
+        m.observe = True
+    return round(total / max(count, 1), 6)
 
 
 @torch.no_grad()

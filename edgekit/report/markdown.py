@@ -135,8 +135,80 @@ def render_markdown(manifest: dict[str, Any]) -> str:
             lines.append(f"- gate {mark}: {g['message']}")
         lines.append("")
     if manifest.get("compress"):
-        lines += ["## Compression", ""]
-        for step in manifest["compress"]:
-            lines.append(f"- {step.get('method')}: " + ", ".join(f"{k} {v}" for k, v in step.items() if k != "method"))
-        lines.append("")
+        lines += compression_section(manifest["compress"])
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- compression
+
+COMPRESS_COLUMNS = ("stage", "params", "ONNX params", "ONNX size", "ort-fp32 p50 ms", "speedup", "cosine", "top-1 agree", "accuracy %")
+
+
+def _count(n: int | None) -> str:
+    return "—" if n is None else f"{n:,}"
+
+
+def _change(before: float | None, after: float | None) -> str:
+    if not before or after is None:
+        return ""
+    return f" ({100.0 * (after - before) / before:+.1f}%)"
+
+
+def _stage_row(label: str, st: dict[str, Any]) -> list[str]:
+    speedup = st.get("p50_speedup_vs_uncompressed")
+    return [
+        label,
+        _count(st.get("params")),
+        _count(st.get("onnx_params")),
+        _bytes(st.get("onnx_bytes")),
+        _fmt(st.get("p50_ms"), ".3f"),
+        _fmt(speedup, ".2f") + ("x" if speedup else ""),
+        _fmt(st.get("cosine"), ".6f"),
+        _fmt(st.get("top1_agreement"), ".4f"),
+        _fmt(st.get("accuracy"), ".2f"),
+    ]
+
+
+def compression_section(steps: list[dict[str, Any]]) -> list[str]:
+    """The [[compress]] steps: one row per stage (uncompressed, then after each step), then each step's details."""
+    how = steps[0].get("measured_on", {})
+    lines = [
+        "## Compression",
+        "",
+        "The `[[compress]]` steps, applied in order to the torch model before export. Every stage was exported like the "
+        f"reference and measured in this run: error (cosine, top-1 agreement) against {how.get('error_reference', '?')} on "
+        f"{how.get('data', '?')} ({how.get('samples', '?')} samples); latency on {how.get('latency', '?')}."
+        " The target table above measures each artifact against the compressed model (the one exported);"
+        " its accuracy column, like this one, is against the labels.",
+        "",
+        _md_table(list(COMPRESS_COLUMNS), [_stage_row("uncompressed", steps[0].get("before", {}))]
+                  + [_stage_row(f"{s['step']}. {s['method']}", s.get("after", {})) for s in steps]),
+        "",
+    ]
+    for s in steps:
+        b, a = s.get("before", {}), s.get("after", {})
+        lines += [f"### {s['step']}. {s['method']} — {s.get('seconds', 0):.1f} s", ""]
+        settings = ", ".join(f"{k} {v}" for k, v in s.get("settings", {}).items() if k != "method")
+        lines.append(f"- settings: {settings or 'defaults'}")
+        lines.append(f"- params: {_count(b.get('params'))} → {_count(a.get('params'))}{_change(b.get('params'), a.get('params'))}; "
+                     f"non-zero {_count(b.get('nonzero_params'))} → {_count(a.get('nonzero_params'))}")
+        lines.append(f"- reference ONNX: {_count(b.get('onnx_params'))} → {_count(a.get('onnx_params'))} params"
+                     f"{_change(b.get('onnx_params'), a.get('onnx_params'))}, {_count(b.get('onnx_bytes'))} → "
+                     f"{_count(a.get('onnx_bytes'))} bytes{_change(b.get('onnx_bytes'), a.get('onnx_bytes'))}")
+        if b.get("p50_ms") is not None and a.get("p50_ms") is not None:
+            lines.append(f"- ort-fp32 p50: {b['p50_ms']:.3f} → {a['p50_ms']:.3f} ms ({_fmt(s.get('p50_speedup'), '.2f')}x), "
+                         f"p90 {b.get('p90_ms', 0):.3f} → {a.get('p90_ms', 0):.3f} ms")
+        lines.append(f"- cosine vs uncompressed: {_fmt(b.get('cosine'), '.6f')} → {_fmt(a.get('cosine'), '.6f')}"
+                     f" (worst sample {_fmt(b.get('min_cosine'), '.4f')} → {_fmt(a.get('min_cosine'), '.4f')})")
+        if "accuracy" in a or "accuracy" in b:
+            lines.append(f"- accuracy: {_fmt(b.get('accuracy'), '.2f')} → {_fmt(a.get('accuracy'), '.2f')} %")
+        for key, value in s.get("details", {}).items():
+            if isinstance(value, dict):
+                value = ", ".join(f"{k} {v}" for k, v in value.items())
+            elif isinstance(value, list):
+                value = ", ".join(str(v) for v in value) or "none"
+            lines.append(f"- {key.replace('_', ' ')}: {value}")
+        if a.get("error"):
+            lines.append(f"- measuring this stage failed: {a['error']}")
+        lines.append("")
+    return lines
