@@ -38,7 +38,7 @@ def library_versions() -> dict[str, str]:
     from importlib import metadata
 
     versions = {"python": sys.version.split()[0]}
-    for dist in ("edgekit", "torch", "numpy", "onnx", "onnxruntime", "onnxsim", "onnxscript", "safetensors"):
+    for dist in ("edgekit", "torch", "numpy", "onnx", "onnxruntime", "onnxsim", "onnxscript", "safetensors", "torch-pruning", "tensorrt"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

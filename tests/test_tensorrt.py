@@ -267,7 +267,7 @@ def test_keep_list_keeps_layernorm_softmax_and_large_constant_fp32(layernorm):
     big = [k for k in kept if "constant 'big'" in k]
     assert len(big) == 2 and all("(Add)" in k or "(Sub)" in k for k in big) and all("65504" in k for k in big)
     assert not any("(Gemm)" in k for k in kept)
-    assert "3 compute node(s) FP16, 4 FP32" in notes["precision"]
+    assert "3 node(s) FP16, 4 with FP32 tensors" in notes["precision"]
 
     model = onnx.load(str(root / "out" / "tensorrt-fp16" / "model.onnx"))
     types = {i.name: i.data_type for i in model.graph.initializer}
@@ -327,6 +327,35 @@ def test_fp16_onnx_is_byte_identical_on_rebuild(layernorm, tmp_path):
     assert digest == m["targets"]["tensorrt-fp16"]["files"][0]["sha256"]
 
 
+def test_control_flow_and_what_it_reads_stay_fp32():
+    from onnx import TensorProto as T
+    from onnx import helper
+
+    w = numpy_helper.from_array(np.full((4,), 2.0, np.float32), "w")
+    out = [helper.make_tensor_value_info("o", T.FLOAT, [None, 4])]
+    then_g = helper.make_graph([helper.make_node("Mul", ["h", "w"], ["o"])], "then", [], out)
+    else_g = helper.make_graph([helper.make_node("Neg", ["h"], ["o"])], "else", [], out)
+    graph = helper.make_graph([
+        helper.make_node("Relu", ["x"], ["h"], name="relu"),
+        helper.make_node("ReduceSum", ["h"], ["s"], keepdims=0, name="sum"),
+        helper.make_node("Greater", ["s", "zero"], ["c"], name="gt"),
+        helper.make_node("If", ["c"], ["y0"], then_branch=then_g, else_branch=else_g, name="if"),
+        helper.make_node("Add", ["y0", "w"], ["y"], name="add"),
+    ], "g", [helper.make_tensor_value_info("x", T.FLOAT, [None, 4])], [helper.make_tensor_value_info("y", T.FLOAT, [None, 4])],
+        [w, numpy_helper.from_array(np.array(0.0, np.float32), "zero")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    result = convert_fp16(model, fp16_keep_list(model, DEFAULT_KEEP_FP32_OPS))
+    assert {k.node: k.reason for k in result.kept} == {
+        "relu": "output 'h' is read by a control-flow subgraph",
+        "sum": "op type in keep_fp32_ops",
+        "if": "control flow (subgraphs stay as exported)",
+    }
+    add = next(n for n in result.model.graph.node if n.op_type == "Add")
+    types = {t.name: t.data_type for t in result.model.graph.initializer}
+    assert types["w"] == T.FLOAT and types[add.input[1]] == T.FLOAT16  # the subgraph still reads the FP32 'w'
+    onnx.checker.check_model(result.model, full_check=True)
+
+
 def test_constant_rules_overflow_underflow_and_harmless_tiny_weights():
     assert "65504" in _constant_problem("c", np.array([1.0, -7.0e4], np.float32))
     assert _constant_problem("c", np.array([6.0e4, np.inf], np.float32)) == ""  # inf exists in FP16 too
@@ -345,7 +374,7 @@ def test_fp16_keep_list_by_node_name_and_digits_graph_is_all_fp16(digits):
     assert [(k.node, k.reason) for k in kept] == [(first, "named in keep_fp32_nodes")]
     model = onnx.load(str(root / "out" / "tensorrt-fp16" / "model.onnx"))
     assert {t.data_type for t in model.graph.initializer if t.dims and len(t.dims) > 1} == {onnx.TensorProto.FLOAT16}
-    assert m["targets"]["tensorrt-fp16"]["notes"]["fp32_keep_list"] == ["(none: every compute node is FP16)"]
+    assert m["targets"]["tensorrt-fp16"]["notes"]["fp32_keep_list"] == ["(none)"]
 
 
 # ------------------------------------------------------------------------------------------ INT8

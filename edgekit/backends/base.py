@@ -7,7 +7,7 @@ A backend is one module in ``edgekit/backends/`` registered by name in ``BACKEND
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -48,6 +48,7 @@ class BuildContext:
     root: Path  # the output directory; artifact paths are relative to it
     calibration: FeedSource | None
     calibration_settings: CalibrationSettings
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # the config's input shapes (opt sizes)
 
 
 class Runner(abc.ABC):

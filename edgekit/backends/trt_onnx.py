@@ -176,13 +176,17 @@ def _has_subgraph(node: Any) -> bool:
 
 
 def _elem_types(model: Any) -> dict[str, int]:
+    """Element type of every tensor, from ONNX type inference (stale value_info of an export is dropped first)."""
     import onnx
 
+    bare = onnx.ModelProto()
+    bare.CopyFrom(model)
+    del bare.graph.value_info[:]
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(bare, check_type=False, strict_mode=False, data_prop=True)
     except Exception as exc:  # shape inference raises several kinds; types then come from what the file declares
         log.debug("shape inference failed before FP16 conversion: %s", exc)
-        inferred = model
+        inferred = bare
     g = inferred.graph
     types = {vi.name: vi.type.tensor_type.elem_type for vi in [*g.input, *g.output, *g.value_info] if vi.type.HasField("tensor_type")}
     types.update({t.name: t.data_type for t in g.initializer})
@@ -318,7 +322,8 @@ def convert_fp16(model: Any, keep: Sequence[KeptNode]) -> Fp16Result:
 def _drop_unused_initializers(graph: Any, fp16_copies: dict[str, str]) -> None:
     """Drop initializers nothing reads any more (FP32 originals of weights now held in FP16), and give an
     FP16 copy its original's name back when the original is gone, so weight names survive the conversion."""
-    read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    read = {i for n in graph.node for i in n.input} | {v.name for v in [*graph.output, *graph.input]}
+    read |= set().union(*(_subgraph_inputs(n) for n in graph.node))
     kept = [t for t in graph.initializer if t.name in read]
     names = {t.name for t in kept}
     rename = {copy: orig for copy, orig in fp16_copies.items() if copy in names and orig not in names}
@@ -366,10 +371,10 @@ def make_fp16_onnx(src: Path, dst: Path, keep_ops: Sequence[str], keep_nodes: Se
         _loads_in_onnxruntime(out)
         atomic_move(out, dst)
     notes: dict[str, Any] = {
-        "precision": f"FP16 through explicit Cast nodes, inputs and outputs FP32: {result.fp16_nodes} compute node(s) FP16, "
-        f"{result.fp32_nodes} FP32, {result.casts} Cast(s) inserted",
+        "precision": f"FP16 through explicit Cast nodes, inputs and outputs FP32: {result.fp16_nodes} node(s) FP16, "
+        f"{result.fp32_nodes} with FP32 tensors, {result.casts} Cast(s) inserted",
         "fp32_keep_ops": list(keep_ops),
-        "fp32_keep_list": [k.describe() for k in result.kept] or ["(none: every compute node is FP16)"],
+        "fp32_keep_list": [k.describe() for k in result.kept] or ["(none)"],
         "verification": checked + "; loads in ONNX Runtime",
     }
     if result.unknown_keep_nodes:
