@@ -22,7 +22,7 @@ from edgekit.backends.tensorrt import (
     engine_unavailable,
     optimization_profile,
 )
-from edgekit.backends.trt_onnx import (
+from edgekit.backends.trt_fp16 import (
     DEFAULT_KEEP_FP32_OPS,
     _constant_problem,
     convert_fp16,
@@ -522,7 +522,8 @@ def test_every_module_imports_with_tensorrt_blocked():
     proc = subprocess.run([sys.executable, "-c", BLOCKED_IMPORTS], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert "edgekit.backends.tensorrt" in result["modules"] and "edgekit.backends.trt_onnx" in result["modules"]
+    for module in ("tensorrt", "trt_engine", "trt_fp16", "trt_qdq"):
+        assert f"edgekit.backends.{module}" in result["modules"]
     assert result["failures"] == {}
     assert result["at_import"] == [], "a module imports tensorrt at import time; import it inside functions"
     assert result["reason"].startswith("TensorRT is not installed (ImportError")
