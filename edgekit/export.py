@@ -106,7 +106,9 @@ def export_torch(source: SourceModel, shapes: dict[str, tuple[int, ...]], cfg: E
                 str(path),
                 dynamo=dynamo,
                 input_names=[s.name for s in source.inputs],
-                output_names=list(outputs),
+                # dynamo: outputs are named afterwards, because a declared name can clash with a value the exporter
+                # already named after a submodule (e.g. "embedding"), which breaks SSA form
+                output_names=None if dynamo else list(outputs),
                 opset_version=cfg.opset,
                 **kwargs,
             )
@@ -117,7 +119,41 @@ def export_torch(source: SourceModel, shapes: dict[str, tuple[int, ...]], cfg: E
                 f"ONNX export ({cfg.exporter} exporter) failed: {detail}; try [export] exporter = "
                 f"\"{'torchscript' if dynamo else 'dynamo'}\" or simplify the model's forward()"
             ) from exc
+    if dynamo:
+        rename_outputs(path, outputs)
     return outputs
+
+
+def rename_outputs(path: Path, names: tuple[str, ...]) -> None:
+    """Give the graph outputs of the ONNX file at ``path`` these names; a value already holding one is renamed first."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    if len(graph.output) != len(names):
+        raise ModelError(f"the exported graph has {len(graph.output)} output(s), [model] outputs names {len(names)}")
+    current = [o.name for o in graph.output]
+    taken = {v for n in graph.node for v in (*n.input, *n.output)} | {i.name for i in graph.initializer} | {i.name for i in graph.input}
+    mapping: dict[str, str] = {}
+    for old, new in zip(current, names):
+        if old != new and new in taken and new not in current:
+            mapping[new] = f"{new}__edgekit_{len(mapping)}"
+    mapping.update({old: new for old, new in zip(current, names) if old != new})
+    if not mapping:
+        return
+
+    def swap(name: str) -> str:
+        return mapping.get(name, name)
+
+    for node in graph.node:
+        node.input[:] = [swap(v) for v in node.input]
+        node.output[:] = [swap(v) for v in node.output]
+    for group in (graph.output, graph.value_info):
+        for vi in group:
+            vi.name = swap(vi.name)
+    for init in graph.initializer:
+        init.name = swap(init.name)
+    atomic_write_bytes(path, model.SerializeToString())
 
 
 def _run(model_bytes: bytes, feed: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -142,7 +142,7 @@ def _build_into(root: Path, p: Plan, options: BuildOptions, progress: Any) -> Ma
             continue
         progress.step(f"building {name} ({profile.description or profile.backend})")
         start = time.perf_counter()
-        ctx = BuildContext(profile, reference, source, target_dir, root, p.calibration, settings)
+        ctx = BuildContext(profile, reference, source, target_dir, root, p.calibration, settings, shapes=p.shapes)
         try:
             artifact = get_backend(profile.backend).build(ctx)
         except EdgekitError:
@@ -306,7 +306,9 @@ def _measure(
         if failed:
             result.status, result.reason = "failed", "; ".join(failed)
         elif result.artifact.notes.get("host_proxy"):  # a host proxy that passes is still not the real target
-            result.status, result.reason = "unavailable", str(result.artifact.notes["host_proxy"])
+            notes = result.artifact.notes  # keep the exact reason the real target cannot run, and its install hint
+            proxy = str(notes["host_proxy"])
+            result.status, result.reason = "unavailable", (f"{proxy}; {notes['engine']}" if notes.get("engine") else proxy)
         else:
             result.status, result.reason = "passed", ""
 

@@ -197,3 +197,25 @@ def test_time_interleaved_times_every_runner_on_the_same_feed():
     assert slow.calls == fast.calls == 12
     assert t["slow"]["runs"] == t["fast"]["runs"] == 10
     assert t["slow"]["p50_ms"] >= 4.0 and 1.0 <= t["fast"]["p50_ms"] < t["slow"]["p50_ms"]
+
+
+def test_same_compressed_config_twice_gives_byte_identical_artifacts(compressed):
+    sandbox, _, first = compressed
+    assert main(["-q", "build", str(sandbox / "cfg.toml"), "-o", str(sandbox / "again")]) == 0
+    second = json.loads((sandbox / "again" / "manifest.json").read_text())
+    assert first["reference"]["file"]["sha256"] == second["reference"]["file"]["sha256"], "seeded pruning and training"
+    for name in ("ort-fp32", "ort-int8"):
+        assert [f["sha256"] for f in first["targets"][name]["files"]] == [f["sha256"] for f in second["targets"][name]["files"]]
+    assert [s["details"] for s in first["compress"]] == [s["details"] for s in second["compress"]]
+
+
+def test_terminal_summary_lists_each_step_before_the_table(compressed, capsys):
+    sandbox, _, m = compressed
+    capsys.readouterr()
+    assert main(["-q", "validate", str(sandbox / "out")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    steps = [ln for ln in out if ln.startswith("compress ")]
+    assert [ln.split()[2].rstrip(":") for ln in steps] == ["prune", "distill", "qat"]
+    prune = m["compress"][0]
+    assert f"params {prune['before']['params']:,} -> {prune['after']['params']:,}" in steps[0]
+    assert out.index(steps[-1]) < next(i for i, ln in enumerate(out) if ln.startswith("target"))

@@ -70,3 +70,31 @@ def test_simplify_that_raises_keeps_the_original(exported, monkeypatch):
     model = onnx.load(str(exported.path))
     kept, ok, note = simplify(model, SPEC, {"x": (2, 6)})
     assert not ok and kept is model and "onnxsim failed (RuntimeError: Incomplete symbolic" in note
+
+
+class _Embedder(torch.nn.Module):
+    """A submodule called ``embedding``: the dynamo exporter names a value after it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = torch.nn.Embedding(10, 4)
+        self.lin = torch.nn.Linear(4, 3)
+
+    def forward(self, ids):
+        return self.lin(self.embedding(ids)).mean(1)
+
+
+def test_declared_output_name_that_clashes_with_an_exported_value(tmp_path):
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    net = _Embedder().eval()
+    spec = (TensorSpec("ids", ("batch", 5), "int64"),)
+    source = SourceModel("test", spec, ("embedding",), None, net)
+    ref = make_reference(source, {"ids": (1, 5)}, ExportConfig(), tmp_path / "ref.onnx")
+    model = onnx.load(str(ref.path))
+    onnx.checker.check_model(model)
+    assert [o.name for o in model.graph.output] == ["embedding"] and ref.outputs == ("embedding",)
+    ids = np.array([[1, 2, 3, 4, 5], [0, 9, 8, 7, 6]], dtype=np.int64)
+    (y,) = ort.InferenceSession(str(ref.path)).run(["embedding"], {"ids": ids})
+    np.testing.assert_allclose(y, net(torch.from_numpy(ids)).detach().numpy(), rtol=1e-5, atol=1e-6)

@@ -35,6 +35,14 @@ def demo_config() -> dict[str, Any]:
 
 
 def _finish(manifest: Manifest, out: Path, console: Console) -> int:
+    for step in manifest.compress:  # what compression did, before the table that measures its result
+        before, after = step.get("before", {}), step.get("after", {})
+        console.result(
+            f"compress {step.get('step')}. {step.get('method')}: params {before.get('params', '?'):,} -> {after.get('params', '?'):,}, "
+            f"cosine vs uncompressed {after.get('cosine', float('nan')):.4f}"
+            + (f", accuracy {after['accuracy']:.2f}%" if after.get("accuracy") is not None else "")
+            + (f", ort-fp32 p50 {step['p50_speedup']:.2f}x" if step.get("p50_speedup") else "")
+        )
     console.result(text_table(manifest.to_dict()))
     for name, r in manifest.results.items():
         if r.status in ("failed", "error", "unavailable"):

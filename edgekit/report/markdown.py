@@ -95,7 +95,10 @@ def render_markdown(manifest: dict[str, Any]) -> str:
         f"Reference: `{ref.get('file', {}).get('path', '?')}` ({ref.get('exporter', '?')} exporter, opset {ref.get('opset', '?')}); "
         f"{ref.get('simplify_note', '')}",
         "",
-        "Error columns compare each artifact with the original torch model (or the FP32 ONNX when the source is ONNX);"
+        ("Error columns compare each artifact with the compressed torch model that was exported (what compression"
+         " itself cost against the original is in the Compression section);" if manifest.get("compress") else
+         "Error columns compare each artifact with the original torch model (or the FP32 ONNX when the source is ONNX);")
+        +
         " cosine and SQNR are the worst over outputs. Latency: batch "
         f"{val.get('latency_batch', '?')}, threads stated per target, speedup against `ort-fp32` in the same run."
         " Size ratio is against the FP32 reference ONNX.",
