@@ -76,3 +76,17 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
     ms = np.asarray(seconds, dtype=np.float64) * 1e3
     return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
             "mean_ms": float(ms.mean()), "min_ms": float(ms.min()), "runs": int(ms.size)}
+
+
+def wait_for_quiet(max_wait_s: float, quiet_below: float = 0.5, window_s: float = 3.0) -> tuple[float, float] | None:
+    """Sleep in ``window_s`` steps until other processes keep fewer than ``quiet_below`` CPUs busy, for at most
+    ``max_wait_s``. Returns None if the first window was quiet, else (seconds waited, load in the last window)."""
+    waited, load = 0.0, 0.0
+    while waited < max_wait_s:
+        before = host_sample()
+        time.sleep(window_s)
+        load = cpu_busy_other(before, host_sample()) or 0.0
+        if load < quiet_below:
+            return None if waited == 0.0 else (waited + window_s, load)
+        waited += window_s
+    return (waited, load) if max_wait_s > 0 else None

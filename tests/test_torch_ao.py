@@ -1,0 +1,472 @@
+"""torch-fbgemm / torch-qnnpack: real torch.ao builds, artifacts run in a fresh process without the model source."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgekit.backends.torch_ao import PercentileObserver, TorchAoRecipe, TorchAoRunner, quantized_engine
+from edgekit.cli import main
+from edgekit.errors import ProfileError
+from edgekit.resources import calibration_dir
+from edgekit.types import TargetProfile, TensorSpec
+
+MODELS = '''
+import torch
+from torch import nn
+
+
+class Block(nn.Module):
+    """ResNet basic block: conv-bn-relu, conv-bn, residual add (1x1 conv-bn projection when the shape changes), relu."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.out = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        identity = x if self.down is None else self.down(x)
+        y = self.relu(self.bn1(self.conv1(x)))
+        return self.out(self.bn2(self.conv2(y)) + identity)
+
+
+class ResNetish(nn.Module):
+    """ResNet-18 layout (2 basic blocks per stage), narrower by default."""
+
+    def __init__(self, widths=(32, 64, 128, 256), classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 7, 2, 3, bias=False), nn.BatchNorm2d(widths[0]),
+                                  nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
+        layers, cin = [], widths[0]
+        for i, w in enumerate(widths):
+            layers += [Block(cin, w, 1 if i == 0 else 2), Block(w, w, 1)]
+            cin = w
+        self.layers = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.layers(self.stem(x))), 1))
+
+
+def resnet(widths=(16, 32, 64, 128)):
+    torch.manual_seed(0)
+    model = ResNetish(widths)
+    for m in model.modules():  # trained-looking BatchNorm statistics, so that folding them matters
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return model
+
+
+class Gate(nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        if x.mean() > 0:
+            return self.scale(x)
+        return x
+
+
+class Odd(nn.Module):
+    """Convolutions around an untraceable module and an op with no quantized kernel (cumsum)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.gate = Gate()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 8 * 8, 4)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.conv(x)))
+        y = torch.cumsum(self.conv2(self.gate(y)), dim=3) / 8
+        return self.fc(torch.flatten(y, 1))
+
+
+def odd():
+    torch.manual_seed(1)
+    return Odd()
+
+
+class Branchy(nn.Module):
+    """Its own forward cannot be traced (a branch on a tensor value); its children can."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * 8 * 8, 4))
+
+    def forward(self, x):
+        y = self.body(x)
+        if y.amax() > 1e6:
+            y = y / 2
+        return self.head(y)
+
+
+def branchy():
+    torch.manual_seed(2)
+    return Branchy()
+
+
+class Sequence(nn.Module):
+    """A transformer encoder, then an LSTM: the two kinds of model dynamic quantization is for."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(16, 64)
+        layer = nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.lstm = nn.LSTM(64, 64, batch_first=True)
+        self.head = nn.Linear(64, 5)
+
+    def forward(self, x):
+        y, _ = self.lstm(self.encoder(self.embed(x)))
+        return self.head(y[:, -1])
+
+
+def sequence():
+    torch.manual_seed(3)
+    return Sequence()
+'''
+
+CONFIG = """
+{export}
+[model]
+source = "models.py:{factory}"
+inputs = [ {{ name = "x", shape = {shape}{dynamic} }} ]
+
+[calibration]
+data = "{data}_calib.npz"
+method = "{method}"
+
+[validation]
+data = "{data}_val.npz"
+
+[targets]
+use = {targets}
+{extra}
+"""
+
+FAST = "[targets.{t}.runtime]\nwarmup = 3\nruns = 20\n"
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("torch_ao")
+    (root / "models.py").write_text(MODELS)
+    rng = np.random.default_rng(0)
+    for name, shape in (("img", (40, 3, 8, 8)), ("res", (40, 3, 32, 32)), ("seq", (40, 12, 16))):
+        x = rng.standard_normal(shape).astype(np.float32)
+        np.savez(root / f"{name}_calib.npz", x=x[:24])
+        np.savez(root / f"{name}_val.npz", x=x[24:])
+    return root
+
+
+def _config(factory: str, shape: list[int], data: str, targets: list[str], *, method: str = "minmax",
+            extra: str = "", torchscript_export: bool = False, dynamic: bool = True) -> str:
+    return CONFIG.format(
+        export='[export]\nexporter = "torchscript"\n' if torchscript_export else "", factory=factory, shape=shape,
+        dynamic=', dynamic = { 0 = "batch" }' if dynamic else "", data=data, method=method,
+        targets=json.dumps(targets), extra=extra + "".join(FAST.format(t=t) for t in targets),
+    )
+
+
+def _build(root: Path, config: str, out: str, *extra: str) -> tuple[int, dict]:
+    (root / f"{out}.toml").write_text(config)
+    code = main(["-q", "build", str(root / f"{out}.toml"), "-o", str(root / out), *extra])
+    return code, json.loads((root / out / "manifest.json").read_text())
+
+
+def _worst(manifest: dict, target: str) -> dict:
+    return manifest["targets"][target]["metrics"]["vs_torch"]["worst"]
+
+
+DIGITS = """
+[model]
+source = "example:digits"
+inputs = [ { name = "image", shape = [1, 1, 8, 8], dtype = "float32", dynamic = { 0 = "batch" } } ]
+task = "classification"
+
+[calibration]
+data = "CAL/calib.npz"
+samples = 256
+method = "minmax"
+
+[validation]
+data = "CAL/val.npz"
+labels = "labels"
+
+[targets]
+use = USE
+"""
+
+
+@pytest.fixture(scope="module")
+def digits(sandbox) -> tuple[int, dict]:
+    engine_before = torch.backends.quantized.engine
+    config = DIGITS.replace("CAL", str(calibration_dir() / "digits")).replace("USE", '["torch-fbgemm", "torch-qnnpack"]')
+    result = _build(sandbox, config, "digits")
+    assert torch.backends.quantized.engine == engine_before, "a build left another quantized engine selected"
+    return result
+
+
+@pytest.fixture(scope="module")
+def resnet(sandbox) -> tuple[int, dict]:
+    return _build(sandbox, _config("resnet", [1, 3, 32, 32], "res", ["torch-fbgemm", "torch-qnnpack"]), "resnet")
+
+
+# -------------------------------------------------------------------------------------------- digits
+
+
+def test_digits_int8_accuracy_is_within_half_a_point_of_fp32(digits, sandbox):
+    code, m = digits
+    fp32 = m["references"]["torch-fp32"]["accuracy"]
+    assert code == 0
+    assert fp32 > 99.0
+    for target in ("torch-fbgemm", "torch-qnnpack"):
+        t = m["targets"][target]
+        assert t["status"] == "passed", t["reason"]
+        assert t["metrics"]["accuracy"] >= fp32 - 0.5, (target, t["metrics"]["accuracy"], fp32)
+        assert _worst(m, target)["cosine"] >= 0.999
+        assert t["notes"]["stayed_float"] == ["nothing: every compute op runs in INT8"]
+        assert t["size"]["ratio_to_fp32"] < 0.3  # int8 weights: a quarter of the FP32 ONNX, plus scales
+        assert t["latency"]["threads"] == 2 and t["latency"]["runs"] == 200
+        metrics = json.loads((sandbox / "digits" / target / "metrics.json").read_text())
+        assert metrics["metrics"]["accuracy"] == t["metrics"]["accuracy"]
+    assert m["targets"]["torch-fbgemm"]["notes"]["weights"].startswith("qint8 symmetric per-channel")
+    assert m["targets"]["torch-qnnpack"]["notes"]["weights"].startswith("qint8 symmetric per-tensor")
+
+
+def test_qnnpack_latency_on_x86_is_marked_host_not_target(digits, sandbox):
+    _, m = digits
+    if torch.backends.cpu.get_cpu_capability() in ("NEON", "SVE256") or os.uname().machine in ("aarch64", "arm64"):
+        pytest.skip("on an ARM host qnnpack runs on a device of its kind")
+    assert "host, not the target device" in m["targets"]["torch-qnnpack"]["measured_on"]
+    assert "not the target" not in m["targets"]["torch-fbgemm"]["measured_on"]
+    report = (sandbox / "digits" / "report.md").read_text()
+    assert "| torch-qnnpack | passed * |" in report
+    assert "host, not the target device" in report
+
+
+def test_same_config_twice_gives_identical_bytes_whatever_the_target_order(digits, sandbox):
+    _, first = digits
+    config = DIGITS.replace("CAL", str(calibration_dir() / "digits")).replace("USE", '["torch-qnnpack", "torch-fbgemm"]')
+    code, again = _build(sandbox, config, "digits_again", "--no-validate")
+    assert code == 0
+    for target in ("torch-fbgemm", "torch-qnnpack"):
+        assert again["targets"][target]["files"] == first["targets"][target]["files"]
+    assert first["targets"]["torch-fbgemm"]["files"][0]["sha256"] != first["targets"]["torch-qnnpack"]["files"][0]["sha256"]
+
+
+def test_runners_of_both_engines_alive_at_once_keep_their_own_numbers(digits, sandbox):
+    spec = (TensorSpec("image", ("batch", 1, 8, 8)),)
+    x = np.load(calibration_dir() / "digits" / "val.npz")["image"][:16]
+    paths = {t: sandbox / "digits" / t / "model.pt" for t in ("torch-fbgemm", "torch-qnnpack")}
+    alone = {}
+    for target, path in paths.items():
+        runner = TorchAoRunner(path, spec, ("logits",), target.split("-")[1], threads=1)
+        alone[target] = runner.run({"image": x})["logits"]
+    before = torch.backends.quantized.engine
+    runners = {t: TorchAoRunner(p, spec, ("logits",), t.split("-")[1], threads=1) for t, p in paths.items()}
+    for _ in range(2):
+        for target, runner in runners.items():
+            np.testing.assert_array_equal(runner.run({"image": x})["logits"], alone[target])
+    assert torch.backends.quantized.engine == before
+    assert not np.array_equal(alone["torch-fbgemm"], alone["torch-qnnpack"])  # two engines, two recipes
+
+
+# -------------------------------------------------------------------------------------------- resnet
+
+
+def test_resnet_style_cnn_folds_batchnorm_and_quantizes_residual_adds(resnet):
+    code, m = resnet
+    assert code == 0
+    for target in ("torch-fbgemm", "torch-qnnpack"):
+        t = m["targets"][target]
+        assert t["status"] == "passed", t["reason"]
+        assert _worst(m, target)["cosine"] >= 0.99
+        assert _worst(m, target)["sqnr_db"] > 20
+        assert t["notes"]["stayed_float"] == ["nothing: every compute op runs in INT8"]
+        assert t["notes"]["reproducibility"].startswith("reproducible")
+        assert t["size"]["ratio_to_fp32"] < 0.3
+
+
+SUBPROCESS_RUN = textwrap.dedent("""
+    import json, sys, zipfile
+    import numpy as np
+    import torch
+
+    path, data, out = sys.argv[1:4]
+    with zipfile.ZipFile(path) as archive:  # the engine is recorded inside the artifact
+        meta = json.loads(archive.read("archive/extra/edgekit.json"))
+    torch.backends.quantized.engine = meta["engine"]
+    model = torch.jit.load(path)
+    with torch.inference_mode():
+        y = model(torch.from_numpy(np.load(data)["x"]))
+    np.save(out, y.numpy())
+    print(json.dumps({"engine": meta["engine"], "inputs": meta["inputs"],
+                      "foreign": sorted(m for m in sys.modules if m.startswith(("edgekit", "models")))}))
+""")
+
+
+def test_artifact_runs_in_a_fresh_process_without_the_model_source(resnet, sandbox, tmp_path):
+    _, m = resnet
+    artifact = tmp_path / "model.pt"
+    artifact.write_bytes((sandbox / "resnet" / "torch-fbgemm" / "model.pt").read_bytes())
+    script = tmp_path / "run.py"
+    script.write_text(SUBPROCESS_RUN)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+
+    proc = subprocess.run([sys.executable, "-I", str(script), str(artifact), str(sandbox / "res_val.npz"), str(tmp_path / "y.npy")],
+                          cwd=empty, capture_output=True, text=True, timeout=120, env={"PATH": os.environ.get("PATH", "")})
+
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info["engine"] == "fbgemm" and info["inputs"][0]["name"] == "x" and info["foreign"] == []
+    y = np.load(tmp_path / "y.npy")
+    x = np.load(sandbox / "res_val.npz")["x"]
+    runner = TorchAoRunner(artifact, (TensorSpec("x", ("batch", 3, 32, 32)),), ("y",), "fbgemm", threads=2)
+    np.testing.assert_array_equal(y, runner.run({"x": x})["y"])  # the same numbers as the validator measured
+    sys.path.insert(0, str(sandbox))
+    try:
+        import models  # noqa: PLC0415 - the reference, imported here only
+    finally:
+        sys.path.remove(str(sandbox))
+    with torch.no_grad():
+        ref = models.resnet().eval()(torch.from_numpy(x)).numpy()
+    cos = np.sum(ref * y, 1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(y, axis=1))
+    assert cos.mean() == pytest.approx(_worst(m, "torch-fbgemm")["cosine"], abs=1e-6)
+    assert cos.min() >= 0.99
+
+
+# ------------------------------------------------------------------------------ dynamic, float fallback
+
+
+def test_dynamic_mode_quantizes_transformer_encoder_and_lstm(sandbox):
+    extra = '[targets.torch-fbgemm]\nrecipe = { mode = "dynamic" }\n'
+    config = _config("sequence", [1, 12, 16], "seq", ["torch-fbgemm"], extra=extra, dynamic=False, torchscript_export=True)
+    code, m = _build(sandbox, config, "seq")
+    t = m["targets"]["torch-fbgemm"]
+    assert code == 0, t["reason"]
+    assert _worst(m, "torch-fbgemm")["cosine"] >= 0.99
+    assert t["notes"]["mode"] == "dynamic" and "calibration" not in t["notes"]
+    assert t["notes"]["transformer_rewrite"].startswith("2 nn.TransformerEncoderLayer(s) rewritten")
+    assert t["notes"]["artifact"].startswith("TorchScript (torch.jit.script")
+    stayed = t["notes"]["stayed_float"]
+    assert len(stayed) == 2 and all("scaled_dot_product_attention" in s and "activation x activation" in s for s in stayed)
+    assert t["size"]["ratio_to_fp32"] < 0.5
+
+
+def test_untraceable_module_and_unsupported_op_stay_float_and_are_listed(sandbox):
+    config = _config("odd", [1, 3, 8, 8], "img", ["torch-fbgemm"], torchscript_export=True)
+    code, m = _build(sandbox, config, "odd")
+    t = m["targets"]["torch-fbgemm"]
+    assert code == 0, t["reason"]
+    assert _worst(m, "torch-fbgemm")["cosine"] >= 0.99
+    assert t["notes"]["untraceable"] == ["gate: TraceError: symbolically traced variables cannot be used as inputs to control flow"]
+    stayed = "\n".join(t["notes"]["stayed_float"])
+    assert "gate.scale (Conv2d): conv2d x1 — inside gate, which torch.fx cannot trace" in stayed
+    assert "(model forward): cumsum x1 — torch.ao's fbgemm backend config quantizes no pattern" in stayed
+    assert "conv2 " not in stayed and "fc " not in stayed  # the rest is INT8
+
+
+def test_model_whose_own_forward_is_untraceable_quantizes_its_children(sandbox):
+    config = _config("branchy", [1, 3, 8, 8], "img", ["torch-fbgemm"], torchscript_export=True,
+                     extra='[targets.torch-fbgemm]\nrecipe = { keep_float = ["head.1"] }\n')
+    code, m = _build(sandbox, config, "branchy")
+    t = m["targets"]["torch-fbgemm"]
+    assert code == 0, t["reason"]
+    assert _worst(m, "torch-fbgemm")["cosine"] >= 0.99
+    assert t["notes"]["untraceable_forward"][0].startswith("(model): TraceError")
+    stayed = "\n".join(t["notes"]["stayed_float"])
+    assert "(model forward): amax x1 — in the forward of the model itself, which torch.fx cannot trace" in stayed
+    assert "head.1 (Linear): linear x1 — kept float by recipe keep_float (head.1)" in stayed
+    assert "body" not in stayed  # conv-bn-relu quantized as its own island
+
+
+def test_onnx_source_makes_torch_targets_unavailable_with_the_reason(resnet, sandbox):
+    (sandbox / "res.onnx").write_bytes((sandbox / "resnet" / "reference" / "model.onnx").read_bytes())
+    config = _config("x", [1, 3, 32, 32], "res", ["torch-fbgemm"]).replace('"models.py:x"', '"res.onnx"')
+    code, m = _build(sandbox, config, "onnx_source", "--no-validate")
+    t = m["targets"]["torch-fbgemm"]
+    assert code == 0 and t["status"] == "unavailable"
+    assert "this build's model is an ONNX file" in t["reason"] and "file.py:factory" in t["reason"]
+    assert main(["-q", "build", str(sandbox / "onnx_source.toml"), "-o", str(sandbox / "onnx_strict"), "--strict"]) == 3
+
+
+# ------------------------------------------------------------------------------------- recipe, observers
+
+
+def _profile(**recipe) -> TargetProfile:
+    return TargetProfile("t", "torch_ao", "int8", "cpu", recipe=recipe)
+
+
+@pytest.mark.parametrize("recipe, message", [
+    ({"engine": "onednn"}, "recipe engine = 'onednn'; expected one of ('fbgemm', 'qnnpack')"),
+    ({"mode": "qat"}, "recipe mode = 'qat'; expected one of ('static', 'dynamic')"),
+    ({"per_chanel": True}, "recipe has unknown key(s) ['per_chanel']"),
+    ({"keep_float": "fc"}, "recipe keep_float must be a list of module names"),
+])
+def test_bad_recipes_are_profile_errors(recipe, message):
+    with pytest.raises(ProfileError, match=re.escape(message)):
+        TorchAoRecipe.parse(_profile(**recipe))
+
+
+def test_percentile_observer_ignores_outliers_that_minmax_keeps():
+    torch.manual_seed(0)
+    x = torch.randn(100_000)
+    x[:5] = 1000.0
+    observer = PercentileObserver(percentile=99.9)
+    observer(x)
+    scale, zero_point = observer.calculate_qparams()
+    assert 5.5 / 255 < float(scale) < 8.0 / 255  # about the 0.05%..99.95% range of N(0, 1): +-3.3
+    assert 100 < int(zero_point) < 155
+
+
+def test_engine_context_restores_the_previous_engine():
+    before = torch.backends.quantized.engine
+    with pytest.raises(RuntimeError):
+        with quantized_engine("qnnpack"):
+            assert torch.backends.quantized.engine == "qnnpack"
+            raise RuntimeError("boom")
+    assert torch.backends.quantized.engine == before
+
+
+def test_keep_float_naming_a_module_the_model_lacks_is_a_profile_error(tmp_path):
+    from torch import nn
+
+    from edgekit.backends.base import BuildContext, CalibrationSettings
+    from edgekit.backends.torch_ao import TorchAoBackend
+    from edgekit.types import SourceModel
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    source = SourceModel("m", (TensorSpec("x", ("batch", 4)),), ("y",), module=model)
+    ctx = BuildContext(_profile(mode="dynamic", keep_float=["0", "head"]), None, source, tmp_path, tmp_path, None, CalibrationSettings())
+    with pytest.raises(ProfileError, match=re.escape("recipe keep_float names ['head'], which the model does not have")):
+        TorchAoBackend().build(ctx)
+    assert list(tmp_path.iterdir()) == []
