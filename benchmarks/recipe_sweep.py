@@ -160,7 +160,7 @@ def sweep(name: str, rounds: int) -> dict[str, Any]:
     files[default] = out / "default.onnx"
 
     def outputs(path: Path, optimize: bool) -> np.ndarray:
-        s = session(str(path), 2, optimize=optimize)
+        s = session(str(path), 2, optimize=optimize, spinning=False)
         names = [i.name for i in s.get_inputs()]
         return np.concatenate([s.run(None, {k: f[k] for k in names})[0].reshape(1, -1) for f in feeds])
 
@@ -168,7 +168,7 @@ def sweep(name: str, rounds: int) -> dict[str, Any]:
         return float(np.mean(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
 
     ref_out = outputs(ref, True)
-    sessions = {k: session(str(p), 2) for k, p in files.items()}
+    sessions = {k: session(str(p), 2, spinning=False) for k, p in files.items()}
     in_names = {k: [i.name for i in s.get_inputs()] for k, s in sessions.items()}
     t = timing.interleaved({k: (lambda s=s, k=k: s.run(None, {n_: feeds[0][n_] for n_ in in_names[k]})) for k, s in sessions.items()},
                            5, rounds, 2)

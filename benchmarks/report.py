@@ -171,6 +171,18 @@ def table(rows_: list[dict[str, Any]], labelled: bool) -> list[str]:
     return lines
 
 
+def _spin_note(doc: dict[str, Any]) -> str:
+    sc = (doc["models"].get("mobilenetv2_like") or {}).get("spin_check")
+    if not sc:
+        return ""
+    parts = []
+    for mode in ("on", "off"):
+        d = sc[mode]
+        parts.append(f"spinning {mode}: " + "; ".join(
+            f"{k} {d['alone'][k]:.1f} ms alone, {d['interleaved'][k]:.1f} ms interleaved" for k in d["alone"]))
+    return " (measured in this run on the MobileNetV2-shaped model, p50: " + " | ".join(parts) + ")"
+
+
 def render(doc: dict[str, Any], json_path: Path | str) -> str:
     from analysis import ANALYSIS, METHOD, ST_NOTE  # the prose that goes with the numbers
 
@@ -188,7 +200,10 @@ def render(doc: dict[str, Any], json_path: Path | str) -> str:
         f"{', '.join(cpu['isa']) or 'none'}; AVX2: {'yes' if 'avx2' in cpu['isa'] else 'no'}, "
         f"AVX512-VNNI: {'yes' if 'avx512_vnni' in cpu['isa'] else 'no'}, AVX-VNNI: {'yes' if 'avx_vnni' in cpu['isa'] else 'no'}, "
         f"AMX-INT8: {'yes' if 'amx_int8' in cpu['isa'] else 'no'}.",
-        f"- Threads: {meta['threads']} intra-op threads for every path (ONNX Runtime sessions and torch), stated here and fixed.",
+        f"- Threads: {meta['threads']} intra-op threads for every path (ONNX Runtime sessions and torch), stated here and fixed. "
+        "Idle worker threads sleep instead of spin-waiting (ONNX Runtime `session.intra_op.allow_spinning = 0`, "
+        "torch `OMP_WAIT_POLICY=PASSIVE`) for every path alike: with paths taking turns in one process, spinning "
+        "workers of the previous path steal the cores of the next" + _spin_note(doc) + ".",
         f"- Timing: {meta['warmup']} warm-up calls per path, then {meta['rounds']} rounds; in each round every path makes one "
         f"untimed call then {meta['per_round']} timed calls, path order rotating each round (all paths of a model interleaved "
         f"in one process): {meta['timed_calls_per_repeat']} timed calls per path per repeat; the whole timing block is "

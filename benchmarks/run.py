@@ -32,6 +32,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Paths take turns in this process: idle worker threads must sleep, not spin, or the previous path's threads steal
+# the cores of the next one (measured: ~1.5-2x slower calls with ONNX Runtime's default spinning, see BENCHMARKS.md).
+# torch's OpenMP threads: set before torch is imported. ONNX Runtime sessions: spinning=False below.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import models as bench_models  # noqa: E402
 import report  # noqa: E402
@@ -218,7 +222,7 @@ class STRunner:
     def __init__(self, path: str, threads: int):
         from edgekit.backends.ort import session
 
-        self.session = session(path, threads)
+        self.session = session(path, threads, spinning=False)
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids, mask = feed["input_ids"], feed["attention_mask"]
@@ -251,7 +255,7 @@ def load_paths(root: Path, built: dict[str, Any], baselines: dict[str, Any], st:
     cfg = parse_config(manifest.config, Path("/"))
     source = load_model(cfg.model)
     paths: dict[str, Any] = {"torch-fp32": TorchRunner(source, reference.outputs, THREADS),
-                             REFERENCE: OrtRunner(reference.path, reference.inputs, reference.outputs, THREADS)}
+                             REFERENCE: OrtRunner(reference.path, reference.inputs, reference.outputs, THREADS, spinning=False)}
     skipped: dict[str, str] = {}
     for name, result in manifest.results.items():
         if result.status != "passed" or result.artifact is None:
@@ -261,14 +265,19 @@ def load_paths(root: Path, built: dict[str, Any], baselines: dict[str, Any], st:
         raw = {k: d[k] for k in ("description", "backend", "precision", "device", "host_is_device", "recipe", "runtime", "gates")}
         profile = parse_profile(name, raw, d.get("source", "manifest"))
         try:
-            paths[f"edgekit {name}"] = get_backend(profile.backend).load(result.artifact, root, profile, reference)
+            runner = get_backend(profile.backend).load(result.artifact, root, profile, reference)
+            if isinstance(runner, OrtRunner):  # same file, same threads; only idle workers sleep instead of spinning
+                from edgekit.backends.ort import session
+
+                runner.session = session(str(runner.path), runner.threads, spinning=False)
+            paths[f"edgekit {name}"] = runner
         except Exception as exc:  # a target that builds but won't load is reported, not fatal
             skipped[name] = f"loading failed: {type(exc).__name__}: {str(exc)[:200]}"
     for name, b in baselines.items():
         if "error" in b:
             skipped[name] = b["error"]
             continue
-        paths[name] = OrtRunner(Path(b["path"]), reference.inputs, reference.outputs, THREADS)
+        paths[name] = OrtRunner(Path(b["path"]), reference.inputs, reference.outputs, THREADS, spinning=False)
     if st is not None:
         if "error" in st:
             skipped["sentence-transformers avx512_vnni"] = st["error"]
@@ -284,7 +293,7 @@ class UnfusedRunner:
     def __init__(self, path: Path, outputs: tuple[str, ...], threads: int):
         from edgekit.backends.ort import session
 
-        self.session = session(str(path), threads, optimize=False)
+        self.session = session(str(path), threads, optimize=False, spinning=False)
         self.outputs = outputs
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -386,6 +395,33 @@ def _weights_bytes(name: str, cfg: dict[str, Any]) -> int | None:
     return None
 
 
+def spin_check(files: dict[str, Path], feed: dict[str, np.ndarray], reps: int = 3, calls: int = 20) -> dict[str, Any]:
+    """Why the benchmark turns ONNX Runtime's worker spinning off: the same sessions timed alone (back-to-back calls)
+    and interleaved (taking turns, as the benchmark does), with spinning on (ORT's default) and off, phases alternated
+    ``reps`` times so the host's load hits both. Returns median ms per (spinning, phase, path)."""
+    from edgekit.backends.ort import session
+
+    out: dict[str, Any] = {}
+    for spinning in (True, False):
+        sessions = {k: session(str(p), THREADS, spinning=spinning) for k, p in files.items()}
+        for s in sessions.values():
+            for _ in range(5):
+                s.run(None, feed)
+        res: dict[str, dict[str, list[float]]] = {"alone": {k: [] for k in sessions}, "interleaved": {k: [] for k in sessions}}
+        for _ in range(reps):
+            for k, s in sessions.items():
+                for _ in range(calls):
+                    t = time.perf_counter()
+                    s.run(None, feed)
+                    res["alone"][k].append(time.perf_counter() - t)
+            t_ = timing.interleaved({k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()}, 0, calls // 2, 2)
+            for k, v in t_.items():
+                res["interleaved"][k] += v
+        out["on" if spinning else "off"] = {ph: {k: float(np.median(v) * 1e3) for k, v in d.items()} for ph, d in res.items()}
+        del sessions
+    return out
+
+
 def bench_model(spec: ModelSpec, args: argparse.Namespace) -> dict[str, Any]:
     out = WORK / spec.name
     shutil.rmtree(out, ignore_errors=True)
@@ -420,6 +456,10 @@ def bench_model(spec: ModelSpec, args: argparse.Namespace) -> dict[str, Any]:
     for p in paths.values():
         if hasattr(p, "close"):
             p.close()
+    if spec.name == "mobilenetv2_like" and int8.get("files"):
+        _log(f"{spec.name}: spin check (ONNX Runtime worker spinning on/off, sessions alone vs interleaved)")
+        result["spin_check"] = spin_check({REFERENCE: reference, "edgekit ort-int8": root / int8["files"][0]},
+                                          {k: np.ascontiguousarray(v[:1]) for k, v in feeds.items()})
     result["weights_bytes"] = _weights_bytes(spec.name, cfg)
     if st and "path" in st:
         st["bytes"] = Path(st["path"]).stat().st_size

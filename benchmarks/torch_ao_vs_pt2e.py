@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import io
 import json
 import logging
 import os
@@ -168,7 +167,7 @@ def bench(name: str, model: torch.nn.Module, spec: TensorSpec, calib: np.ndarray
     for key, t in times.items():
         result["variants"][key].update(percentiles(t))
     fp32 = result["variants"]["torch_fp32_eager"]
-    for key, v in result["variants"].items():
+    for v in result["variants"].values():
         if "p50_ms" in v:  # min is the figure least touched by other jobs on the host; p50 is what edgekit reports
             v["p50_ratio_to_torch_fp32"] = v["p50_ms"] / fp32["p50_ms"]
             v["min_ratio_to_torch_fp32"] = v["min_ms"] / fp32["min_ms"]

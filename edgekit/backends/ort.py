@@ -74,8 +74,11 @@ class OrtRecipe:
         return bool(self.reduce_range)
 
 
-def session(model: str | bytes, threads: int, optimize: bool = True, save_to: Path | None = None) -> Any:
-    """An ONNX Runtime CPU session with a fixed thread count (timing is only comparable with threads fixed)."""
+def session(model: str | bytes, threads: int, optimize: bool = True, save_to: Path | None = None, spinning: bool = True) -> Any:
+    """An ONNX Runtime CPU session with a fixed thread count (timing is only comparable with threads fixed).
+
+    ``spinning=False`` stops idle intra-op workers from spin-waiting: needed when several sessions take turns in
+    one process (a benchmark interleaving them), where one session's spinning workers steal the cores of the next."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -83,6 +86,8 @@ def session(model: str | bytes, threads: int, optimize: bool = True, save_to: Pa
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
@@ -372,9 +377,10 @@ def quantize_dynamic_int8(
 
 
 class OrtRunner(Runner):
-    def __init__(self, path: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...], threads: int):
+    def __init__(self, path: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...], threads: int, spinning: bool = True):
         super().__init__(inputs, outputs)
-        self.session = session(str(path), threads)
+        self.path, self.threads = Path(path), threads
+        self.session = session(str(path), threads, spinning=spinning)
         self._names = [o.name for o in self.session.get_outputs()]
 
     def _run(self, feed: Feed) -> list[np.ndarray]:

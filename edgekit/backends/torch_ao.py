@@ -591,7 +591,10 @@ class TorchAoRunner(Runner):
         super().__init__(inputs, outputs)
         self.engine, self.threads = engine, threads
         extra = {META: ""}
-        with quantized_engine(engine):  # packed weights are re-packed for the current engine when loading
+        with quantized_engine(engine), _torch_warnings_to_log():  # weights are re-packed for the engine current at load
+            # torch warns once per process that quantized tensors are deprecated; raised while loading or running
+            # TorchScript it goes straight to stderr, raised from Python it is a warning: use the "once" up here
+            torch.quantize_per_tensor(torch.zeros(1), 1.0, 0, torch.quint8)
             self.module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         meta = json.loads(extra[META] or "{}")
         if meta.get("engine", engine) != engine:
