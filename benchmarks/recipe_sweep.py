@@ -99,7 +99,8 @@ def build_static(ref: Path, out: Path, name: str, variant: dict[str, Any], cfg: 
 
 def build_dynamic(ref: Path, out: Path, name: str, variant: dict[str, Any], cfg: dict[str, Any]) -> tuple[Path, float]:
     from edgekit.backends.base import CalibrationSettings
-    from edgekit.backends.ort import OrtRecipe, quantize_dynamic_int8
+    from edgekit.backends.ort import OrtRecipe
+    from edgekit.backends.ort_dynamic import quantize_dynamic_int8
     from edgekit.config import DataConfig
     from edgekit.data import open_feed
     from edgekit.types import TensorSpec

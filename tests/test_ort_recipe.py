@@ -10,7 +10,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.backends.base import CalibrationSettings
-from edgekit.backends.ort import OrtRecipe, fp32_fallback_nodes, quantize_dynamic_int8
+from edgekit.backends.ort import OrtRecipe
+from edgekit.backends.ort_dynamic import fp32_fallback_nodes, quantize_dynamic_int8
 from edgekit.config import DataConfig
 from edgekit.data import open_feed
 from edgekit.errors import ProfileError
@@ -86,7 +87,7 @@ def test_dynamic_fallback_without_calibration_data_quantizes_everything_and_says
     _two_layer_model(model)
     notes = quantize_dynamic_int8(model, out, OrtRecipe(mode="dynamic", fp32_fallback_sqnr_db=20.0))
     assert _ops(out).count("MatMulInteger") == 2
-    assert "no calibration data" in notes["fp32_fallback"]
+    assert "no calibration data" in notes["calibration"]
 
 
 def test_dynamic_mode_excludes_gemm_nodes_it_rewrites(tmp_path, calib):

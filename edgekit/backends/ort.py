@@ -5,7 +5,6 @@ The smallest real backend and the documentation of the Backend interface.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -37,12 +36,17 @@ class OrtRecipe:
     symmetric_activations: bool = False
     exclude_op_types: tuple[str, ...] = ()
     # dynamic mode: MatMul/Gemm nodes whose input activations would be quantized with a predicted SQNR below this
-    # (measured on calibration data, when the build has any) stay FP32; 0 disables. See fp32_fallback_nodes().
+    # (measured on calibration data, when the build has any) stay FP32; 0 disables. See ort_dynamic.fp32_fallback_nodes().
     fp32_fallback_sqnr_db: float = 0.0
     # static mode: Conv/Gemm/MatMul nodes that read a graph input directly (a CNN's stem) stay FP32. The stem has the
     # fewest weights per output channel and feeds every later layer; on a ResNet-18-shaped CNN keeping it FP32 lifted
     # cosine 0.9976 -> 0.9983 (benchmarks/recipe_sweep.py).
     fp32_input_layers: bool = False
+    # dynamic mode, see edgekit/backends/ort_dynamic.py: ONNX Runtime's transformer fusions before quantizing, and
+    # SmoothQuant-style smoothing (alpha 0 disables) of MatMul inputs predicted under smooth_below_sqnr_db.
+    transformer_fusion: bool = False
+    smooth_alpha: float = 0.0
+    smooth_below_sqnr_db: float = 30.0
 
     @classmethod
     def parse(cls, profile: TargetProfile) -> "OrtRecipe":
@@ -60,6 +64,12 @@ class OrtRecipe:
             raise ProfileError(f"target '{profile.name}' recipe reduce_range = {recipe.reduce_range!r}; expected true, false or \"auto\"")
         if isinstance(recipe.fp32_fallback_sqnr_db, bool) or not isinstance(recipe.fp32_fallback_sqnr_db, (int, float)) or recipe.fp32_fallback_sqnr_db < 0:
             raise ProfileError(f"target '{profile.name}' recipe fp32_fallback_sqnr_db = {recipe.fp32_fallback_sqnr_db!r}; expected a number of dB >= 0")
+        if isinstance(recipe.smooth_alpha, bool) or not isinstance(recipe.smooth_alpha, (int, float)) or not 0 <= recipe.smooth_alpha <= 1:
+            raise ProfileError(f"target '{profile.name}' recipe smooth_alpha = {recipe.smooth_alpha!r}; expected a number in [0, 1] (0 disables)")
+        if isinstance(recipe.smooth_below_sqnr_db, bool) or not isinstance(recipe.smooth_below_sqnr_db, (int, float)) or recipe.smooth_below_sqnr_db < 0:
+            raise ProfileError(f"target '{profile.name}' recipe smooth_below_sqnr_db = {recipe.smooth_below_sqnr_db!r}; expected a number of dB >= 0")
+        if not isinstance(recipe.transformer_fusion, bool):
+            raise ProfileError(f"target '{profile.name}' recipe transformer_fusion = {recipe.transformer_fusion!r}; expected true or false")
         for key in ("activation_type", "weight_type"):
             if getattr(recipe, key) not in QUANT_TYPES:
                 raise ProfileError(f"target '{profile.name}' recipe {key} = {getattr(recipe, key)!r}; expected int8 or uint8")
@@ -275,107 +285,6 @@ def _input_layers(model: Path) -> list[str]:
     return [n.name for n in graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and n.input and n.input[0] in inputs]
 
 
-def _weighted_matmuls(model: Any) -> list[Any]:
-    """MatMul/Gemm nodes with a constant weight (the ones dynamic quantization turns into MatMulInteger)."""
-    inits = {i.name for i in model.graph.initializer}
-    return [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits]
-
-
-def fp32_fallback_nodes(
-    model_path: Path, calib: FeedSource, specs: tuple[TensorSpec, ...], settings: CalibrationSettings, min_sqnr_db: float,
-    max_samples: int = 32,
-) -> tuple[list[str], dict[str, float]]:
-    """Names of the MatMul/Gemm nodes to keep in FP32 under dynamic quantization, and each node's predicted SQNR.
-
-    Dynamic quantization maps each input activation tensor to uint8 over [min(x, 0), max(x, 0)] per call, so its
-    noise is step/sqrt(12) with step = range/255; the predicted SQNR is 20*log10(rms(x) / noise), averaged in dB
-    over up to ``max_samples`` calibration samples, one sample per call (batch 1, the latency case). Inputs whose
-    range is set by a few outliers (e.g. a transformer's FFN down-projection after GELU) score low and stay FP32.
-    """
-    import onnx
-    import onnxruntime as ort
-
-    model = onnx.load(str(model_path))
-    nodes = _weighted_matmuls(model)
-    tensors = sorted({n.input[0] for n in nodes})
-    present = {o.name for o in model.graph.output}
-    for name in tensors:
-        if name not in present:
-            model.graph.output.append(onnx.ValueInfoProto(name=name))
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor name
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    out_names = [o.name for o in sess.get_outputs()]
-    db: dict[str, list[float]] = {t: [] for t in tensors}
-    reader = FeedCalibrationReader(calib, specs, dataclasses.replace(settings, samples=min(settings.samples, max_samples)))
-    for feed in iter(reader.get_next, None):
-        for i in range(next(iter(feed.values())).shape[0]):
-            one = {k: v[i : i + 1] for k, v in feed.items()}
-            values = dict(zip(out_names, sess.run(out_names, one)))
-            for t in tensors:
-                x = values[t].astype(np.float64)
-                step = (max(float(x.max()), 0.0) - min(float(x.min()), 0.0)) / 255.0
-                rms = float(np.sqrt(np.mean(x * x)))
-                db[t].append(200.0 if step == 0 or rms == 0 else 20.0 * np.log10(rms / (step / np.sqrt(12.0))))
-    predicted = {n.name: float(np.mean(db[n.input[0]])) for n in nodes if db[n.input[0]]}
-    keep = [name for name, v in sorted(predicted.items(), key=lambda kv: kv[1]) if v < min_sqnr_db]
-    return keep, predicted
-
-
-def _dynamic_exclusions(model: Path, names: list[str]) -> list[str]:
-    """quantize_dynamic rewrites a Gemm as '<name>_MatMul' + Add before quantizing: exclude under both names."""
-    import onnx
-
-    gemms = {n.name for n in onnx.load(str(model)).graph.node if n.op_type == "Gemm"}
-    return [x for name in names for x in ((name, f"{name}_MatMul") if name in gemms else (name,))]
-
-
-def quantize_dynamic_int8(
-    src: Path, dst: Path, recipe: OrtRecipe, calib: FeedSource | None = None, specs: tuple[TensorSpec, ...] = (),
-    settings: CalibrationSettings | None = None,
-) -> dict[str, Any]:
-    """Dynamic INT8 of ``src`` into ``dst``; with calibration data, the recipe's FP32 fallback picks nodes to keep."""
-    from onnxruntime.quantization import quantize_dynamic
-
-    notes: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="edgekit-ort-") as tmpdir:
-        tmp = Path(tmpdir)
-        pre = tmp / "pre.onnx"
-        notes["preprocess"] = preprocess(src, pre)
-        out = tmp / "quant.onnx"
-        keep: list[str] = []
-        if recipe.fp32_fallback_sqnr_db > 0:
-            if calib is None:
-                notes["fp32_fallback"] = "skipped: no calibration data reached this target, every MatMul/Gemm is quantized"
-            else:
-                keep, predicted = fp32_fallback_nodes(pre, calib, specs, settings or CalibrationSettings(), recipe.fp32_fallback_sqnr_db)
-                lowest = sorted(predicted.items(), key=lambda kv: kv[1])[:5]
-                notes["fp32_fallback"] = {
-                    "rule": f"MatMul/Gemm inputs with predicted 8-bit SQNR < {recipe.fp32_fallback_sqnr_db:g} dB stay FP32",
-                    "kept_fp32": keep, "quantized": len(predicted) - len(keep),
-                    "lowest_predicted_sqnr_db": {k: round(v, 1) for k, v in lowest},
-                }
-
-        def attempt(model: Path) -> None:
-            quantize_dynamic(
-                str(model),
-                str(out),
-                per_channel=recipe.per_channel,
-                reduce_range=recipe.resolved_reduce_range(),
-                weight_type=_qtype(recipe.weight_type),
-                nodes_to_exclude=_dynamic_exclusions(model, _nodes_of_types(model, recipe.exclude_op_types) + keep),
-            )
-
-        fallback = _with_fallbacks(pre, tmp, attempt)
-        atomic_move(out, dst)
-    notes["weights"] = f"{recipe.weight_type} {'per-channel' if recipe.per_channel else 'per-tensor'}" + _range_note(recipe)
-    notes["activations"] = "uint8, quantized at run time"
-    if fallback:
-        notes["quantizer"] = fallback
-    return notes
-
-
 class OrtRunner(Runner):
     def __init__(self, path: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...], threads: int, spinning: bool = True):
         super().__init__(inputs, outputs)
@@ -414,6 +323,8 @@ class OrtBackend(Backend):
                 raise ProfileError(f"target '{ctx.profile.name}' needs calibration data: add a [calibration] section")
             notes = quantize_static_qdq(ctx.reference.path, dst, ctx.calibration, ctx.reference.inputs, ctx.calibration_settings, recipe)
         else:
+            from edgekit.backends.ort_dynamic import quantize_dynamic_int8
+
             notes = quantize_dynamic_int8(ctx.reference.path, dst, recipe, ctx.calibration, ctx.reference.inputs, ctx.calibration_settings)
         return Artifact(ctx.profile.name, (ArtifactFile.of(dst, ctx.root),), notes)
 
