@@ -151,6 +151,40 @@ class Sequence(nn.Module):
 def sequence():
     torch.manual_seed(3)
     return Sequence()
+
+
+class TinyBert(nn.Module):
+    """BERT's integer plumbing: token ids and position ids into nn.Embedding, the int64 attention mask made into an
+    additive bias as HF BERT's extended mask is, and mean pooling over the mask; torch.fx traces all of it."""
+
+    def __init__(self, vocab=100, d=32, heads=4, classes=8):
+        super().__init__()
+        self.heads = heads
+        self.embed, self.pos = nn.Embedding(vocab, d), nn.Embedding(16, d)
+        self.norm = nn.LayerNorm(d)
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.ff1, self.ff2 = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, input_ids, attention_mask):
+        n, length = input_ids.shape
+        x = self.norm(self.embed(input_ids) + self.pos(torch.arange(length).unsqueeze(0)))
+        bias = (1.0 - attention_mask[:, None, None, :].float()) * -10000.0
+
+        def split(t):
+            return t.reshape(n, length, self.heads, -1).transpose(1, 2)
+
+        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        scores = torch.matmul(q, k.transpose(-1, -2)) / 2.0 + bias
+        x = x + self.o(torch.matmul(scores.softmax(-1), v).transpose(1, 2).reshape(n, length, -1))
+        x = x + self.ff2(torch.relu(self.ff1(x)))
+        mask = attention_mask.unsqueeze(-1).to(x.dtype)
+        return self.head((x * mask).sum(1) / mask.sum(1).clamp(min=1e-9))
+
+
+def tinybert():
+    torch.manual_seed(4)
+    return TinyBert()
 '''
 
 CONFIG = """
@@ -183,6 +217,10 @@ def sandbox(tmp_path_factory) -> Path:
         x = rng.standard_normal(shape).astype(np.float32)
         np.savez(root / f"{name}_calib.npz", x=x[:24])
         np.savez(root / f"{name}_val.npz", x=x[24:])
+    ids = rng.integers(1, 100, (40, 16))
+    mask = (np.arange(16) < rng.integers(3, 17, (40, 1))).astype(np.int64)  # padded sentences of 3..16 tokens
+    np.savez(root / "ids_calib.npz", input_ids=ids[:24] * mask[:24], attention_mask=mask[:24])
+    np.savez(root / "ids_val.npz", input_ids=ids[24:] * mask[24:], attention_mask=mask[24:])
     return root
 
 
@@ -407,6 +445,54 @@ def test_model_whose_own_forward_is_untraceable_quantizes_its_children(sandbox):
     assert "(model forward): amax x1 — in the forward of the model itself, which torch.fx cannot trace" in stayed
     assert "head.1 (Linear): linear x1 — kept float by recipe keep_float (head.1)" in stayed
     assert "body" not in stayed  # conv-bn-relu quantized as its own island
+
+
+BERT = """
+[model]
+source = "models.py:tinybert"
+inputs = [ { name = "input_ids", shape = [1, 16], dtype = "int64", dynamic = { 0 = "batch" } },
+           { name = "attention_mask", shape = [1, 16], dtype = "int64", dynamic = { 0 = "batch" } } ]
+
+[calibration]
+data = "ids_calib.npz"
+method = "minmax"
+
+[validation]
+data = "ids_val.npz"
+
+[targets]
+use = ["torch-fbgemm", "torch-qnnpack"]
+"""
+
+
+def test_int64_ids_and_mask_stay_integer_and_static_int8_builds(sandbox):
+    code, m = _build(sandbox, BERT + "".join(FAST.format(t=t) for t in ("torch-fbgemm", "torch-qnnpack")), "bert")
+
+    assert code == 0
+    for target in ("torch-fbgemm", "torch-qnnpack"):
+        t = m["targets"][target]
+        assert t["status"] == "passed", t["reason"]
+        assert t["notes"]["mode"] == "static"
+        assert _worst(m, target)["cosine"] >= 0.99
+        assert t["notes"]["integer_inputs"][0].startswith("(model): input_ids, attention_mask: never quantized")
+        stayed = "\n".join(t["notes"]["stayed_float"])
+        assert "(model forward): __rsub__ x1 — integer input" in stayed  # the mask made into a bias stays float
+        assert "embed (Embedding): embedding x1 — integer input" in stayed
+        assert "linear" not in stayed  # q, k, v, o, the feed-forward and the head run in INT8
+        assert t["notes"]["reproducibility"].startswith("reproducible")  # the stand-ins left no trace in the artifact
+    feed = {k: v for k, v in np.load(sandbox / "ids_val.npz").items()}
+    specs = tuple(TensorSpec(k, ("batch", 16), "int64") for k in ("input_ids", "attention_mask"))
+    runner = TorchAoRunner(sandbox / "bert" / "torch-fbgemm" / "model.pt", specs, ("y",), "fbgemm", threads=1)
+    y = runner.run(feed)["y"]
+    sys.path.insert(0, str(sandbox))
+    try:
+        import models  # noqa: PLC0415 - the reference, imported here only
+    finally:
+        sys.path.remove(str(sandbox))
+    with torch.no_grad():
+        ref = models.tinybert().eval()(*(torch.from_numpy(feed[s.name]) for s in specs)).numpy()
+    cos = np.sum(ref * y, 1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(y, axis=1))
+    assert y.shape == (16, 8) and cos.min() >= 0.99
 
 
 def test_onnx_source_makes_torch_targets_unavailable_with_the_reason(resnet, sandbox):
