@@ -153,6 +153,8 @@ def _build_into(root: Path, p: Plan, options: BuildOptions, progress: Any) -> Ma
             log.debug("building %s failed", name, exc_info=True)
             results[name] = TargetResult(name, "error", f"build failed: {type(exc).__name__}: {str(exc)[:400]}", device=profile.device)
             continue
+        if artifact.notes.get("warning"):
+            progress.warn(f"{name}: {artifact.notes['warning']}")
         status, reason = ("unavailable", p.unavailable[name]) if name in p.proxies else ("passed", "")
         results[name] = TargetResult(name, status, reason, artifact, build_seconds=round(time.perf_counter() - start, 3), device=profile.device)
     manifest = Manifest(

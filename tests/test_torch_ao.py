@@ -447,6 +447,18 @@ def test_model_whose_own_forward_is_untraceable_quantizes_its_children(sandbox):
     assert "body" not in stayed  # conv-bn-relu quantized as its own island
 
 
+
+def test_a_build_that_quantized_nothing_says_so(sandbox):
+    config = _config("branchy", [1, 3, 8, 8], "img", ["torch-fbgemm"], torchscript_export=True,
+                     extra='[targets.torch-fbgemm]\nrecipe = { keep_float = ["body", "head"] }\n')
+    code, m = _build(sandbox, config, "nothing")
+    t = m["targets"]["torch-fbgemm"]
+    assert code == 0, t["reason"]
+    assert t["notes"]["warning"].startswith("nothing in this model was quantized: the artifact computes in FP32")
+    assert 'recipe = { mode = "dynamic" }' in t["notes"]["warning"]
+    assert "warning" not in _build(sandbox, _config("branchy", [1, 3, 8, 8], "img", ["torch-fbgemm"], torchscript_export=True), "something")[1][
+        "targets"]["torch-fbgemm"]["notes"]
+
 BERT = """
 [model]
 source = "models.py:tinybert"

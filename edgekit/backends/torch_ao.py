@@ -44,6 +44,8 @@ _torch_warnings_to_log = torch_warnings_to_log  # the benchmark's name for it
 
 log = logging.getLogger(__name__)
 
+QUANTIZED_MODULES = ("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized")  # where INT8 modules live
+
 ENGINES = ("fbgemm", "qnnpack")
 MODES = ("static", "dynamic")
 # fbgemm's own qconfig gives activations 7 bits: its AVX2 kernels add pairs of u8 x s8 products in int16.
@@ -321,6 +323,13 @@ class TorchAoBackend(Backend):
             "reproducibility": reproducible,
             "measured_on": _measured_on(ctx.profile, recipe.engine),
         }
+        if not any(type(m).__module__.startswith(QUANTIZED_MODULES) for m in quantized.modules()):
+            notes["warning"] = (
+                "nothing in this model was quantized: the artifact computes in FP32 (see stayed_float"
+                + (" and untraceable" if "untraceable" in notes else "") + ")"
+                + ("; for transformers and RNNs set [targets.%s] recipe = { mode = \"dynamic\" }" % ctx.profile.name
+                   if recipe.mode == "static" else "")
+            )
         return Artifact(ctx.profile.name, (ArtifactFile.of(dst, ctx.root),), notes)
 
     def load(self, artifact: Artifact, root: Path, profile: TargetProfile, reference: Reference) -> Runner:
