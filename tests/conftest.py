@@ -9,6 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgekit.config import DataConfig
+from edgekit.data import open_feed
+from edgekit.types import TensorSpec
+
 TINY_NET = '''
 import torch.nn as nn
 
@@ -125,3 +129,14 @@ labels = "y"
 [targets]
 use = ["ort-fp32", "ort-int8"]
 """
+
+
+X32_SPECS = (TensorSpec("x", ("batch", 32)),)
+
+
+@pytest.fixture()
+def calib_x32(tmp_path: Path):
+    """16 Gaussian samples of one input 'x' of width 32, as a calibration FeedSource."""
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "calib_x32.npz", x=rng.standard_normal((16, 32)).astype(np.float32))
+    return open_feed(DataConfig(str(tmp_path / "calib_x32.npz")), X32_SPECS, "calibration")

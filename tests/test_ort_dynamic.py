@@ -15,12 +15,12 @@ from edgekit.backends.base import CalibrationSettings
 from edgekit.backends.ort import OrtRecipe
 from edgekit.backends.ort_dynamic import activation_stats, fuse_transformer, quantize_dynamic_int8, smooth
 from edgekit.cli import main
-from edgekit.config import DataConfig
-from edgekit.data import open_feed
 from edgekit.errors import ProfileError
-from edgekit.types import TargetProfile, TensorSpec
+from edgekit.types import TargetProfile
 
-SPECS = (TensorSpec("x", ("batch", 32)),)
+from conftest import X32_SPECS
+
+SPECS = X32_SPECS  # the calibration data of the calib_x32 fixture (conftest.py)
 OUTLIERS = (3, 77, 190)  # channels of the hidden layer scaled x60: what a transformer's FFN input looks like
 
 
@@ -55,13 +55,6 @@ def _outlier_model(path: Path, transb: bool = False) -> None:
     onnx.save(model, str(path))
 
 
-@pytest.fixture()
-def calib(tmp_path: Path):
-    rng = np.random.default_rng(1)
-    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((16, 32)).astype(np.float32))
-    return open_feed(DataConfig(str(tmp_path / "calib.npz")), SPECS, "calibration")
-
-
 def _run(path: Path, x: np.ndarray) -> list[np.ndarray]:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
 
@@ -71,10 +64,10 @@ def _held_out() -> np.ndarray:
 
 
 @pytest.mark.parametrize("transb", [False, True])
-def test_smoothing_is_exact_in_fp32_with_one_mul_per_tensor(tmp_path, calib, transb):
+def test_smoothing_is_exact_in_fp32_with_one_mul_per_tensor(tmp_path, calib_x32, transb):
     src, dst = tmp_path / "m.onnx", tmp_path / "s.onnx"
     _outlier_model(src, transb)
-    stats = activation_stats(src, calib, SPECS, CalibrationSettings(samples=16))
+    stats = activation_stats(src, calib_x32, SPECS, CalibrationSettings(samples=16))
     assert stats["g"].channel_absmax.shape == (256,)
     assert stats["g"].channel_absmax[list(OUTLIERS)].min() > 10 * np.median(stats["g"].channel_absmax)
     done = smooth(src, dst, stats, alpha=0.8, below_db=99.0)
@@ -86,10 +79,10 @@ def test_smoothing_is_exact_in_fp32_with_one_mul_per_tensor(tmp_path, calib, tra
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * float(np.abs(a).max()))
 
 
-def test_smoothing_only_touches_inputs_under_the_threshold(tmp_path, calib):
+def test_smoothing_only_touches_inputs_under_the_threshold(tmp_path, calib_x32):
     src, dst = tmp_path / "m.onnx", tmp_path / "s.onnx"
     _outlier_model(src)
-    stats = activation_stats(src, calib, SPECS, CalibrationSettings(samples=16))
+    stats = activation_stats(src, calib_x32, SPECS, CalibrationSettings(samples=16))
     assert stats["g"].sqnr_db < stats["x"].sqnr_db - 5  # outlier channels cost the shared scale its resolution
     threshold = (stats["g"].sqnr_db + stats["x"].sqnr_db) / 2
     assert set(smooth(src, dst, stats, alpha=0.8, below_db=threshold)) == {"g"}
@@ -99,13 +92,13 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
 
 
-def test_smoothing_lowers_dynamic_int8_error_on_outlier_channels(tmp_path, calib):
+def test_smoothing_lowers_dynamic_int8_error_on_outlier_channels(tmp_path, calib_x32):
     src = tmp_path / "m.onnx"
     _outlier_model(src)
     plain, smoothed = tmp_path / "plain.onnx", tmp_path / "smooth.onnx"
-    quantize_dynamic_int8(src, plain, OrtRecipe(mode="dynamic", reduce_range=True), calib, SPECS, CalibrationSettings(samples=16))
+    quantize_dynamic_int8(src, plain, OrtRecipe(mode="dynamic", reduce_range=True), calib_x32, SPECS, CalibrationSettings(samples=16))
     notes = quantize_dynamic_int8(src, smoothed, OrtRecipe(mode="dynamic", reduce_range=True, smooth_alpha=0.8, smooth_below_sqnr_db=40.0),
-                                  calib, SPECS, CalibrationSettings(samples=16))
+                                  calib_x32, SPECS, CalibrationSettings(samples=16))
     assert notes["smoothing"]["smoothed_inputs"] >= 1
     x = _held_out()
     ref = _run(src, x)

@@ -18,7 +18,9 @@ from edgekit.errors import ProfileError
 from edgekit.profiles import load_profile
 from edgekit.types import TargetProfile, TensorSpec
 
-SPECS = (TensorSpec("x", ("batch", 32)),)
+from conftest import X32_SPECS
+
+SPECS = X32_SPECS  # the calibration data of the calib_x32 fixture (conftest.py)
 
 
 def _two_layer_model(path: Path, tail_op: str = "MatMul") -> None:
@@ -47,34 +49,27 @@ def _two_layer_model(path: Path, tail_op: str = "MatMul") -> None:
     onnx.save(model, str(path))
 
 
-@pytest.fixture()
-def calib(tmp_path: Path):
-    rng = np.random.default_rng(1)
-    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((16, 32)).astype(np.float32))
-    return open_feed(DataConfig(str(tmp_path / "calib.npz")), SPECS, "calibration")
-
-
 def _ops(path: Path) -> list[str]:
     return [n.op_type for n in onnx.load(str(path)).graph.node]
 
 
-def test_predicted_sqnr_ranks_the_long_tailed_input_lowest(tmp_path, calib):
+def test_predicted_sqnr_ranks_the_long_tailed_input_lowest(tmp_path, calib_x32):
     model = tmp_path / "m.onnx"
     _two_layer_model(model)
-    keep, predicted = fp32_fallback_nodes(model, calib, SPECS, CalibrationSettings(samples=16), min_sqnr_db=0.0)
+    keep, predicted = fp32_fallback_nodes(model, calib_x32, SPECS, CalibrationSettings(samples=16), min_sqnr_db=0.0)
     assert keep == []
     # a Gaussian input keeps ~8 bits of its range; exp() of it is dominated by a few large values
     assert predicted["first"] > 35.0
     assert predicted["second"] < predicted["first"] - 10.0
 
 
-def test_dynamic_fallback_keeps_only_the_low_sqnr_node_in_fp32(tmp_path, calib):
+def test_dynamic_fallback_keeps_only_the_low_sqnr_node_in_fp32(tmp_path, calib_x32):
     model, out = tmp_path / "m.onnx", tmp_path / "q.onnx"
     _two_layer_model(model)
-    _, predicted = fp32_fallback_nodes(model, calib, SPECS, CalibrationSettings(samples=16), min_sqnr_db=0.0)
+    _, predicted = fp32_fallback_nodes(model, calib_x32, SPECS, CalibrationSettings(samples=16), min_sqnr_db=0.0)
     threshold = (predicted["first"] + predicted["second"]) / 2
     recipe = OrtRecipe(mode="dynamic", reduce_range=True, fp32_fallback_sqnr_db=threshold)
-    notes = quantize_dynamic_int8(model, out, recipe, calib, SPECS, CalibrationSettings(samples=16))
+    notes = quantize_dynamic_int8(model, out, recipe, calib_x32, SPECS, CalibrationSettings(samples=16))
     ops = _ops(out)
     assert ops.count("MatMulInteger") == 1  # 'first' quantized
     assert ops.count("MatMul") == 1  # 'second' kept FP32
@@ -90,7 +85,7 @@ def test_dynamic_fallback_without_calibration_data_quantizes_everything_and_says
     assert "no calibration data" in notes["calibration"]
 
 
-def test_dynamic_mode_excludes_gemm_nodes_it_rewrites(tmp_path, calib):
+def test_dynamic_mode_excludes_gemm_nodes_it_rewrites(tmp_path, calib_x32):
     """quantize_dynamic renames a Gemm to '<name>_MatMul' before quantizing; exclusions must follow it."""
     model, out = tmp_path / "m.onnx", tmp_path / "q.onnx"
     _two_layer_model(model, tail_op="Gemm")

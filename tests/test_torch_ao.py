@@ -447,7 +447,6 @@ def test_model_whose_own_forward_is_untraceable_quantizes_its_children(sandbox):
     assert "body" not in stayed  # conv-bn-relu quantized as its own island
 
 
-
 def test_a_build_that_quantized_nothing_says_so(sandbox):
     config = _config("branchy", [1, 3, 8, 8], "img", ["torch-fbgemm"], torchscript_export=True,
                      extra='[targets.torch-fbgemm]\nrecipe = { keep_float = ["body", "head"] }\n')
