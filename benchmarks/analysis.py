@@ -95,9 +95,7 @@ SATURATION = (
 
 def digits(result: dict[str, Any], checks: list[dict[str, Any]]) -> list[str]:
     ref = _row(result, "1", "torch-fp32")
-    lines = ["### Where edgekit wins, where it loses, and why", ""]
-    lines += _verdicts(checks)
-    lines += [""]
+    lines = _header(checks)
     lines += _comparisons(result, "1", ["edgekit ort-int8", "edgekit ort-int8-dynamic"], ["ort-quantize_static", "ort-quantize_dynamic"])
     lines += [
         "",
@@ -109,13 +107,15 @@ def digits(result: dict[str, Any], checks: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _header(checks: list[dict[str, Any]]) -> list[str]:
+    return ["### Where edgekit wins, where it loses, and why", "", *_verdicts(checks), ""]
+
+
 def resnet(result: dict[str, Any], checks: list[dict[str, Any]]) -> list[str]:
     mine = _row(result, "1", "edgekit ort-int8")
     diag = _row(result, "1", "diagnostic: edgekit ort-int8 graph at ORT_DISABLE_ALL")
     static = _row(result, "1", "ort-quantize_static")
-    lines = ["### Where edgekit wins, where it loses, and why", ""]
-    lines += _verdicts(checks)
-    lines += [""]
+    lines = _header(checks)
     lines += _comparisons(result, "1", ["edgekit ort-int8", "edgekit ort-int8-dynamic"], ["ort-quantize_static", "ort-quantize_dynamic"])
     lines += [
         "",
@@ -134,7 +134,9 @@ def resnet(result: dict[str, Any], checks: list[dict[str, Any]]) -> list[str]:
         "needs three instructions (vpmaddubsw, vpmaddwd, vpaddd) where FP32 needs one FMA for half as many products, "
         "so INT8 convolution gains far less over ONNX Runtime's well-tuned FP32 (NCHWc) kernels than on a VNNI host, "
         f"where the issue measured 1.6-2.3x for this recipe; torch.ao's fbgemm lands at {_sp(_row(result, '1', 'edgekit torch-fbgemm'))} "
-        "on the same host. The FP32 stem also costs a few percent of speed for its accuracy.",
+        "on the same host. The FP32 stem is the other cost: with every layer INT8 ort-int8 measured 1.80x over FP32 at "
+        "cosine 0.99755 (under the 0.998 bar), with the stem FP32 1.46x at 0.99830 (benchmarks/results/recipe_sweep.md); "
+        "the FP32 MaxPool after the stem takes most of that difference (docs/ort-targets.md).",
         "",
         "Dynamic INT8 (both edgekit's ort-int8-dynamic and ORT's quantize_dynamic) is the wrong tool for a CNN: "
         "ConvInteger quantizes activations at every call and runs slower than FP32; edgekit ships it for transformers.",
@@ -146,9 +148,7 @@ def mobilenet(result: dict[str, Any], checks: list[dict[str, Any]]) -> list[str]
     mine = _row(result, "1", "edgekit ort-int8")
     diag = _row(result, "1", "diagnostic: edgekit ort-int8 graph at ORT_DISABLE_ALL")
     static = _row(result, "1", "ort-quantize_static")
-    lines = ["### Where edgekit wins, where it loses, and why", ""]
-    lines += _verdicts(checks)
-    lines += [""]
+    lines = _header(checks)
     lines += _comparisons(result, "1", ["edgekit ort-int8"], ["ort-quantize_static", "ort-quantize_dynamic"])
     lines += [
         "",
@@ -183,9 +183,7 @@ def minilm(result: dict[str, Any], checks: list[dict[str, Any]]) -> list[str]:
     sm = notes.get("smoothing") if isinstance(notes.get("smoothing"), dict) else {}
     fused = (notes.get("transformer_fusion") or {}).get("fused") or {}
     fused_text = ", ".join(f"{k} x{v}" for k, v in fused.items()) or "nothing"
-    lines = ["### Where edgekit wins, where it loses, and why", ""]
-    lines += _verdicts(checks)
-    lines += [""]
+    lines = _header(checks)
     for batch in result["rows"]:
         lines += [f"Batch {batch}:", ""]
         lines += _comparisons(result, batch, ["edgekit ort-int8-dynamic"],

@@ -79,7 +79,7 @@ def plan(cfg: BuildConfig, options: BuildOptions, progress: Any = None) -> Plan:
     if needs_calibration and cfg.calibration is None:
         raise ConfigError(f"target(s) {needs_calibration} need calibration data: add a [calibration] section with 'data'")
     # static INT8 needs calibration data; dynamic INT8 uses it when given (smoothing, FP32 fallback)
-    uses_calibration = needs_calibration or [n for n, p in profiles.items() if p.precision == "int8"]
+    uses_calibration = any(p.precision == "int8" for p in profiles.values())
     calibration = open_feed(cfg.calibration, source.inputs, "calibration") if cfg.calibration and uses_calibration else None
     validation = open_feed(cfg.validation, source.inputs, "validation") if cfg.validation else None
     if calibration is not None and validation is not None and not cfg.validation.allow_overlap:

@@ -24,10 +24,19 @@ def builtin_names() -> list[str]:
     return sorted(p.stem for p in targets_dir().glob("*.toml"))
 
 
-def _unknown(key: str, valid: tuple[str, ...], where: str) -> ProfileError:
+def unknown_key(key: str, valid: tuple[str, ...], where: str) -> ProfileError:
+    """The error for a profile key nobody defined, naming the nearest valid one."""
     near = difflib.get_close_matches(key, valid, n=1)
     hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(valid)}"
     return ProfileError(f"unknown key '{key}' in {where}{hint}")
+
+
+def check_recipe_keys(profile: TargetProfile, recipe_class: type) -> None:
+    """A backend's ``[recipe]`` may only hold the fields of its recipe dataclass."""
+    known = {f.name for f in dataclasses.fields(recipe_class)}
+    unknown = sorted(set(profile.recipe) - known)
+    if unknown:
+        raise ProfileError(f"target '{profile.name}' recipe has unknown key(s) {unknown}; valid: {sorted(known)}")
 
 
 def _dataclass_from(cls: type, values: dict[str, Any], base: Any, where: str) -> Any:
@@ -36,7 +45,7 @@ def _dataclass_from(cls: type, values: dict[str, Any], base: Any, where: str) ->
     clean = {}
     for key, value in values.items():
         if key not in valid:
-            raise _unknown(key, valid, where)
+            raise unknown_key(key, valid, where)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise ProfileError(f"{where} {key} must be a number, got {value!r}")
         if "int" in str(types[key]) and "float" not in str(types[key]) and not isinstance(value, int):
@@ -50,7 +59,7 @@ def parse_profile(name: str, raw: dict[str, Any], source: str) -> TargetProfile:
     where = f"target profile '{name}' ({source})"
     for key in raw:
         if key not in _TOP_KEYS:
-            raise _unknown(key, _TOP_KEYS, where)
+            raise unknown_key(key, _TOP_KEYS, where)
     for key in ("backend", "precision", "device"):
         if not isinstance(raw.get(key), str):
             raise ProfileError(f"{where} needs '{key}' as a string")

@@ -15,6 +15,7 @@ import numpy as np
 
 from edgekit.backends.base import Availability, Backend, BuildContext, CalibrationSettings, Runner
 from edgekit.errors import ProfileError
+from edgekit.profiles import check_recipe_keys
 from edgekit.fsutil import atomic_move
 from edgekit.types import Artifact, ArtifactFile, Feed, FeedSource, Reference, SourceModel, TargetProfile, TensorSpec
 
@@ -50,10 +51,7 @@ class OrtRecipe:
 
     @classmethod
     def parse(cls, profile: TargetProfile) -> "OrtRecipe":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(profile.recipe) - known)
-        if unknown:
-            raise ProfileError(f"target '{profile.name}' recipe has unknown key(s) {unknown}; valid: {sorted(known)}")
+        check_recipe_keys(profile, cls)
         r = dict(profile.recipe)
         if "exclude_op_types" in r:
             r["exclude_op_types"] = tuple(r["exclude_op_types"])

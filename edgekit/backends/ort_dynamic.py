@@ -145,7 +145,8 @@ def smooth(src: Path, dst: Path, stats: dict[str, TensorStats], alpha: float, be
         if st is None or st.sqnr_db >= below_db:
             continue
         axes = [_weight_rows_axis(n) for n in nodes]
-        weights = [numpy_helper.to_array(inits[n.input[1]]).astype(np.float64) for n in nodes]
+        stored = [numpy_helper.to_array(inits[n.input[1]]) for n in nodes]
+        weights = [w.astype(np.float64) for w in stored]
         if None in axes or any(uses[n.input[1]] != 1 or w.ndim != 2 for n, w in zip(nodes, weights)):
             continue
         w_absmax = np.max([np.abs(w).max(axis=1 - a) for w, a in zip(weights, axes)], axis=0)
@@ -155,10 +156,9 @@ def smooth(src: Path, dst: Path, stats: dict[str, TensorStats], alpha: float, be
         live = (a_absmax > 0) & (w_absmax > 0)
         scale = np.ones_like(a_absmax)
         scale[live] = np.clip(a_absmax[live] ** alpha / w_absmax[live] ** (1.0 - alpha), *SCALE_LIMITS)
-        for n, w, a in zip(nodes, weights, axes):
+        for n, w, a, original in zip(nodes, weights, axes, stored):
             scaled = w * (scale[:, None] if a == 0 else scale[None, :])
-            dtype = numpy_helper.to_array(inits[n.input[1]]).dtype
-            inits[n.input[1]].CopyFrom(numpy_helper.from_array(scaled.astype(dtype), n.input[1]))
+            inits[n.input[1]].CopyFrom(numpy_helper.from_array(scaled.astype(original.dtype), n.input[1]))
         inverse = f"{tensor}__smooth_inv"
         smoothed = f"{tensor}__smoothed"
         graph.initializer.append(numpy_helper.from_array((1.0 / scale).astype(np.float32), inverse))

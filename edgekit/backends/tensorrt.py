@@ -4,7 +4,6 @@ TensorRT and a CUDA GPU exist; elsewhere that ONNX is measured on ONNX Runtime C
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -16,6 +15,7 @@ from edgekit.backends.trt_engine import EngineCalibration, TensorRTRunner, build
 from edgekit.backends.trt_fp16 import DEFAULT_KEEP_FP32_OPS, emulate_fp16, make_fp16_onnx
 from edgekit.backends.trt_qdq import make_int8_qdq_onnx
 from edgekit.errors import ProfileError
+from edgekit.profiles import unknown_key
 from edgekit.types import Artifact, ArtifactFile, Feed, Reference, SourceModel, TargetProfile, TensorSpec
 
 HOST_PROXY = "host proxy (ONNX Runtime CPU), not a TensorRT engine"
@@ -49,9 +49,7 @@ class TensorRTRecipe:
         raw = dict(profile.recipe)
         for key in raw:
             if key not in known:
-                near = difflib.get_close_matches(key, known, n=1)
-                hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(known)}"
-                raise ProfileError(f"unknown key '{key}' in {where}{hint}")
+                raise unknown_key(key, known, where)
         if profile.precision not in ("fp16", "int8"):
             raise ProfileError(f"{where}: a tensorrt target has precision fp16 or int8, got {profile.precision!r}")
         for key, low, high in (("workspace_mb", 1, None), ("builder_optimization_level", 0, 5)):

@@ -34,6 +34,7 @@ from edgekit.backends.torch_integer import FloatOp, IntegerOps, find_integer_ops
 from edgekit.backends.torch_islands import SCOPE, island_inputs, islands, trace_island
 from edgekit.backends.torch_rewrite import rewrite_transformers
 from edgekit.errors import ProfileError
+from edgekit.profiles import check_recipe_keys
 from edgekit.hostinfo import has_int8_dot
 from edgekit.fsutil import atomic_write_bytes
 from edgekit.types import Artifact, ArtifactFile, FeedSource, Reference, SourceModel, TargetProfile, TensorSpec
@@ -64,10 +65,7 @@ class TorchAoRecipe:
 
     @classmethod
     def parse(cls, profile: TargetProfile) -> "TorchAoRecipe":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(profile.recipe) - known)
-        if unknown:
-            raise ProfileError(f"target '{profile.name}' recipe has unknown key(s) {unknown}; valid: {sorted(known)}")
+        check_recipe_keys(profile, cls)
         r = dict(profile.recipe)
         keep = r.get("keep_float", ())
         if not isinstance(keep, (list, tuple)) or not all(isinstance(k, str) and k for k in keep):
