@@ -100,7 +100,7 @@ def digits_config() -> dict[str, Any]:
     return {
         "model": {"source": "example:digits", "outputs": ["logits"], "task": "classification",
                   "inputs": [{"name": "image", "shape": [1, 1, 8, 8], "dtype": "float32", "dynamic": {"0": "batch"}}]},
-        "calibration": {"data": str(data / "calib.npz"), "samples": 256, "method": "minmax"},
+        "calibration": {"data": str(data / "calib.npz"), "samples": 256, "method": "mse"},
         "validation": {"data": str(data / "val.npz"), "labels": "labels"},
         "targets": {"use": _targets()},
     }
@@ -111,7 +111,7 @@ def cnn_config(name: str) -> dict[str, Any]:
         "model": {"source": f"{HERE / 'models.py'}:{name}", "weights": str(WORK / f"{name}.safetensors"),
                   "outputs": ["logits"], "task": "classification",
                   "inputs": [{"name": "image", "shape": [1, 3, 224, 224], "dtype": "float32"}]},
-        "calibration": {"data": str(WORK / "data" / "cnn_calib.npz"), "samples": CNN_CALIB, "method": "minmax"},
+        "calibration": {"data": str(WORK / "data" / "cnn_calib.npz"), "samples": CNN_CALIB, "method": "mse"},
         "validation": {"data": str(WORK / "data" / "cnn_val.npz")},
         "targets": {"use": _targets()},
     }

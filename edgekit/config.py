@@ -12,7 +12,7 @@ from edgekit.errors import ConfigError
 from edgekit.types import TensorSpec
 
 DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "mse")
 EXPORTERS = ("dynamo", "torchscript")
 TASKS = ("classification", "regression", "embedding")
 

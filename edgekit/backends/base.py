@@ -31,7 +31,7 @@ class Availability:
 class CalibrationSettings:
     """How INT8 activations are calibrated; shared by every INT8 target."""
 
-    method: str = "minmax"  # minmax | entropy | percentile
+    method: str = "minmax"  # minmax | entropy | percentile | mse
     samples: int = 256
     percentile: float = 99.999
     batch_size: int = 32

@@ -39,10 +39,9 @@ class OrtRecipe:
     # dynamic mode: MatMul/Gemm nodes whose input activations would be quantized with a predicted SQNR below this
     # (measured on calibration data, when the build has any) stay FP32; 0 disables. See ort_dynamic.fp32_fallback_nodes().
     fp32_fallback_sqnr_db: float = 0.0
-    # static mode: Conv/Gemm/MatMul nodes that read a graph input directly (a CNN's stem) stay FP32. The stem has the
-    # fewest weights per output channel and feeds every later layer; on a ResNet-18-shaped CNN keeping it FP32 lifted
-    # cosine 0.9976 -> 0.9983 (benchmarks/recipe_sweep.py).
-    fp32_input_layers: bool = False
+    # static mode: Conv/Gemm/MatMul nodes that read a graph input directly (a CNN's stem) stay FP32: true, false, or
+    # "auto" = FP32 unless a pooling op follows the stem (ORT would then run that pool in FP32); see ort_static.py.
+    fp32_input_layers: bool | str = False
     # dynamic mode, see edgekit/backends/ort_dynamic.py: ONNX Runtime's transformer fusions before quantizing, and
     # SmoothQuant-style smoothing (alpha 0 disables) of MatMul inputs predicted under smooth_below_sqnr_db.
     transformer_fusion: bool = False
@@ -58,6 +57,8 @@ class OrtRecipe:
         recipe = cls(**r)
         if recipe.mode not in MODES:
             raise ProfileError(f"target '{profile.name}' recipe mode = {recipe.mode!r}; expected one of {MODES}")
+        if recipe.fp32_input_layers not in (True, False, "auto"):
+            raise ProfileError(f"target '{profile.name}' recipe fp32_input_layers = {recipe.fp32_input_layers!r}; expected true, false or \"auto\"")
         if recipe.reduce_range not in (True, False, "auto"):
             raise ProfileError(f"target '{profile.name}' recipe reduce_range = {recipe.reduce_range!r}; expected true, false or \"auto\"")
         if isinstance(recipe.fp32_fallback_sqnr_db, bool) or not isinstance(recipe.fp32_fallback_sqnr_db, (int, float)) or recipe.fp32_fallback_sqnr_db < 0:
@@ -206,40 +207,56 @@ def quantize_static_qdq(
     src: Path, dst: Path, calib: FeedSource, specs: tuple[TensorSpec, ...], settings: CalibrationSettings, recipe: OrtRecipe
 ) -> dict[str, Any]:
     """Static QDQ quantization of ``src`` into ``dst``; shared with the TensorRT INT8 target."""
+    import onnx
     from onnxruntime.quantization import QuantFormat, quantize_static
 
+    from edgekit.backends import ort_static
+
     reader = FeedCalibrationReader(calib, specs, settings)
-    extra: dict[str, Any] = {
-        "ActivationSymmetric": recipe.symmetric_activations,
-        "WeightSymmetric": True,
-    }
-    if settings.method == "percentile":
-        extra["CalibPercentile"] = settings.percentile
+    reduce_range = recipe.resolved_reduce_range()
+    chosen: dict[str, Any] = {}
+
+    def attempt(model: Path) -> None:
+        graph = onnx.load(str(model)).graph
+        fp32_layers = ort_static.fp32_input_layer_names(graph, recipe.fp32_input_layers)
+        overrides: dict[str, Any] = {}
+        if settings.method == "mse":
+            levels = 254 if recipe.symmetric_activations and recipe.activation_type == "int8" else 255
+            ranges = ort_static.mse_ranges(model, reader, recipe.symmetric_activations, levels)
+            overrides.update(ort_static.range_overrides(ranges))
+            chosen["clipped"] = len(ranges)
+        if reduce_range and recipe.weight_type == "int8" and recipe.per_channel:
+            exact = ort_static.exact_weight_overrides(graph, fp32_layers)
+            overrides.update(exact)
+            chosen["exact_8bit"] = len(exact)
+        chosen["fp32_layers"] = fp32_layers
+        extra: dict[str, Any] = {"ActivationSymmetric": recipe.symmetric_activations, "WeightSymmetric": True}
+        if settings.method == "percentile":
+            extra["CalibPercentile"] = settings.percentile
+        if overrides:
+            extra["TensorQuantOverrides"] = overrides
+        reader.rewind()
+        reader.batches_read = reader.samples_read = 0
+        quantize_static(
+            str(model),
+            str(out),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=recipe.per_channel,
+            reduce_range=reduce_range,
+            activation_type=_qtype(recipe.activation_type),
+            weight_type=_qtype(recipe.weight_type),
+            calibrate_method=_calibrate_method("minmax" if settings.method == "mse" else settings.method),
+            op_types_to_quantize=None,
+            nodes_to_exclude=_nodes_of_types(model, recipe.exclude_op_types) + fp32_layers,
+            extra_options=extra,
+        )
+
     with tempfile.TemporaryDirectory(prefix="edgekit-ort-") as tmpdir:
         tmp = Path(tmpdir)
         pre = tmp / "pre.onnx"
         pre_note = preprocess(src, pre)
         out = tmp / "quant.onnx"
-
-        def attempt(model: Path) -> None:
-            reader.rewind()
-            reader.batches_read = reader.samples_read = 0
-            quantize_static(
-                str(model),
-                str(out),
-                reader,
-                quant_format=QuantFormat.QDQ,
-                per_channel=recipe.per_channel,
-                reduce_range=recipe.resolved_reduce_range(),
-                activation_type=_qtype(recipe.activation_type),
-                weight_type=_qtype(recipe.weight_type),
-                calibrate_method=_calibrate_method(settings.method),
-                op_types_to_quantize=None,
-                nodes_to_exclude=_nodes_of_types(model, recipe.exclude_op_types)
-                + (_input_layers(model) if recipe.fp32_input_layers else []),
-                extra_options=extra,
-            )
-
         fallback = _with_fallbacks(pre, tmp, attempt)
         atomic_move(out, dst)
     notes = {
@@ -249,8 +266,14 @@ def quantize_static_qdq(
         "weights": f"{recipe.weight_type} symmetric {'per-channel' if recipe.per_channel else 'per-tensor'}"
         + _range_note(recipe),
     }
-    if recipe.fp32_input_layers:
-        notes["fp32_input_layers"] = "layers that read a graph input directly are kept FP32"
+    if settings.method == "mse":
+        notes["calibration"]["ranges"] = f"MSE-optimal clipping (histogram of {ort_static.BINS} bins) narrowed {chosen['clipped']} tensor range(s)"
+    if chosen.get("exact_8bit"):
+        notes["weights"] += (f"; {chosen['exact_8bit']} layer(s) with 8-bit weights where ONNX Runtime's kernel cannot saturate "
+                             "(depthwise: int8; quantized stem: uint8, u8 x u8)")
+    if recipe.fp32_input_layers is not False:
+        notes["fp32_input_layers"] = (f"{recipe.fp32_input_layers}: kept FP32: {', '.join(chosen['fp32_layers']) or 'none'}"
+                                      + (" (a pooling op follows the stem, so it is quantized)" if recipe.fp32_input_layers == "auto" and not chosen["fp32_layers"] else ""))
     if settings.method == "percentile":
         notes["calibration"]["percentile"] = settings.percentile
     if fallback:
@@ -271,16 +294,6 @@ def _nodes_of_types(model: Path, op_types: tuple[str, ...]) -> list[str]:
     import onnx
 
     return [n.name for n in onnx.load(str(model)).graph.node if n.op_type in op_types]
-
-
-def _input_layers(model: Path) -> list[str]:
-    """Names of the Conv/Gemm/MatMul nodes that take a graph input as their data input."""
-    import onnx
-
-    graph = onnx.load(str(model)).graph
-    inits = {i.name for i in graph.initializer}
-    inputs = {i.name for i in graph.input if i.name not in inits}
-    return [n.name for n in graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and n.input and n.input[0] in inputs]
 
 
 class OrtRunner(Runner):

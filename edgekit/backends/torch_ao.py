@@ -52,7 +52,7 @@ ENGINES = ("fbgemm", "qnnpack")
 MODES = ("static", "dynamic")
 # fbgemm's own qconfig gives activations 7 bits: its AVX2 kernels add pairs of u8 x s8 products in int16.
 REDUCE_RANGE = {"fbgemm": True, "qnnpack": False}
-OBSERVERS = {"minmax": "MinMaxObserver", "entropy": "HistogramObserver (L2-optimal range)", "percentile": "percentile of a HistogramObserver histogram"}
+OBSERVERS = {"minmax": "MinMaxObserver", "entropy": "HistogramObserver (L2-optimal range)", "mse": "HistogramObserver (L2-optimal range)", "percentile": "percentile of a HistogramObserver histogram"}
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def _activation_observer(engine: str, settings: CalibrationSettings) -> Any:
     rr = REDUCE_RANGE[engine]
     if settings.method == "minmax":
         return MinMaxObserver.with_args(dtype=torch.quint8, qscheme=torch.per_tensor_affine, reduce_range=rr)
-    if settings.method == "entropy":
+    if settings.method in ("entropy", "mse"):  # torch.ao has no entropy observer; its histogram one minimizes L2
         return HistogramObserver.with_args(reduce_range=rr)
     return PercentileObserver.with_args(reduce_range=rr, percentile=settings.percentile)
 

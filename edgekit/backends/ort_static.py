@@ -1,0 +1,172 @@
+"""What edgekit's static INT8 recipe adds to ``onnxruntime.quantization.quantize_static``.
+
+Three things, each measured on the benchmark CNNs (benchmarks/recipe_sweep.py, docs/ort-targets.md):
+
+* **MSE activation ranges** (``[calibration] method = "mse"``): per activation tensor, the clipping range that
+  minimizes the expected quantization error (clipping + rounding) over a histogram of the calibration data, the same
+  criterion as torch.ao's HistogramObserver. Handed to ORT as ``TensorQuantOverrides`` rmin/rmax.
+* **8-bit weights where the kernel is exact.** Without VNNI/AMX, ONNX Runtime's u8 x s8 GEMM adds product pairs in
+  int16 and saturates, hence 7-bit weights (``reduce_range``). Two kernels do not saturate, so their weights keep
+  8 bits: depthwise convolutions (a separate kernel accumulating in int32), and convolutions given *uint8* weights
+  (u8 x u8 widens before multiplying; slower per MAC, so used only for the stem).
+* **Which input layers stay FP32** (``fp32_input_layers = "auto"``): the stem stays FP32 when its output feeds
+  quantized compute directly; when a pooling op sits between, ONNX Runtime would run that pool in FP32 NCHW
+  (3 ms of a 15 ms ResNet-18-shaped CNN), so the stem is quantized instead, with exact 8-bit uint8 weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+import numpy as np
+
+COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+POOLS = ("MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool", "LpPool")
+BINS = 2048
+
+
+def input_layers(graph: Any) -> list[Any]:
+    """The Conv/Gemm/MatMul nodes that take a graph input as their data input."""
+    inits = {i.name for i in graph.initializer}
+    inputs = {i.name for i in graph.input if i.name not in inits}
+    return [n for n in graph.node if n.op_type in COMPUTE and n.input and n.input[0] in inputs]
+
+
+def feeds_a_pool(graph: Any, node: Any) -> bool:
+    """Whether a pooling op lies between ``node`` and the next compute layers (through activations, adds, ...)."""
+    consumers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    seen, todo = set(), list(node.output)
+    while todo:
+        for c in consumers.get(todo.pop(), []):
+            if c.op_type in POOLS:
+                return True
+            if c.op_type not in COMPUTE and id(c) not in seen:
+                seen.add(id(c))
+                todo.extend(c.output)
+    return False
+
+
+def fp32_input_layer_names(graph: Any, setting: bool | str) -> list[str]:
+    """The input layers to keep FP32 for ``fp32_input_layers`` = true / false / "auto" (see the module docstring)."""
+    if setting is False:
+        return []
+    layers = input_layers(graph)
+    if setting == "auto":
+        layers = [n for n in layers if not feeds_a_pool(graph, n)]
+    return [n.name for n in layers]
+
+
+def exact_weight_overrides(graph: Any, fp32_layers: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+    """TensorQuantOverrides giving 8-bit weights to the layers whose ONNX Runtime kernels cannot saturate.
+
+    Only meant for hosts where the rest of the weights get 7 bits (reduce_range); per-channel along axis 0."""
+    from onnxruntime.quantization import QuantType
+
+    inits = {i.name: i for i in graph.initializer}
+    keep_fp32 = set(fp32_layers)
+    s8 = {"quant_type": QuantType.QInt8, "symmetric": True, "reduce_range": False, "axis": 0}
+    u8 = {"quant_type": QuantType.QUInt8, "symmetric": False, "reduce_range": False, "axis": 0}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for n in graph.node:
+        if n.op_type != "Conv" or len(n.input) < 2 or n.input[1] not in inits or n.name in keep_fp32:
+            continue
+        dims = list(inits[n.input[1]].dims)
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        if group > 1 and dims[0] == group and dims[1] == 1:  # depthwise, multiplier 1: MLAS's int32 depthwise kernel
+            out[n.input[1]] = [dict(s8)]
+    for n in input_layers(graph):
+        if n.op_type == "Conv" and n.name not in keep_fp32 and n.input[1] in inits:
+            out[n.input[1]] = [dict(u8)]
+    return out
+
+
+def _float_tensors(model: Any) -> list[str]:
+    """Graph inputs and node outputs of type float: the tensors ORT's calibrator may quantize."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)}
+    inits = {i.name for i in model.graph.initializer}
+    names = [i.name for i in model.graph.input if i.name not in inits] + [o for n in model.graph.node for o in n.output if o]
+    return [t for t in dict.fromkeys(names) if types.get(t) == onnx.TensorProto.FLOAT]
+
+
+def _tensor_batches(src: Path, feeds: Iterable[Mapping[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+    import onnx
+
+    from edgekit.backends.ort import session
+
+    model = onnx.load(str(src))
+    names = _float_tensors(model)
+    present = {o.name for o in model.graph.output}
+    for t in names:
+        if t not in present:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    sess = session(model.SerializeToString(), 2)
+    wanted = [o.name for o in sess.get_outputs() if o.name in set(names)]
+    for feed in feeds:
+        yield dict(zip(wanted, sess.run(wanted, dict(feed))))
+
+
+def best_range(hist: np.ndarray, lo: float, hi: float, levels: int, symmetric: bool) -> tuple[float, float]:
+    """The clipping range of a histogram (bins over [lo, hi]) with the least expected squared quantization error.
+
+    Error of clipping to [a, b] with ``levels`` steps: every value outside is moved to the nearer end, every value
+    inside is off by step^2/12 on average (step = (b - a) / levels). Prefix sums make each candidate O(1).
+    ``symmetric``: the histogram is of |x| over [0, hi] and the range is [-b, b] (step 2b / levels)."""
+    edges = np.linspace(lo, hi, len(hist) + 1)
+    centers = (edges[:-1] + edges[1:]) / 2
+    s0 = np.concatenate([[0.0], np.cumsum(hist)])
+    s1 = np.concatenate([[0.0], np.cumsum(hist * centers)])
+    s2 = np.concatenate([[0.0], np.cumsum(hist * centers * centers)])
+    zero = int(np.clip(np.searchsorted(edges, 0.0), 0, len(hist)))  # the range must hold 0
+    starts = np.unique(np.linspace(0, zero, min(zero + 1, 256)).astype(int))
+    ends = np.unique(np.linspace(max(zero, 1), len(hist), 512).astype(int))
+    a, b = edges[starts][:, None], edges[ends][None, :]
+    below = s2[starts][:, None] - 2 * a * s1[starts][:, None] + a * a * s0[starts][:, None]
+    above = (s2[-1] - s2[ends])[None] - 2 * b * (s1[-1] - s1[ends])[None] + b * b * (s0[-1] - s0[ends])[None]
+    width = 2 * b if symmetric else b - a
+    inside = (s0[ends][None] - s0[starts][:, None]) * (width / levels) ** 2 / 12
+    error = below + above + inside
+    i, j = np.unravel_index(np.argmin(error), error.shape)
+    best_hi = float(edges[ends[j]])
+    return (-best_hi, best_hi) if symmetric else (float(edges[starts[i]]), best_hi)
+
+
+def mse_ranges(src: Path, feeds: Any, symmetric: bool, levels: int) -> dict[str, tuple[float, float]]:
+    """MSE-optimal ranges of every float tensor of ``src`` over the calibration feeds (a rewindable reader: two
+    passes, min/max then histograms). Only ranges narrower than min/max are returned."""
+    lo: dict[str, float] = {}
+    hi: dict[str, float] = {}
+    for batch in _tensor_batches(src, _feeds(feeds)):
+        for t, v in batch.items():
+            if v.size:
+                x = np.abs(v) if symmetric else v
+                lo[t] = min(lo.get(t, 0.0), float(x.min()))
+                hi[t] = max(hi.get(t, 0.0), float(x.max()))
+    hists = {t: np.zeros(BINS) for t in lo if hi[t] > lo[t]}
+    for batch in _tensor_batches(src, _feeds(feeds)):
+        for t, v in batch.items():
+            if t in hists:
+                hists[t] += np.histogram(np.abs(v) if symmetric else v, bins=BINS, range=(lo[t], hi[t]))[0]
+    out = {}
+    for t, h in hists.items():
+        a, b = best_range(h, lo[t], hi[t], levels, symmetric)
+        if (b - a) < (2 * hi[t] if symmetric else hi[t] - lo[t]) * 0.999:
+            out[t] = (a, b)
+    return out
+
+
+def _feeds(reader: Any) -> Iterator[Mapping[str, np.ndarray]]:
+    reader.rewind()
+    while (feed := reader.get_next()) is not None:
+        yield feed
+    reader.rewind()
+
+
+def range_overrides(ranges: Mapping[str, tuple[float, float]]) -> dict[str, list[dict[str, Any]]]:
+    return {t: [{"rmin": np.float32(a), "rmax": np.float32(b)}] for t, (a, b) in ranges.items()}

@@ -1,0 +1,165 @@
+"""The static INT8 recipe's additions (edgekit/backends/ort_static.py): MSE activation ranges, 8-bit weights where
+ONNX Runtime's kernels are exact, and the "auto" choice of FP32 input layers. Every artifact here is run on ORT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgekit.backends.base import CalibrationSettings
+from edgekit.backends.ort import OrtRecipe, quantize_static_qdq
+from edgekit.backends.ort_static import best_range
+from edgekit.config import DataConfig
+from edgekit.data import open_feed
+from edgekit.errors import ProfileError
+from edgekit.types import TargetProfile, TensorSpec
+
+
+def _fake_quant_mse(x: np.ndarray, lo: float, hi: float, levels: int = 255) -> float:
+    step = (hi - lo) / levels
+    q = np.clip(np.round((x - lo) / step), 0, levels) * step + lo
+    return float(np.mean((q - x) ** 2))
+
+
+def test_best_range_beats_min_max_on_a_long_tail():
+    rng = np.random.default_rng(0)
+    x = np.exp(1.5 * rng.standard_normal(200_000)) - 1  # log-normal: min/max set by a few far-out values
+    lo, hi = float(x.min()), float(x.max())
+    hist = np.histogram(x, bins=2048, range=(lo, hi))[0].astype(np.float64)
+    a, b = best_range(hist, lo, hi, 255, symmetric=False)
+    assert lo <= a <= 0.0 <= b < 0.9 * hi
+    assert _fake_quant_mse(x, a, b) < 0.8 * _fake_quant_mse(x, lo, hi)
+
+
+def test_best_range_symmetric_is_centred_and_keeps_a_tight_range():
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1, 1, 100_000)  # nothing to clip: the best symmetric range is about the data's
+    amax = float(np.abs(x).max())
+    hist = np.histogram(np.abs(x), bins=2048, range=(0.0, amax))[0].astype(np.float64)
+    a, b = best_range(hist, 0.0, amax, 254, symmetric=True)
+    assert a == -b
+    assert 0.97 * amax <= b <= amax
+
+
+def _session_outputs(path: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+
+
+def _sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
+    return float(10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / np.sum((ref - got).astype(np.float64) ** 2)))
+
+
+def _tail_model(path: Path) -> None:
+    """x -> MatMul -> Relu -> MatMul -> y; fed inputs with rare outliers, so every min/max is set by a few values."""
+    rng = np.random.default_rng(5)
+    w1 = numpy_helper.from_array((rng.standard_normal((32, 256)) / np.sqrt(32)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array((rng.standard_normal((256, 16)) / 16).astype(np.float32), "w2")
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="first"),
+        helper.make_node("Relu", ["h"], ["e"], name="relu"),
+        helper.make_node("MatMul", ["e", "w2"], ["y"], name="second"),
+    ]
+    graph = helper.make_graph(nodes, "tail", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])], [w1, w2])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def _with_outliers(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.standard_t(2, size=(n, 32)).astype(np.float32)  # heavy tails: min/max set by rare values
+
+
+def test_mse_ranges_land_in_the_artifact_and_it_runs(tmp_path):
+    specs = (TensorSpec("x", (1, 32)),)
+    rng = np.random.default_rng(6)
+    np.savez(tmp_path / "c.npz", x=_with_outliers(rng, 64))
+    calib = open_feed(DataConfig(str(tmp_path / "c.npz")), specs, "calibration")
+    model = tmp_path / "m.onnx"
+    _tail_model(model)
+    held_out = _with_outliers(rng, 32)
+    ref = np.concatenate([_session_outputs(model, {"x": x[None]}) for x in held_out])
+    scale, sqnr = {}, {}
+    for method in ("minmax", "mse"):
+        out = tmp_path / f"{method}.onnx"
+        notes = quantize_static_qdq(model, out, calib, specs, CalibrationSettings(method=method, samples=64),
+                                    OrtRecipe(mode="static"))
+        inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer}
+        scale[method] = {k: float(v) for k, v in inits.items() if k.endswith("_scale") and v.ndim == 0}
+        got = np.concatenate([_session_outputs(out, {"x": x[None]}) for x in held_out])
+        sqnr[method] = _sqnr_db(ref, got)
+    assert "narrowed" in notes["calibration"]["ranges"]
+    # some activation's far tail is clipped: a finer step than min/max, and none coarser ...
+    ratios = {k: scale["mse"][k] / v for k, v in scale["minmax"].items() if k in scale["mse"]}
+    assert len(ratios) >= 3 and min(ratios.values()) < 0.99 and max(ratios.values()) <= 1.0 + 1e-6, ratios
+    # ... and the artifact stays as accurate (this toy's error is dominated by the 7-bit weights, not the ranges)
+    assert sqnr["mse"] > 15.0 and sqnr["mse"] > sqnr["minmax"] - 1.0, sqnr
+
+
+def _cnn(path: Path, pool: bool) -> None:
+    """image -> stem Conv -> Relu [-> MaxPool] -> depthwise Conv -> Relu -> pointwise Conv -> y."""
+    rng = np.random.default_rng(7)
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "w_stem"),
+        numpy_helper.from_array((rng.standard_normal((8, 1, 3, 3)) * 0.3).astype(np.float32), "w_dw"),
+        numpy_helper.from_array((rng.standard_normal((4, 8, 1, 1)) * 0.3).astype(np.float32), "w_pw"),
+    ]
+    nodes = [helper.make_node("Conv", ["image", "w_stem"], ["a"], name="stem", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["r"], name="relu")]
+    if pool:
+        nodes.append(helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]))
+    nodes += [helper.make_node("Conv", ["p" if pool else "r", "w_dw"], ["d"], name="dw", group=8, pads=[1, 1, 1, 1]),
+              helper.make_node("Relu", ["d"], ["dr"], name="relu2"),
+              helper.make_node("Conv", ["dr", "w_pw"], ["y"], name="pw")]
+    side = 8 if pool else 16
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, side, side])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def _weight_codes(graph, conv_name: str) -> np.ndarray | None:
+    """The integer codes a quantized Conv's weight is stored as (None when the Conv reads an FP32 weight)."""
+    producers = {o: n for n in graph.node for o in n.output}
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    conv = next(n for n in graph.node if n.name == conv_name)
+    dq = producers.get(conv.input[1])
+    return None if dq is None else inits[dq.input[0]]
+
+
+@pytest.mark.parametrize("pool", [True, False])
+def test_reduce_range_keeps_8_bits_where_the_kernel_is_exact_and_auto_stem(tmp_path, pool):
+    specs = (TensorSpec("image", (1, 3, 16, 16)),)
+    rng = np.random.default_rng(8)
+    np.savez(tmp_path / "c.npz", image=rng.standard_normal((16, 3, 16, 16)).astype(np.float32))
+    calib = open_feed(DataConfig(str(tmp_path / "c.npz")), specs, "calibration")
+    model, out = tmp_path / "m.onnx", tmp_path / "q.onnx"
+    _cnn(model, pool)
+    notes = quantize_static_qdq(model, out, calib, specs, CalibrationSettings(samples=16),
+                                OrtRecipe(mode="static", reduce_range=True, fp32_input_layers="auto"))
+    graph = onnx.load(str(out)).graph
+    stem, dw, pw = (_weight_codes(graph, n) for n in ("stem", "dw", "pw"))
+    assert int(np.abs(pw.astype(np.int32)).max()) <= 64  # 7-bit: the u8 x s8 GEMM would saturate with 8
+    assert dw.dtype == np.int8 and int(np.abs(dw.astype(np.int32)).max()) == 127  # depthwise: exact kernel, 8 bits
+    if pool:  # ORT would run the pool after an FP32 stem in FP32: the stem is quantized, uint8 weights, 8 bits
+        assert stem.dtype == np.uint8 and int(stem.max()) - int(stem.min()) > 200
+        assert "a pooling op follows the stem" in notes["fp32_input_layers"]
+    else:
+        assert stem is None and "kept FP32: stem" in notes["fp32_input_layers"]
+    held_out = rng.standard_normal((8, 3, 16, 16)).astype(np.float32)
+    ref = np.concatenate([_session_outputs(model, {"image": x[None]}) for x in held_out]).reshape(8, -1)
+    got = np.concatenate([_session_outputs(out, {"image": x[None]}) for x in held_out]).reshape(8, -1)
+    cosine = np.sum(ref * got, 1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
+    assert float(cosine.min()) > 0.99
+
+
+def test_fp32_input_layers_rejects_other_values():
+    profile = TargetProfile("t", "ort", "int8", "cpu", recipe={"mode": "static", "fp32_input_layers": "sometimes"})
+    with pytest.raises(ProfileError, match="fp32_input_layers"):
+        OrtRecipe.parse(profile)
