@@ -123,20 +123,20 @@ def resnet(result: dict[str, Any], checks: list[dict[str, Any]]) -> list[str]:
         f"{_cos(static)}): the default makes signed int8 activations and per-tensor weights. On x86, ONNX Runtime's fast "
         "convolution kernels are u8 (activations) x s8 (weights); s8 x s8 QLinearConv takes a slower path, and per-tensor "
         "weights lose accuracy on layers whose channels differ in scale. edgekit uses uint8 activations (zero point 0 "
-        "after ReLU), symmetric int8 per-channel weights, ORT's quantization pre-processing, and keeps the stem "
-        "convolution (the layer reading the image) in FP32: it has the fewest weights per output channel and every "
-        "later layer inherits its error; benchmarks/recipe_sweep.py measured it as the cheapest accuracy lever here.",
+        "after ReLU), symmetric int8 per-channel weights, ORT's quantization pre-processing, MSE-optimal activation "
+        "ranges ([calibration] method = \"mse\") and a stem quantized with 8-bit uint8 weights, which ORT's u8 x u8 "
+        "kernel multiplies exactly (docs/ort-targets.md).",
         "",
         SATURATION + f" The diagnostic row (same QDQ file, exact arithmetic) gives cosine {_cos(diag)}: the fused kernels "
         f"with 7-bit weights give {_cos(mine)}.",
         "",
-        f"What stands in the way of 1.6x over FP32 ({_sp(mine)} here): the missing VNNI. Without vpdpbusd an AVX2 core "
-        "needs three instructions (vpmaddubsw, vpmaddwd, vpaddd) where FP32 needs one FMA for half as many products, "
-        "so INT8 convolution gains far less over ONNX Runtime's well-tuned FP32 (NCHWc) kernels than on a VNNI host, "
-        f"where the issue measured 1.6-2.3x for this recipe; torch.ao's fbgemm lands at {_sp(_row(result, '1', 'edgekit torch-fbgemm'))} "
-        "on the same host. The FP32 stem is the other cost: with every layer INT8 ort-int8 measured 1.80x over FP32 at "
-        "cosine 0.99755 (under the 0.998 bar), with the stem FP32 1.46x at 0.99830 (benchmarks/results/recipe_sweep.md); "
-        "the FP32 MaxPool after the stem takes most of that difference (docs/ort-targets.md).",
+        f"Speed against ORT FP32 ({_sp(mine)} here): without VNNI an AVX2 core needs three instructions (vpmaddubsw, "
+        "vpmaddwd, vpaddd) where FP32 needs one FMA for half as many products, so INT8 convolution gains less over ONNX "
+        "Runtime's well-tuned FP32 (NCHWc) kernels than on a VNNI host, where the issue measured 1.6-2.3x for this "
+        f"recipe; torch.ao's fbgemm lands at {_sp(_row(result, '1', 'edgekit torch-fbgemm'))} on the same host. The "
+        "recipe before this run kept the stem FP32 and measured 1.46-1.50x: ONNX Runtime then runs the MaxPool after "
+        "the stem in FP32 NCHW (3 ms of a 15-19 ms call). fp32_input_layers = \"auto\" now quantizes a stem that a "
+        "pool follows, and gives it 8-bit weights to keep the accuracy the FP32 stem bought.",
         "",
         "Dynamic INT8 (both edgekit's ort-int8-dynamic and ORT's quantize_dynamic) is the wrong tool for a CNN: "
         "ConvInteger quantizes activations at every call and runs slower than FP32; edgekit ships it for transformers.",
@@ -156,16 +156,15 @@ def mobilenet(result: dict[str, Any], checks: list[dict[str, Any]]) -> list[str]
         "Depthwise 3x3 convolutions have little arithmetic per byte, so INT8 gains less here than on ResNet; ORT's "
         "default (s8 activations, per-tensor weights) lands on slower kernels and is the slowest INT8 path.",
         "",
-        f"Accuracy: the bar (cosine >= 0.97) is what stands in the way. ort-int8 reaches {_cos(mine)}; the diagnostic "
-        f"row, the same QDQ graph with exact arithmetic, reaches {_cos(diag)}. So the loss is not the AVX2 kernels or "
-        "7-bit weights: it is 8-bit per-tensor activations on this network. benchmarks/recipe_sweep.py measured the "
-        "levers on this host (full-range weights, u8 weights, per-tensor weights, entropy and percentile calibration, "
-        "keeping the stem and the classifier in FP32): none reaches 0.97; the FP32 stem (now in the recipe) is the "
-        "largest single gain, percentile calibration adds a little at several times the build time. The likely reason "
-        "(an explanation, not a figure of this run): this untrained, randomly initialized network amplifies small "
-        "perturbations from block to block, so per-layer 8-bit errors that are small on their own add up by the "
-        "last blocks; global average pooling recovers most of it, not all. Mixed precision (16-bit activations for some layers) or "
-        "quantization-aware training would be the way to 0.97; neither is in the ONNX Runtime CPU recipe today.",
+        f"Accuracy: ort-int8 reaches {_cos(mine)}; the diagnostic row, the same QDQ graph with exact arithmetic, "
+        f"reaches {_cos(diag)}. What this network loses is 8-bit per-tensor activations and 7-bit weights on the "
+        "depthwise convolutions (9 weights per channel). Three parts of the recipe carry it (docs/ort-targets.md): "
+        "MSE-optimal activation ranges instead of min/max ([calibration] method = \"mse\"); 8-bit weights on the "
+        "depthwise convolutions, whose ORT kernel accumulates in int32 and cannot saturate, while the pointwise ones "
+        "keep 7 bits; and the stem in FP32 (fp32_input_layers = \"auto\": no pool follows it, so it costs no "
+        "speed). The recipe before this run (min/max ranges, 7-bit weights everywhere, FP32 stem) measured 0.9678 "
+        "(benchmarks/results/2026-11-23-vm.json at commit 482320f); benchmarks/recipe_sweep.py's levers of that time "
+        "(full-range or u8 weights, entropy and percentile calibration, FP32 classifier) reached at most 0.9687.",
     ]
     return lines
 
