@@ -134,9 +134,14 @@ use = ["ort-fp32", "ort-int8"]
 X32_SPECS = (TensorSpec("x", ("batch", 32)),)
 
 
+def calibration_feed(path: Path, specs: tuple[TensorSpec, ...], **arrays: np.ndarray):
+    """``arrays`` saved as the .npz ``path`` and opened as a calibration FeedSource for ``specs``."""
+    np.savez(path, **arrays)
+    return open_feed(DataConfig(str(path)), specs, "calibration")
+
+
 @pytest.fixture()
 def calib_x32(tmp_path: Path):
     """16 Gaussian samples of one input 'x' of width 32, as a calibration FeedSource."""
     rng = np.random.default_rng(1)
-    np.savez(tmp_path / "calib_x32.npz", x=rng.standard_normal((16, 32)).astype(np.float32))
-    return open_feed(DataConfig(str(tmp_path / "calib_x32.npz")), X32_SPECS, "calibration")
+    return calibration_feed(tmp_path / "calib_x32.npz", X32_SPECS, x=rng.standard_normal((16, 32)).astype(np.float32))

@@ -12,13 +12,11 @@ from onnx import TensorProto, helper, numpy_helper
 from edgekit.backends.base import CalibrationSettings
 from edgekit.backends.ort import OrtRecipe
 from edgekit.backends.ort_dynamic import fp32_fallback_nodes, quantize_dynamic_int8
-from edgekit.config import DataConfig
-from edgekit.data import open_feed
 from edgekit.errors import ProfileError
 from edgekit.profiles import load_profile
 from edgekit.types import TargetProfile, TensorSpec
 
-from conftest import X32_SPECS
+from conftest import X32_SPECS, calibration_feed
 
 SPECS = X32_SPECS  # the calibration data of the calib_x32 fixture (conftest.py)
 
@@ -135,8 +133,7 @@ def test_static_fp32_input_layers_keeps_the_stem_unquantized(tmp_path, keep_stem
 
     specs = (TensorSpec("image", (1, 3, 8, 8)),)
     rng = np.random.default_rng(3)
-    np.savez(tmp_path / "c.npz", image=rng.standard_normal((8, 3, 8, 8)).astype(np.float32))
-    calib = open_feed(DataConfig(str(tmp_path / "c.npz")), specs, "calibration")
+    calib = calibration_feed(tmp_path / "c.npz", specs, image=rng.standard_normal((8, 3, 8, 8)).astype(np.float32))
     model, out = tmp_path / "m.onnx", tmp_path / "q.onnx"
     _conv_model(model)
     notes = quantize_static_qdq(model, out, calib, specs, CalibrationSettings(samples=8),

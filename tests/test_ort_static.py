@@ -14,10 +14,10 @@ from onnx import TensorProto, helper, numpy_helper
 from edgekit.backends.base import CalibrationSettings
 from edgekit.backends.ort import OrtRecipe, quantize_static_qdq
 from edgekit.backends.ort_static import best_range
-from edgekit.config import DataConfig
-from edgekit.data import open_feed
 from edgekit.errors import ProfileError
 from edgekit.types import TargetProfile, TensorSpec
+
+from conftest import calibration_feed
 
 
 def _fake_quant_mse(x: np.ndarray, lo: float, hi: float, levels: int = 255) -> float:
@@ -78,8 +78,7 @@ def _with_outliers(rng: np.random.Generator, n: int) -> np.ndarray:
 def test_mse_ranges_land_in_the_artifact_and_it_runs(tmp_path):
     specs = (TensorSpec("x", (1, 32)),)
     rng = np.random.default_rng(6)
-    np.savez(tmp_path / "c.npz", x=_with_outliers(rng, 64))
-    calib = open_feed(DataConfig(str(tmp_path / "c.npz")), specs, "calibration")
+    calib = calibration_feed(tmp_path / "c.npz", specs, x=_with_outliers(rng, 64))
     model = tmp_path / "m.onnx"
     _tail_model(model)
     held_out = _with_outliers(rng, 32)
@@ -137,8 +136,7 @@ def _weight_codes(graph, conv_name: str) -> np.ndarray | None:
 def test_reduce_range_keeps_8_bits_where_the_kernel_is_exact_and_auto_stem(tmp_path, pool):
     specs = (TensorSpec("image", (1, 3, 16, 16)),)
     rng = np.random.default_rng(8)
-    np.savez(tmp_path / "c.npz", image=rng.standard_normal((16, 3, 16, 16)).astype(np.float32))
-    calib = open_feed(DataConfig(str(tmp_path / "c.npz")), specs, "calibration")
+    calib = calibration_feed(tmp_path / "c.npz", specs, image=rng.standard_normal((16, 3, 16, 16)).astype(np.float32))
     model, out = tmp_path / "m.onnx", tmp_path / "q.onnx"
     _cnn(model, pool)
     notes = quantize_static_qdq(model, out, calib, specs, CalibrationSettings(samples=16),

@@ -272,8 +272,10 @@ def quantize_static_qdq(
         notes["weights"] += (f"; {chosen['exact_8bit']} layer(s) with 8-bit weights where ONNX Runtime's kernel cannot saturate "
                              "(depthwise: int8; quantized stem: uint8, u8 x u8)")
     if recipe.fp32_input_layers is not False:
-        notes["fp32_input_layers"] = (f"{recipe.fp32_input_layers}: kept FP32: {', '.join(chosen['fp32_layers']) or 'none'}"
-                                      + (" (a pooling op follows the stem, so it is quantized)" if recipe.fp32_input_layers == "auto" and not chosen["fp32_layers"] else ""))
+        kept = ", ".join(chosen["fp32_layers"]) or "none"
+        if recipe.fp32_input_layers == "auto" and not chosen["fp32_layers"]:
+            kept += " (a pooling op follows the stem, so it is quantized)"
+        notes["fp32_input_layers"] = f"{recipe.fp32_input_layers}: kept FP32: {kept}"
     if settings.method == "percentile":
         notes["calibration"]["percentile"] = settings.percentile
     if fallback:

@@ -17,7 +17,7 @@ Three things, each measured on the benchmark CNNs (benchmarks/recipe_sweep.py, d
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -95,7 +95,8 @@ def _float_tensors(model: Any) -> list[str]:
     return [t for t in dict.fromkeys(names) if types.get(t) == onnx.TensorProto.FLOAT]
 
 
-def _tensor_batches(src: Path, feeds: Iterable[Mapping[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+def _tensor_reader(src: Path) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
+    """One session over ``src`` with every float tensor made an output: feed -> {tensor name: value}."""
     import onnx
 
     from edgekit.backends.ort import session
@@ -108,8 +109,7 @@ def _tensor_batches(src: Path, feeds: Iterable[Mapping[str, np.ndarray]]) -> Ite
             model.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
     sess = session(model.SerializeToString(), 2)
     wanted = [o.name for o in sess.get_outputs() if o.name in set(names)]
-    for feed in feeds:
-        yield dict(zip(wanted, sess.run(wanted, dict(feed))))
+    return lambda feed: dict(zip(wanted, sess.run(wanted, dict(feed))))
 
 
 def best_range(hist: np.ndarray, lo: float, hi: float, levels: int, symmetric: bool) -> tuple[float, float]:
@@ -140,17 +140,18 @@ def best_range(hist: np.ndarray, lo: float, hi: float, levels: int, symmetric: b
 def mse_ranges(src: Path, feeds: Any, symmetric: bool, levels: int) -> dict[str, tuple[float, float]]:
     """MSE-optimal ranges of every float tensor of ``src`` over the calibration feeds (a rewindable reader: two
     passes, min/max then histograms). Only ranges narrower than min/max are returned."""
+    tensors = _tensor_reader(src)
     lo: dict[str, float] = {}
     hi: dict[str, float] = {}
-    for batch in _tensor_batches(src, _feeds(feeds)):
-        for t, v in batch.items():
+    for feed in _feeds(feeds):
+        for t, v in tensors(feed).items():
             if v.size:
                 x = np.abs(v) if symmetric else v
                 lo[t] = min(lo.get(t, 0.0), float(x.min()))
                 hi[t] = max(hi.get(t, 0.0), float(x.max()))
     hists = {t: np.zeros(BINS) for t in lo if hi[t] > lo[t]}
-    for batch in _tensor_batches(src, _feeds(feeds)):
-        for t, v in batch.items():
+    for feed in _feeds(feeds):
+        for t, v in tensors(feed).items():
             if t in hists:
                 hists[t] += np.histogram(np.abs(v) if symmetric else v, bins=BINS, range=(lo[t], hi[t]))[0]
     out = {}
