@@ -28,6 +28,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PIP) install --quiet -c constraints.txt -e ".[test,minilm]"
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/kernels.py
 
 clean:
 	rm -rf $(VENV) edgekit-demo dist build *.egg-info

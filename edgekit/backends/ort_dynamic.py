@@ -4,8 +4,10 @@ Dynamic quantization maps each MatMul/Gemm input to uint8 over its whole range a
 Transformer activations have a few outlier channels (the FFN input after GELU most of all) that set that range and
 leave the other channels a handful of levels. Three measured remedies, in the order they run:
 
-1. ``transformer_fusion``: ONNX Runtime's own transformer fusions (Gelu, SkipLayerNormalization, Attention where
-   its patterns match) on the FP32 graph, verified numerically before use. Speed only.
+1. ``transformer_fusion``: graph rewrites on the FP32 graph, verified numerically before use, speed only:
+   edgekit's own (ort_fusions.py: each self-attention into one ``Attention`` node that quantization turns into
+   ``QAttention``, residual LayerNorms on 2-D rows so ONNX Runtime's slower ``SkipLayerNormalization`` is not used),
+   then ONNX Runtime's transformer optimizer for the rest (Gelu, LayerNormalization).
 2. ``smooth_alpha``: per-channel smoothing (SmoothQuant, Xiao et al. 2023) of the inputs whose predicted 8-bit SQNR
    is under ``smooth_below_sqnr_db``: ``x @ W == (x / s) @ (s * W)`` with ``s = amax(x)^a / amax(W)^(1-a)`` per input
    channel, so outlier channels shrink before quantization and the per-channel weight scales absorb ``s``. One
@@ -47,10 +49,13 @@ class TensorStats:
     sqnr_db: float
 
 
+WEIGHTED_OPS = ("MatMul", "Gemm", "Attention")  # Attention: edgekit's fused self-attention, [in, 3 * hidden] weight
+
+
 def weighted_matmuls(model: Any) -> list[Any]:
-    """MatMul/Gemm nodes with a constant weight (the ones dynamic quantization turns into MatMulInteger)."""
+    """MatMul/Gemm/Attention nodes with a constant weight (the ones dynamic quantization turns into INT8 kernels)."""
     inits = {i.name for i in model.graph.initializer}
-    return [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits]
+    return [n for n in model.graph.node if n.op_type in WEIGHTED_OPS and len(n.input) > 1 and n.input[1] in inits]
 
 
 def _predicted_sqnr_db(x: np.ndarray) -> float:
@@ -114,7 +119,7 @@ def fp32_fallback_nodes(
 def _weight_rows_axis(node: Any) -> int | None:
     """Axis of the weight that runs over input channels, or None when smoothing can't apply to this node."""
     attrs = {a.name: a.i for a in node.attribute if a.type == a.INT}
-    if node.op_type == "MatMul":
+    if node.op_type in ("MatMul", "Attention"):
         return 0
     if attrs.get("transA", 0):
         return None
@@ -175,8 +180,12 @@ def fuse_transformer(src: Path, dst: Path, check: dict[str, np.ndarray] | None) 
     """ONNX Runtime's transformer fusions on ``src`` into ``dst``; checked against ``src`` on ``check`` inputs.
 
     Returns the note for the manifest; when nothing fuses, fusion fails or changes outputs, ``dst`` is ``src``."""
+    import onnx
     import onnxruntime as ort
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
+
+    from edgekit.backends.ort_fusions import fuse_attention, layernorm_rows
 
     def keep_unfused(why: str) -> dict[str, Any]:
         dst.write_bytes(src.read_bytes())
@@ -186,8 +195,14 @@ def fuse_transformer(src: Path, dst: Path, check: dict[str, np.ndarray] | None) 
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # "Model producer not matched" and per-pass chatter
     try:
-        fused = optimize_model(str(src), model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
+        model = onnx.load(str(src))
+        ours = {**fuse_attention(model), "LayerNormalization (rows)": layernorm_rows(model)}
+        options = FusionOptions("bert")
+        options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = False  # slower than Add + LN here
+        fused = optimize_model(model, model_type="bert", num_heads=0, hidden_size=0, opt_level=0,
+                               optimization_options=options)
         counts = {k: v for k, v in fused.get_fused_operator_statistics().items() if v and k in FUSED_OPS}
+        counts.update({k: v for k, v in ours.items() if v})
         fused.save_model_to_file(str(dst))
     except Exception as exc:  # the optimizer raises whatever its passes raise
         return keep_unfused(f"ONNX Runtime's transformer optimizer failed ({type(exc).__name__}: {str(exc)[:200]})")
@@ -198,7 +213,11 @@ def fuse_transformer(src: Path, dst: Path, check: dict[str, np.ndarray] | None) 
     if check is not None:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        runs = [ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]).run(None, check) for p in (src, dst)]
+        try:
+            runs = [ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]).run(None, check)
+                    for p in (src, dst)]
+        except Exception as exc:  # a fused kernel that refuses these inputs: ORT raises its own exception types
+            return keep_unfused(f"fused graph failed to run ({type(exc).__name__}: {str(exc)[:200]}); kept unfused")
         for a, b in zip(*runs):
             err = float(np.max(np.abs(a.astype(np.float64) - b))) / max(float(np.max(np.abs(a))), 1e-12)
             if not np.isfinite(err) or err > 1e-3:
@@ -249,7 +268,7 @@ def quantize_dynamic_int8(
             stats = activation_stats(model, calib, specs, settings)
             done = smooth(model, smoothed, stats, recipe.smooth_alpha, recipe.smooth_below_sqnr_db)
             notes["smoothing"] = {
-                "rule": f"MatMul/Gemm inputs with predicted 8-bit SQNR < {recipe.smooth_below_sqnr_db:g} dB, "
+                "rule": f"MatMul/Gemm/Attention inputs with predicted 8-bit SQNR < {recipe.smooth_below_sqnr_db:g} dB, "
                 f"alpha {recipe.smooth_alpha:g}",
                 "smoothed_inputs": len(done), "predicted_sqnr_db_before": dict(sorted(done.items(), key=lambda kv: kv[1])[:5]),
             }
@@ -259,7 +278,7 @@ def quantize_dynamic_int8(
             keep, predicted = fp32_fallback_nodes(model, calib, specs, settings, recipe.fp32_fallback_sqnr_db)
             lowest = sorted(predicted.items(), key=lambda kv: kv[1])[:5]
             notes["fp32_fallback"] = {
-                "rule": f"MatMul/Gemm inputs with predicted 8-bit SQNR < {recipe.fp32_fallback_sqnr_db:g} dB stay FP32",
+                "rule": f"MatMul/Gemm/Attention inputs with predicted 8-bit SQNR < {recipe.fp32_fallback_sqnr_db:g} dB stay FP32",
                 "kept_fp32": keep, "quantized": len(predicted) - len(keep),
                 "lowest_predicted_sqnr_db": {k: round(v, 1) for k, v in lowest},
             }

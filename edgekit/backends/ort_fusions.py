@@ -1,0 +1,467 @@
+"""Scaled dot-product attention as ONNX Runtime's fused ``MultiHeadAttention`` kernel.
+
+``torch.onnx.export`` writes a transformer's self-attention as a dozen small ops per layer::
+
+    q = Transpose(Reshape(Q, [b, s, heads, d]), 0213)        k = Transpose(Reshape(K, ...), 0231)
+    v = Transpose(Reshape(V, ...), 0213)
+    p = Softmax(Add(Mul(MatMul(q, k), scale), bias))          (Mul/Div and Add optional)
+    out = Reshape(Transpose(MatMul(p, v), 0213), ...)
+
+ONNX Runtime's own transformer optimizer recognizes this only under the mask subgraphs of older exporters. The
+pattern above does not depend on how the additive mask ``bias`` was computed, so it is matched here directly and
+replaced by one ``com.microsoft.MultiHeadAttention`` node fed with Q, K, V as [batch, seq, hidden] and ``bias`` as its
+``attention_bias``. The projections Q, K, V stay ordinary MatMul/Gemm nodes, so dynamic quantization still turns them
+into INT8 kernels; only the attention core, which has no weights, runs in the fused FP32 kernel.
+
+The rewrite is exact up to float summation order; callers check it numerically before use (ort_dynamic).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+MS_DOMAIN = "com.microsoft"
+
+
+@dataclass
+class _Graph:
+    """Producer/consumer look-ups over one ONNX graph."""
+
+    model: Any
+
+    def __post_init__(self) -> None:
+        from onnx import numpy_helper
+
+        graph = self.model.graph
+        self.nodes = list(graph.node)  # one set of wrappers, so `is` comparisons between look-ups hold
+        self.producer = {o: n for n in self.nodes for o in n.output}
+        self.consumers: dict[str, list[Any]] = {}
+        for n in self.nodes:
+            for name in n.input:
+                self.consumers.setdefault(name, []).append(n)
+        self.consts = {i.name: i for i in graph.initializer}
+        for n in self.nodes:  # Constant nodes count as initializers for matching
+            if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+                self.consts[n.output[0]] = n.attribute[0].t
+        self._array = numpy_helper.to_array
+        self.graph_outputs = {o.name for o in graph.output}
+
+    def const(self, name: str) -> np.ndarray | None:
+        return self._array(self.consts[name]) if name in self.consts else None
+
+    def only_consumer(self, name: str) -> Any | None:
+        users = self.consumers.get(name, [])
+        return users[0] if len(users) == 1 and name not in self.graph_outputs else None
+
+    def made_by(self, name: str, op_type: str) -> Any | None:
+        node = self.producer.get(name)
+        return node if node is not None and node.op_type == op_type else None
+
+
+def _perm(node: Any) -> list[int]:
+    return next((list(a.ints) for a in node.attribute if a.name == "perm"), [])
+
+
+def _head_split(g: _Graph, name: str, perm: list[int]) -> tuple[Any, Any, np.ndarray] | None:
+    """``name`` = Transpose(Reshape(x, [b, s, heads, d]), perm): (transpose, reshape, shape) when it matches."""
+    transpose = g.made_by(name, "Transpose")
+    if transpose is None or _perm(transpose) != perm:
+        return None
+    reshape = g.made_by(transpose.input[0], "Reshape")
+    if reshape is None or g.only_consumer(reshape.output[0]) is not transpose:
+        return None
+    shape = g.const(reshape.input[1])
+    if shape is None or shape.shape != (4,) or (shape[:2] == 0).any() or (shape[2:] <= 0).any():
+        return None  # need literal heads/head size, and batch/seq that don't copy dims of a 2-D input
+    return transpose, reshape, shape
+
+
+def _scalar(g: _Graph, node: Any) -> tuple[str, float] | None:
+    """(other input, value) of a Mul/Div whose one input is a constant scalar."""
+    for i, name in enumerate(node.input):
+        value = g.const(name)
+        if value is not None and value.size == 1:
+            if node.op_type == "Div" and i == 0:
+                return None
+            return node.input[1 - i], float(value.reshape(()))
+    return None
+
+
+def _scores(g: _Graph, name: str) -> bool:
+    """Is ``name`` a MatMul output, or one scaled by a constant scalar (the attention scores, not the mask)?"""
+    if g.made_by(name, "MatMul") is not None:
+        return True
+    node = g.made_by(name, "Mul") or g.made_by(name, "Div")
+    hit = _scalar(g, node) if node is not None else None
+    return hit is not None and g.made_by(hit[0], "MatMul") is not None
+
+
+def _match(g: _Graph, softmax: Any) -> dict[str, Any] | None:
+    """The attention around one Softmax, or None."""
+    axis = next((a.i for a in softmax.attribute if a.name == "axis"), -1)
+    if axis not in (-1, 3):
+        return None
+    removed = [softmax]
+    name, bias, scale = softmax.input[0], "", 1.0
+    add = g.made_by(name, "Add")
+    if add is not None and g.only_consumer(add.output[0]) is softmax:
+        scores_side = [i for i in add.input if _scores(g, i)]
+        if len(scores_side) != 1:
+            return None
+        name = scores_side[0]
+        bias = add.input[1] if add.input[0] == name else add.input[0]
+        removed.append(add)
+    for op in ("Mul", "Div"):
+        node = g.made_by(name, op)
+        if node is not None and g.only_consumer(node.output[0]) is removed[-1]:
+            hit = _scalar(g, node)
+            if hit is None:
+                return None
+            name, value = hit
+            scale = value if op == "Mul" else 1.0 / value
+            removed.append(node)
+            break
+    qk = g.made_by(name, "MatMul")
+    if qk is None or g.only_consumer(qk.output[0]) is not removed[-1]:
+        return None
+    removed.append(qk)
+    pv = g.only_consumer(softmax.output[0])
+    if pv is None or pv.op_type != "MatMul" or pv.input[0] != softmax.output[0]:
+        return None
+    merge = g.only_consumer(pv.output[0])
+    if merge is None or merge.op_type != "Transpose" or _perm(merge) != [0, 2, 1, 3]:
+        return None
+    out_reshape = g.only_consumer(merge.output[0])
+    if out_reshape is None or out_reshape.op_type != "Reshape":
+        return None
+    parts = [_head_split(g, qk.input[0], [0, 2, 1, 3]), _head_split(g, qk.input[1], [0, 2, 3, 1]),
+             _head_split(g, pv.input[1], [0, 2, 1, 3])]
+    if any(p is None for p in parts):
+        return None
+    shapes = [p[2] for p in parts]
+    if any(not np.array_equal(s[2:], shapes[0][2:]) for s in shapes):
+        return None
+    for transpose, reshape, _ in parts:
+        if g.only_consumer(transpose.output[0]) is None:
+            return None
+        removed += [transpose, reshape]
+    heads, head_size = int(shapes[0][2]), int(shapes[0][3])
+    if bias and (g.const(bias) is not None and g.const(bias).ndim != 4):
+        return None
+    removed += [pv, merge]
+    return {"q": parts[0][1].input[0], "k": parts[1][1].input[0], "v": parts[2][1].input[0],
+            "shapes": shapes, "heads": heads, "head_size": head_size, "scale": scale, "bias": bias,
+            "out": out_reshape, "removed": removed}
+
+
+def fuse_attention(model: Any) -> dict[str, int]:
+    """Replace every matching self-attention in ``model`` (ONNX ModelProto, edited in place).
+
+    Where Q, K and V are constant-weight projections of one input and the additive mask is a Where between 0 and a
+    large negative constant, the whole block (projections included) becomes one ``Attention`` node with packed
+    [q | k | v] weights and a 0/1 ``mask_index``; dynamic quantization then turns it into ``QAttention`` (INT8
+    projection, heads laid out by the kernel itself, no Split/Reshape/Transpose ops). Otherwise the attention core
+    becomes ``MultiHeadAttention`` with the mask as ``attention_bias``. Returns how many of each were made."""
+    from onnx import helper
+
+    g = _Graph(model)
+    graph = model.graph
+    found = [m for m in (_match(g, n) for n in g.nodes if n.op_type == "Softmax") if m is not None]
+    counts = {"Attention": _quantizable_attention(g), "MultiHeadAttention": 0}
+    if not found:
+        return counts
+    shapes = _shapes(model)
+    drop: set[str] = set()  # nodes by first output (protobuf wrappers are not stable identities)
+    before: dict[str, list[Any]] = {}  # new nodes go right before the Reshape that reads the attention output
+    masks: dict[str, str] = {}  # additive mask -> its 0/1 int32 mask_index, made once per mask
+    for i, m in enumerate(found):
+        prefix = f"edgekit_attention_{i}"
+        added: list[Any] = []
+        packed = _pack_qkv(g, m, prefix)
+        mask = _mask_index(g, m["bias"], shapes, prefix, graph, added, masks) if packed is not None else None
+        if packed is not None and mask is not None:
+            weight, bias, source = packed
+            graph.initializer.extend([weight, bias])
+            shape = m["shapes"][0]
+            rows3d = _reshape(graph, added, source, [int(shape[0]), int(shape[1]), int(weight.dims[0])], f"{prefix}_in")
+            added.append(helper.make_node(
+                "Attention", [rows3d, weight.name, bias.name, mask], [f"{prefix}_out"], name=prefix, domain=MS_DOMAIN,
+                num_heads=m["heads"], scale=m["scale"], mask_filter_value=-10000.0,
+            ))
+            drop.update(g.producer[m[r]].output[0] for r in ("q", "k", "v"))
+            counts["Attention"] += 1
+        else:
+            bias = _attention_bias(m["bias"], shapes, int(m["shapes"][0][1]), prefix, graph, added, masks)
+            if bias is None:
+                continue
+            inputs = [_reshape(graph, added, m[role], [int(s[0]), int(s[1]), int(s[2] * s[3])], f"{prefix}_{role}")
+                      for role, s in zip(("q", "k", "v"), m["shapes"])]
+            added.append(helper.make_node(
+                "MultiHeadAttention", [*inputs, "", "", bias], [f"{prefix}_out"], name=prefix, domain=MS_DOMAIN,
+                num_heads=m["heads"], scale=m["scale"],
+            ))
+            counts["MultiHeadAttention"] += 1
+        m["out"].input[0] = added[-1].output[0]
+        before[m["out"].output[0]] = added
+        drop.update(n.output[0] for n in m["removed"])
+    _reorder(graph, before, drop)
+    _prune_dead(graph)
+    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return counts
+
+
+def _quantizable_attention(g: _Graph) -> int:
+    """Drop ``qkv_hidden_sizes`` = [h, h, h] from Attention nodes already in the graph (the exporter's optimizer
+    writes them for unmasked attention): it only restates the default, and ONNX Runtime's quantizer leaves an
+    Attention that carries it in FP32. Returns how many were changed."""
+    changed = 0
+    for n in g.nodes:
+        if n.op_type != "Attention" or n.domain != MS_DOMAIN:
+            continue
+        weight = g.const(n.input[1]) if len(n.input) > 1 else None
+        for k, a in enumerate(n.attribute):
+            sizes = list(a.ints)
+            if a.name == "qkv_hidden_sizes" and len(set(sizes)) == 1 and weight is not None and weight.shape[-1] == sum(sizes):
+                del n.attribute[k]
+                changed += 1
+                break
+    return changed
+
+
+def _reshape(graph: Any, added: list[Any], name: str, shape: list[int], prefix: str) -> str:
+    """Append a Reshape of ``name`` to the literal ``shape`` to ``added``; returns its output."""
+    from onnx import helper, numpy_helper
+
+    graph.initializer.append(numpy_helper.from_array(np.array(shape, dtype=np.int64), f"{prefix}_shape"))
+    added.append(helper.make_node("Reshape", [name, f"{prefix}_shape"], [f"{prefix}_3d"], name=f"{prefix}_reshape"))
+    return added[-1].output[0]
+
+
+def _reorder(graph: Any, before: dict[str, list[Any]], drop: set[str]) -> None:
+    """Rebuild the node list: ``before[out]`` goes in front of the node whose first output is ``out``; ``drop`` out."""
+    nodes = []
+    for n in graph.node:
+        nodes += before.get(n.output[0], [])
+        if n.output[0] not in drop:
+            nodes.append(n)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _attention_bias(bias: str, shapes: dict[str, list[Any]], seq: int, prefix: str, graph: Any, added: list[Any],
+                    made: dict[str, str]) -> str | None:
+    """``bias`` as MultiHeadAttention's attention_bias, [batch or 1, heads or 1, queries, keys]: one broadcast over
+    queries ([.., 1, keys]) is expanded once per tensor (the kernel wants every query row); None when not rank 4."""
+    from onnx import helper, numpy_helper
+
+    if not bias:
+        return ""
+    shape = shapes.get(bias)
+    if shape is None or len(shape) != 4 or seq <= 0:
+        return None
+    if shape[2] != 1:
+        return bias
+    key = f"expand:{bias}"
+    if key not in made:
+        graph.initializer.append(numpy_helper.from_array(np.array([1, 1, seq, 1], dtype=np.int64), f"{prefix}_bias_rows"))
+        added.append(helper.make_node("Expand", [bias, f"{prefix}_bias_rows"], [f"{prefix}_bias"], name=f"{prefix}_bias"))
+        made[key] = added[-1].output[0]
+    return made[key]
+
+
+MASKED = -1e4  # a Where branch at or below this is "masked out" (exp underflows to 0 either way)
+
+
+def _mask_index(g: _Graph, bias: str, shapes: dict[str, list[Any]], prefix: str, graph: Any, added: list[Any],
+                masks: dict[str, str]) -> str | None:
+    """A [batch, seq, seq] int32 0/1 mask equal to the additive ``bias`` = Where(cond, 0, masked) (or the reverse),
+    made from ``cond``; "" when there is no mask; None when ``bias`` is anything else."""
+    from onnx import TensorProto, helper
+
+    if not bias:
+        return ""
+    if bias in masks:
+        return masks[bias]
+    where = g.made_by(bias, "Where")
+    if where is None:
+        return None
+    values = [g.const(x) for x in where.input[1:]]
+    if any(v is None or v.size != 1 for v in values):
+        return None
+    when_true, when_false = float(values[0].reshape(())), float(values[1].reshape(()))
+    if not ((when_true == 0.0 and when_false <= MASKED) or (when_false == 0.0 and when_true <= MASKED)):
+        return None
+    shape = shapes.get(bias)
+    if shape is None or len(shape) != 4 or shape[1] != 1 or not all(isinstance(d, int) and d > 0 for d in shape[2:]):
+        return None
+    if shapes.get(where.input[0]) != shape:
+        return None
+    keep = where.input[0]
+    if when_true != 0.0:
+        keep = f"{prefix}_mask_not"
+        added.append(helper.make_node("Not", [where.input[0]], [keep], name=keep))
+    # [batch, 1, 1, keys] -> the 2-D key mask; [batch, 1, queries, keys] -> the 3-D mask
+    rows = _reshape(graph, added, keep, [-1, int(shape[3])] if shape[2] == 1 else [-1, int(shape[2]), int(shape[3])],
+                    f"{prefix}_mask")
+    added.append(helper.make_node("Cast", [rows], [f"{prefix}_mask_index"], to=TensorProto.INT32, name=f"{prefix}_mask_index"))
+    masks[bias] = added[-1].output[0]
+    return masks[bias]
+
+
+def _shapes(model: Any) -> dict[str, list[int | str | None]]:
+    """Every tensor's inferred shape (ints, symbolic names or None), initializers included."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    out: dict[str, list[int | str | None]] = {}
+    graph = inferred.graph
+    for v in [*graph.input, *graph.value_info, *graph.output]:
+        t = v.type.tensor_type
+        if t.HasField("shape"):
+            out[v.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+    for i in graph.initializer:
+        out[i.name] = list(i.dims)
+    return out
+
+
+def layernorm_rows(model: Any) -> int:
+    """Run each residual ``LayerNormalization(Add(a, b))`` over [rows, hidden] instead of [batch, seq, hidden].
+
+    ONNX Runtime fuses a 3-D Add + LayerNormalization into ``SkipLayerNormalization``, whose CPU kernel measured over
+    twice the time of Add + LayerNormalization on the same 128 x 384 data (benchmarks/kernels.py). On 2-D rows the
+    fusion does not apply. Reshapes that only moved a projection's 2-D output to 3-D and back are bypassed, so the
+    residual stream stays 2-D from one projection to the next. Edits ``model`` in place; returns how many were moved."""
+    from onnx import helper, numpy_helper
+
+    g = _Graph(model)
+    shapes = _shapes(model)
+    graph = model.graph
+
+    def static_3d(name: str) -> list[Any] | None:
+        s = shapes.get(name)
+        return s if s is not None and len(s) == 3 and all(isinstance(d, int) and d > 0 for d in s[1:]) else None
+
+    def rows_source(name: str, hidden: int) -> str | None:
+        """The 2-D [rows, hidden] tensor ``name`` was reshaped from, if any."""
+        node = g.made_by(name, "Reshape")
+        if node is None:
+            return None
+        s = shapes.get(node.input[0])
+        return node.input[0] if s is not None and len(s) == 2 and s[1] == hidden else None
+
+    chosen = []
+    for ln in g.nodes:
+        if ln.op_type != "LayerNormalization" or next((a.i for a in ln.attribute if a.name == "axis"), -1) not in (-1, 2):
+            continue
+        add = g.made_by(ln.input[0], "Add")
+        shape = static_3d(ln.input[0])
+        if add is None or shape is None or g.only_consumer(add.output[0]) is not ln:
+            continue
+        if any(shapes.get(x) != shape for x in add.input):  # no broadcasting (e.g. position embeddings [1, s, h])
+            continue
+        chosen.append((ln, add, shape))
+    if not chosen:
+        return 0
+    rows_of: dict[str, str] = {}  # 3-D tensor -> the same data as [rows, hidden]
+    before: dict[str, list[Any]] = {}
+    drop: set[str] = set()
+    for i, (ln, add, (_, seq, hidden)) in enumerate(chosen):
+        prefix = f"edgekit_rows_{i}"
+        added = []
+        flat_shape = f"{prefix}_flat_shape"
+        graph.initializer.append(numpy_helper.from_array(np.array([-1, hidden], dtype=np.int64), flat_shape))
+        operands = []
+        for j, x in enumerate(add.input):
+            src = rows_of.get(x) or rows_source(x, hidden)
+            if src is None:
+                src = f"{prefix}_in{j}"
+                added.append(helper.make_node("Reshape", [x, flat_shape], [src], name=src))
+            operands.append(src)
+        added.append(helper.make_node("Add", operands, [f"{prefix}_sum"], name=f"{prefix}_add"))
+        ln_rows = helper.make_node("LayerNormalization", [f"{prefix}_sum", *ln.input[1:]], [f"{prefix}_out"],
+                                   name=f"{prefix}_ln")
+        ln_rows.attribute.extend(a for a in ln.attribute if a.name != "axis")
+        ln_rows.attribute.append(helper.make_attribute("axis", -1))
+        added.append(ln_rows)
+        three_d = f"{prefix}_3d_shape"
+        graph.initializer.append(numpy_helper.from_array(np.array([-1, seq, hidden], dtype=np.int64), three_d))
+        # the old LayerNormalization's output keeps its name (later nodes and graph outputs read it), now a Reshape
+        added.append(helper.make_node("Reshape", [ln_rows.output[0], three_d], [ln.output[0]], name=f"{prefix}_back"))
+        rows_of[ln.output[0]] = ln_rows.output[0]
+        before[ln.output[0]] = added
+        drop.update((ln.output[0], add.output[0]))
+    for n in g.nodes:  # consumers that flatten a moved output again read the rows directly
+        if n.op_type == "Reshape" and n.input[0] in rows_of:
+            target = g.const(n.input[1])
+            hidden = shapes[n.input[0]][2]
+            if target is not None and target.tolist() == [-1, hidden]:
+                _rename_uses(graph, n.output[0], rows_of[n.input[0]])
+                drop.add(n.output[0])
+    _reorder(graph, before, drop)
+    _prune_dead(graph)
+    return len(chosen)
+
+
+def _projection(g: _Graph, name: str) -> tuple[str, np.ndarray, np.ndarray] | None:
+    """(input, weight [in, out], bias [out]) of the constant-weight MatMul/Gemm that makes ``name``, if one does."""
+    node = g.producer.get(name)
+    if node is None or node.op_type not in ("MatMul", "Gemm"):
+        return None
+    attrs = {a.name: (a.f if a.type == a.FLOAT else a.i) for a in node.attribute}
+    if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+        return None
+    weight = g.const(node.input[1])
+    bias = g.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if weight is None or weight.ndim != 2 or (len(node.input) > 2 and node.input[2] and bias is None):
+        return None
+    if attrs.get("transB", 0):
+        weight = weight.T
+    if bias is None:
+        bias = np.zeros(weight.shape[1], dtype=weight.dtype)
+    if bias.shape != (weight.shape[1],):
+        return None
+    return node.input[0], weight, bias
+
+
+def _pack_qkv(g: _Graph, m: dict[str, Any], prefix: str) -> tuple[Any, Any, str] | None:
+    """One [in, 3 * hidden] weight and bias ([q | k | v] columns) for the Q, K, V projections of a matched
+    attention, and their shared input; None when they can't be packed."""
+    from onnx import numpy_helper
+
+    parts = [_projection(g, m[r]) for r in ("q", "k", "v")]
+    if any(p is None for p in parts) or len({p[0] for p in parts}) != 1:
+        return None
+    if any(g.only_consumer(m[r]) is None for r in ("q", "k", "v")):
+        return None
+    heads, size = m["heads"], m["head_size"]
+    if any(p[1].shape[1] != heads * size for p in parts):
+        return None
+    weight = np.concatenate([p[1] for p in parts], axis=1)
+    bias = np.concatenate([p[2] for p in parts])
+    return (numpy_helper.from_array(np.ascontiguousarray(weight), f"{prefix}_qkv_weight"),
+            numpy_helper.from_array(np.ascontiguousarray(bias), f"{prefix}_qkv_bias"), parts[0][0])
+
+
+def _rename_uses(graph: Any, old: str, new: str) -> None:
+    for n in graph.node:
+        for k, name in enumerate(n.input):
+            if name == old:
+                n.input[k] = new
+    for o in graph.output:
+        if o.name == old:
+            raise ValueError(f"graph output {old} cannot be renamed")  # callers never drop a graph output
+
+
+def _prune_dead(graph: Any) -> None:
+    """Drop nodes none of whose outputs is read (no subgraph reads them: callers only see flat transformer graphs)."""
+    while True:
+        used = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
+        dead = [k for k, n in enumerate(graph.node) if not any(o in used for o in n.output if o)]
+        if not dead:
+            return
+        for k in reversed(dead):
+            del graph.node[k]
