@@ -220,8 +220,8 @@ def minilm(result: dict[str, Any], checks: list[dict[str, Any]]) -> list[str]:
         "on this host an INT8 GEMM of MiniLM's shape runs only about 1.6x faster than the FP32 one (no VNNI: u8 x s8 "
         "through vpmaddubsw/vpmaddwd; benchmarks/results/kernels.md), and the work that is not a weight "
         "GEMM (attention scores and softmax, GELU, LayerNorm, residual adds, per-call activation quantization) does not "
-        "get faster with INT8 at all, so the whole-model ratio sits under the GEMM ratio; the rewrites above remove "
-        "most of the overhead ONNX Runtime adds around that work. The ratio also moves with this shared VM's load "
+        "get faster with INT8 at all, so the whole-model ratio sits under the GEMM ratio; the rewrites above make that "
+        "work cheaper (fewer, faster kernels) but cannot make it INT8. The ratio also moves with this shared VM's load "
         "(repeat range in the table). The smoothing costs one elementwise Mul per smoothed tensor (about 0.6 ms of "
         "~19 ms in ONNX Runtime's profiler); without it cosine falls under the 0.993 bar "
         "(benchmarks/results/recipe_sweep.md).",

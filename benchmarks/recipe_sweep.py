@@ -181,20 +181,22 @@ def sweep(name: str, rounds: int) -> dict[str, Any]:
                    "p50_ms": float(np.median(t[k]) * 1e3), "speedup": base / float(np.median(t[k])),
                    "build_s": build_s.get(k), "bytes": p.stat().st_size}
         print(f"  {k:70s} cos {rows[k]['cosine_enable_all']:.5f} / exact {rows[k]['cosine_disable_all']:.5f}  {rows[k]['speedup']:.2f}x", flush=True)
-    return {"rows": rows, "samples": n, "rounds": rounds, **({"transformer_optimizer_fused": dict(FUSION_STATS)} if FUSION_STATS else {})}
+    return {"rows": rows, "samples": n, "rounds": rounds, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            **({"transformer_optimizer_fused": dict(FUSION_STATS)} if FUSION_STATS else {})}
 
 
 def render(doc: dict[str, Any]) -> str:
-    lines = ["# ort recipe sweep", "", f"`{doc['command']}` on {doc['host']['model']} (ISA {', '.join(doc['host']['isa'])}), "
-             f"{doc['date']}. Cosine vs ONNX Runtime FP32 on held-out inputs; `exact` = the same file at ORT_DISABLE_ALL. "
-             "Speedup: one interleaved repeat on a shared host (indicative; benchmarks/run.py publishes the real ratios).", ""]
+    lines = ["# ort recipe sweep", "", f"`benchmarks/recipe_sweep.py --models <model>` on {doc['host']['model']} "
+             f"(ISA {', '.join(doc['host']['isa'])}); each model's section gives the date it was swept. Cosine vs ONNX "
+             "Runtime FP32 on held-out inputs; `exact` = the same file at ORT_DISABLE_ALL. Speedup: one interleaved repeat "
+             "on a shared host (indicative; benchmarks/run.py publishes the real ratios).", ""]
     for model, res in doc["models"].items():
-        lines += [f"## {model}", "", "| variant | cosine | cosine, exact arithmetic | p50 speedup vs FP32 | build s |", "|---|---|---|---|---|"]
+        lines += [f"## {model}", "", f"Swept {res.get('date', doc.get('date', '?'))}.", "", "| variant | cosine | cosine, exact arithmetic | p50 speedup vs FP32 | build s |", "|---|---|---|---|---|"]
         for k, r in res["rows"].items():
             b = "—" if r["build_s"] is None else f"{r['build_s']:.1f}"
             lines.append(f"| {k} | {r['cosine_enable_all']:.5f} | {r['cosine_disable_all']:.5f} | {r['speedup']:.2f}x | {b} |")
         if res.get("transformer_optimizer_fused"):
-            lines += ["", "onnxruntime.transformers.optimizer (model_type bert) fused: "
+            lines += ["", "transformer_fusion (edgekit's rewrites, then onnxruntime.transformers.optimizer) made: "
                       + ", ".join(f"{k} x{v}" for k, v in res["transformer_optimizer_fused"].items()) + "."]
         lines.append("")
     return "\n".join(lines) + "\n"
@@ -208,12 +210,13 @@ def main() -> int:
     from edgekit.hostinfo import cpu
 
     run.prepare_data()
-    doc = {"command": "benchmarks/recipe_sweep.py " + " ".join(sys.argv[1:]), "host": cpu(),
-           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "models": {}}
+    results = run.RESULTS / "recipe_sweep.json"
+    doc = json.loads(results.read_text()) if results.is_file() else {"models": {}}  # models not swept now stay
+    doc["host"] = cpu()
     for name in args.models.split(","):
         doc["models"][name] = sweep(name.strip(), args.rounds)
     run.RESULTS.mkdir(parents=True, exist_ok=True)
-    (run.RESULTS / "recipe_sweep.json").write_text(json.dumps(doc, indent=1, default=str))
+    results.write_text(json.dumps(doc, indent=1, default=str))
     (run.RESULTS / "recipe_sweep.md").write_text(render(doc))
     print(render(doc))
     return 0

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import ConfigError
+from edgekit.errors import ConfigError, did_you_mean
 from edgekit.types import TensorSpec
 
 DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")
@@ -92,8 +91,7 @@ def _check_keys(table: Any, allowed: tuple[str, ...], where: str) -> dict[str, A
         raise ConfigError(f"{where} must be a table, got {type(table).__name__}")
     for key in table:
         if key not in allowed:
-            near = difflib.get_close_matches(key, allowed, n=1)
-            hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(allowed)}"
+            hint = did_you_mean(key, allowed, f"; valid keys: {', '.join(allowed)}")
             raise ConfigError(f"unknown key '{key}' in {where}{hint}")
     return table
 
@@ -109,9 +107,7 @@ def _typed(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
 
 def _choice(value: Any, choices: tuple[str, ...], where: str) -> str:
     if value not in choices:
-        near = difflib.get_close_matches(str(value), choices, n=1)
-        hint = f"; did you mean '{near[0]}'?" if near else ""
-        raise ConfigError(f"{where} = {value!r} is not one of {', '.join(choices)}{hint}")
+        raise ConfigError(f"{where} = {value!r} is not one of {', '.join(choices)}{did_you_mean(value, choices)}")
     return value
 
 
@@ -217,8 +213,7 @@ def _parse_targets(t: Any, base: Path) -> tuple[tuple[str, ...], dict[str, Targe
         if name == "use":
             continue
         if name not in use:
-            near = difflib.get_close_matches(name, use, n=1)
-            hint = f"; did you mean '{near[0]}'?" if near else f"; [targets] use = {list(use)}"
+            hint = did_you_mean(name, use, f"; [targets] use = {list(use)}")
             raise ConfigError(f"[targets.{name}] configures a target that is not in [targets] use{hint}")
         o = _check_keys(table, ("gates", "runtime", "recipe", "profile"), f"[targets.{name}]")
         profile = _path(o["profile"], base, f"[targets.{name}] profile") if "profile" in o else None

@@ -16,6 +16,8 @@ Library code raises these; only ``edgekit.cli`` turns them into a message and an
 
 from __future__ import annotations
 
+from typing import Iterable
+
 
 class EdgekitError(Exception):
     """Base of every error a user can cause; ``str(err)`` is the one line shown."""
@@ -59,3 +61,12 @@ class TargetUnavailableError(EdgekitError):
     """A requested target cannot run on this host and ``--strict`` was given."""
 
     exit_code = 3
+
+
+def did_you_mean(word: object, choices: Iterable[str], otherwise: str = "") -> str:
+    """"; did you mean 'x'?" for the choice nearest ``word``, or ``otherwise`` when none is close: the tail every
+    "unknown name" message in edgekit ends with."""
+    import difflib
+
+    near = difflib.get_close_matches(str(word), list(choices), n=1)
+    return f"; did you mean '{near[0]}'?" if near else otherwise

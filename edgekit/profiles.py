@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from edgekit.config import TargetOverride
-from edgekit.errors import ProfileError
+from edgekit.errors import ProfileError, did_you_mean
 from edgekit.resources import targets_dir
 from edgekit.types import Gates, RuntimeSettings, TargetProfile
 
@@ -26,8 +25,7 @@ def builtin_names() -> list[str]:
 
 def unknown_key(key: str, valid: tuple[str, ...], where: str) -> ProfileError:
     """The error for a profile key nobody defined, naming the nearest valid one."""
-    near = difflib.get_close_matches(key, valid, n=1)
-    hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(valid)}"
+    hint = did_you_mean(key, valid, f"; valid keys: {', '.join(valid)}")
     return ProfileError(f"unknown key '{key}' in {where}{hint}")
 
 
@@ -107,9 +105,7 @@ def load_profile(name: str, override: TargetOverride | None = None) -> TargetPro
         path = targets_dir() / f"{name}.toml"
         if not path.is_file():
             known = builtin_names()
-            near = difflib.get_close_matches(name, known, n=1)
-            hint = f"did you mean '{near[0]}'? " if near else ""
-            raise ProfileError(f"unknown target '{name}'; {hint}built-in targets: {', '.join(known)}")
+            raise ProfileError(f"unknown target '{name}'{did_you_mean(name, known)} (built-in targets: {', '.join(known)})")
         profile = parse_profile(name, _read(path, name), f"built-in ({path.name})")
     if override is None:
         return profile

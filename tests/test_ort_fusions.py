@@ -23,9 +23,9 @@ LENGTH = 16
 
 
 class Block(nn.Module):
-    def __init__(self, d=32, heads=4):
+    def __init__(self, d=32, heads=4, scale=1.0):
         super().__init__()
-        self.heads, self.scale = heads, (d // heads) ** -0.5
+        self.heads, self.scale = heads, scale * (d // heads) ** -0.5
         self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
         self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.up, self.down = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
@@ -45,13 +45,13 @@ class Block(nn.Module):
 class Encoder(nn.Module):
     """Token ids + attention mask -> mean-pooled embedding, the mask made into an additive bias three ways."""
 
-    def __init__(self, style, vocab=50, d=32, layers=2):
+    def __init__(self, style, vocab=50, d=32, layers=2, scale=1.0):
         super().__init__()
         self.style = style
         self.embed = nn.Embedding(vocab, d)
         self.pos = nn.Parameter(torch.randn(1, LENGTH, d) * 0.1)
         self.norm = nn.LayerNorm(d)
-        self.blocks = nn.ModuleList(Block(d) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(d, scale=scale) for _ in range(layers))
 
     def forward(self, input_ids, attention_mask):
         n, t = input_ids.shape
@@ -74,9 +74,9 @@ def where_keys():
     return Encoder("where_keys").eval()
 
 
-def where_square():
+def where_square():  # and a score scale other than 1/sqrt(head size)
     torch.manual_seed(0)
-    return Encoder("where_square").eval()
+    return Encoder("where_square", scale=0.5).eval()
 
 
 def arithmetic():

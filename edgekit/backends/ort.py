@@ -230,6 +230,7 @@ def quantize_static_qdq(
             overrides.update(exact)
             chosen["exact_8bit"] = len(exact)
         chosen["fp32_layers"] = fp32_layers
+        chosen["has_input_layers"] = bool(ort_static.input_layers(graph))
         extra: dict[str, Any] = {"ActivationSymmetric": recipe.symmetric_activations, "WeightSymmetric": True}
         if settings.method == "percentile":
             extra["CalibPercentile"] = settings.percentile
@@ -273,7 +274,9 @@ def quantize_static_qdq(
                              "(depthwise: int8; quantized stem: uint8, u8 x u8)")
     if recipe.fp32_input_layers is not False:
         kept = ", ".join(chosen["fp32_layers"]) or "none"
-        if recipe.fp32_input_layers == "auto" and not chosen["fp32_layers"]:
+        if not chosen["has_input_layers"]:
+            kept += " (no Conv/Gemm/MatMul reads a graph input)"
+        elif recipe.fp32_input_layers == "auto" and not chosen["fp32_layers"]:
             kept += " (a pooling op follows the stem, so it is quantized)"
         notes["fp32_input_layers"] = f"{recipe.fp32_input_layers}: kept FP32: {kept}"
     if settings.method == "percentile":

@@ -1,4 +1,4 @@
-"""Scaled dot-product attention as ONNX Runtime's fused ``MultiHeadAttention`` kernel.
+"""edgekit's transformer rewrites for ONNX Runtime: attention into one fused node, residual LayerNorms on rows.
 
 ``torch.onnx.export`` writes a transformer's self-attention as a dozen small ops per layer::
 
@@ -8,12 +8,19 @@
     out = Reshape(Transpose(MatMul(p, v), 0213), ...)
 
 ONNX Runtime's own transformer optimizer recognizes this only under the mask subgraphs of older exporters. The
-pattern above does not depend on how the additive mask ``bias`` was computed, so it is matched here directly and
-replaced by one ``com.microsoft.MultiHeadAttention`` node fed with Q, K, V as [batch, seq, hidden] and ``bias`` as its
-``attention_bias``. The projections Q, K, V stay ordinary MatMul/Gemm nodes, so dynamic quantization still turns them
-into INT8 kernels; only the attention core, which has no weights, runs in the fused FP32 kernel.
+pattern does not depend on how the additive mask ``bias`` was computed, so ``fuse_attention`` matches it directly:
 
-The rewrite is exact up to float summation order; callers check it numerically before use (ort_dynamic).
+- Q, K, V constant-weight projections of one input, and ``bias`` a Where between 0 and a large negative constant
+  (Hugging Face's SDPA mask): the whole block, projections included, becomes one ``com.microsoft.Attention`` node with
+  packed [q | k | v] weights and a 0/1 ``mask_index``. Dynamic quantization turns it into ``QAttention``: one INT8
+  projection GEMM whose output the kernel lays out per head itself.
+- otherwise: the attention core becomes ``com.microsoft.MultiHeadAttention`` with ``bias`` as its attention_bias; the
+  projections stay MatMul/Gemm nodes (and so still become INT8 kernels).
+
+``layernorm_rows`` moves residual Add + LayerNormalization pairs to 2-D rows, where ONNX Runtime does not fuse them into
+its slower ``SkipLayerNormalization`` (see its docstring).
+
+Both rewrites are exact up to float summation order; callers check them numerically before use (ort_dynamic).
 """
 
 from __future__ import annotations
@@ -149,8 +156,6 @@ def _match(g: _Graph, softmax: Any) -> dict[str, Any] | None:
             return None
         removed += [transpose, reshape]
     heads, head_size = int(shapes[0][2]), int(shapes[0][3])
-    if bias and (g.const(bias) is not None and g.const(bias).ndim != 4):
-        return None
     removed += [pv, merge]
     return {"q": parts[0][1].input[0], "k": parts[1][1].input[0], "v": parts[2][1].input[0],
             "shapes": shapes, "heads": heads, "head_size": head_size, "scale": scale, "bias": bias,
@@ -395,7 +400,7 @@ def layernorm_rows(model: Any) -> int:
         before[ln.output[0]] = added
         drop.update((ln.output[0], add.output[0]))
     for n in g.nodes:  # consumers that flatten a moved output again read the rows directly
-        if n.op_type == "Reshape" and n.input[0] in rows_of:
+        if n.op_type == "Reshape" and n.input[0] in rows_of and n.output[0] not in g.graph_outputs:
             target = g.const(n.input[1])
             hidden = shapes[n.input[0]][2]
             if target is not None and target.tolist() == [-1, hidden]:
@@ -447,19 +452,28 @@ def _pack_qkv(g: _Graph, m: dict[str, Any], prefix: str) -> tuple[Any, Any, str]
 
 
 def _rename_uses(graph: Any, old: str, new: str) -> None:
+    """Every node input named ``old`` reads ``new`` instead (``old`` is never a graph output here)."""
     for n in graph.node:
         for k, name in enumerate(n.input):
             if name == old:
                 n.input[k] = new
-    for o in graph.output:
-        if o.name == old:
-            raise ValueError(f"graph output {old} cannot be renamed")  # callers never drop a graph output
+
+
+def _names_read(graph: Any) -> set[str]:
+    """Every tensor name a node of ``graph`` reads, subgraphs (If/Loop/Scan bodies) included."""
+    names = set()
+    for n in graph.node:
+        names.update(n.input)
+        for a in n.attribute:
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                names |= _names_read(sub)
+    return names
 
 
 def _prune_dead(graph: Any) -> None:
-    """Drop nodes none of whose outputs is read (no subgraph reads them: callers only see flat transformer graphs)."""
+    """Drop nodes none of whose outputs is read by a node, a subgraph or the graph's outputs."""
     while True:
-        used = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
+        used = _names_read(graph) | {o.name for o in graph.output}
         dead = [k for k, n in enumerate(graph.node) if not any(o in used for o in n.output if o)]
         if not dead:
             return

@@ -6,7 +6,6 @@ A ``[[compress]]`` table becomes frozen settings (``parse_step``); the same meth
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import io
 import logging
 import types
@@ -21,7 +20,7 @@ from edgekit.compress.distill import Capture, DistillSettings, distill
 from edgekit.compress.low_rank import LowRankSettings, check_patterns, low_rank
 from edgekit.compress.prune import PruneSettings, excluded_modules, prune
 from edgekit.compress.qat import QATSettings, qat
-from edgekit.errors import ConfigError
+from edgekit.errors import ConfigError, did_you_mean
 from edgekit.types import FeedSource
 
 __all__ = [
@@ -132,9 +131,7 @@ def parse_step(table: dict[str, Any], index: int) -> StepSettings:
         raise ConfigError(f"{where} needs 'method', one of: {', '.join(STEPS)}")
     method = table["method"]
     if method not in STEPS:
-        near = difflib.get_close_matches(str(method), list(STEPS), n=1)
-        hint = f"; did you mean '{near[0]}'?" if near else ""
-        raise ConfigError(f"{where} method = {method!r} is not one of {', '.join(STEPS)}{hint}")
+        raise ConfigError(f"{where} method = {method!r} is not one of {', '.join(STEPS)}{did_you_mean(method, STEPS)}")
     cls = STEPS[method].settings
     where = f"{where} (method = '{method}')"
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -144,8 +141,7 @@ def parse_step(table: dict[str, Any], index: int) -> StepSettings:
         if key == "method":
             continue
         if key not in fields:
-            near = difflib.get_close_matches(key, list(fields), n=1)
-            hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(fields)}"
+            hint = did_you_mean(key, fields, f"; valid keys: {', '.join(fields)}")
             raise ConfigError(f"unknown key '{key}' in {where}{hint}")
         values[key] = _coerce(value, hints[key], f"{where} {key}")
     try:

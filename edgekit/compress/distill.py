@@ -6,7 +6,6 @@ Loss = alpha · KL(softmax(t/T) ‖ softmax(s/T)) · T² + (1 - alpha) · CE(s, 
 from __future__ import annotations
 
 import copy
-import difflib
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -16,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgekit.errors import ConfigError, DataError
+from edgekit.errors import ConfigError, DataError, did_you_mean
 from edgekit.types import Batch, FeedSource
 
 log = logging.getLogger(__name__)
@@ -49,8 +48,7 @@ class DistillSettings:
         if self.feature_weight < 0:
             raise ConfigError(f"feature_weight = {self.feature_weight} must be >= 0")
         if self.optimizer not in OPTIMIZERS:
-            near = difflib.get_close_matches(self.optimizer, OPTIMIZERS, n=1)
-            hint = f"; did you mean '{near[0]}'?" if near else ""
+            hint = did_you_mean(self.optimizer, OPTIMIZERS)
             raise ConfigError(f"optimizer = {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}{hint}")
 
 
@@ -224,8 +222,7 @@ class Capture:
         self.handles = []
         for name in names:
             if name not in modules:
-                near = difflib.get_close_matches(name, [n for n in modules if n], n=1)
-                hint = f"; did you mean '{near[0]}'?" if near else ""
+                hint = did_you_mean(name, [n for n in modules if n])
                 raise ConfigError(f"distill features entry '{name}' is not a module of the model{hint}")
             self.handles.append(modules[name].register_forward_hook(self._hook(name)))
 

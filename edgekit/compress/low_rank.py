@@ -6,7 +6,6 @@ A layer is only replaced when that lowers its parameter count (see ``factorise``
 from __future__ import annotations
 
 import copy
-import difflib
 import fnmatch
 import logging
 import math
@@ -16,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgekit.errors import ConfigError
+from edgekit.errors import ConfigError, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +49,7 @@ class LowRankSettings:
             raise ConfigError(f"energy = {self.energy} must be in (0, 1], e.g. energy = 0.9")
         for t in self.layer_types:
             if t not in LAYER_TYPES:
-                near = difflib.get_close_matches(t, list(LAYER_TYPES), n=1)
-                hint = f"; did you mean '{near[0]}'?" if near else ""
-                raise ConfigError(f"layer_types entry {t!r} is not one of {', '.join(LAYER_TYPES)}{hint}")
+                raise ConfigError(f"layer_types entry {t!r} is not one of {', '.join(LAYER_TYPES)}{did_you_mean(t, LAYER_TYPES)}")
         if not self.layer_types:
             raise ConfigError("layer_types is empty; use e.g. layer_types = [\"Linear\", \"Conv2d\"]")
 
@@ -95,9 +92,7 @@ def check_patterns(model: nn.Module, settings: LowRankSettings) -> None:
     names = [n for n, _ in model.named_modules() if n]
     for pattern in settings.include + settings.exclude:
         if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
-            near = difflib.get_close_matches(pattern, names, n=1)
-            hint = f"; did you mean '{near[0]}'?" if near else ""
-            raise ConfigError(f"low_rank pattern '{pattern}' in include/exclude matches no module name{hint}")
+            raise ConfigError(f"low_rank pattern '{pattern}' in include/exclude matches no module name{did_you_mean(pattern, names)}")
 
 
 def _matrix(layer: nn.Module) -> torch.Tensor:

@@ -6,7 +6,6 @@ Structured pruning follows torch-pruning's dependency graph, so every coupled la
 from __future__ import annotations
 
 import copy
-import difflib
 import fnmatch
 import logging
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from edgekit.errors import ConfigError, ModelError
+from edgekit.errors import ConfigError, ModelError, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +55,7 @@ class PruneSettings:
         for name, choices in (("criterion", CRITERIA), ("scope", SCOPES), ("schedule", SCHEDULES)):
             value = getattr(self, name)
             if value not in choices:
-                near = difflib.get_close_matches(str(value), choices, n=1)
-                hint = f"; did you mean '{near[0]}'?" if near else ""
-                raise ConfigError(f"{name} = {value!r} is not one of {', '.join(choices)}{hint}")
+                raise ConfigError(f"{name} = {value!r} is not one of {', '.join(choices)}{did_you_mean(value, choices)}")
         if self.steps < 1:
             raise ConfigError(f"steps = {self.steps} must be at least 1 (1 = prune in one go)")
         if self.round_to is not None and self.round_to < 1:
@@ -109,9 +106,8 @@ def excluded_modules(model: nn.Module, patterns: tuple[str, ...]) -> set[nn.Modu
         hits = [m for n, m in named if n and (fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(type(m).__name__, pattern))]
         if not hits:
             names = [n for n, _ in named if n] + sorted({type(m).__name__ for _, m in named})
-            near = difflib.get_close_matches(pattern, names, n=1)
-            hint = f"did you mean '{near[0]}'?" if near else f"layer names look like {', '.join(names[:5])}"
-            raise ConfigError(f"prune exclude pattern '{pattern}' matches no layer name or type; {hint}")
+            hint = did_you_mean(pattern, names, f"; layer names look like {', '.join(names[:5])}")
+            raise ConfigError(f"prune exclude pattern '{pattern}' matches no layer name or type{hint}")
         for m in hits:
             out.update(m.modules())
     return out
