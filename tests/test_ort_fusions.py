@@ -108,6 +108,7 @@ runs = 10
 """
 
 STYLES = ("where_keys", "where_square", "arithmetic")
+TORCHSCRIPT = "where_square_torchscript"  # the same model through the other exporter: computed reshape shapes
 
 
 def _tokens(n: int, seed: int) -> dict[str, np.ndarray]:
@@ -127,10 +128,12 @@ def builds(tmp_path_factory) -> dict[str, Path]:
     np.savez(root / "calib.npz", **_tokens(32, 1))
     np.savez(root / "val.npz", **_tokens(16, 2))
     out = {}
-    for style in STYLES:
-        (root / f"{style}.toml").write_text(CONFIG.format(factory=style))
-        assert main(["-q", "build", str(root / f"{style}.toml"), "-o", str(root / style)]) == 0
-        out[style] = root / style
+    configs = {style: CONFIG.format(factory=style) for style in STYLES}
+    configs[TORCHSCRIPT] = '[export]\nexporter = "torchscript"\n' + CONFIG.format(factory="where_square")
+    for name, text in configs.items():
+        (root / f"{name}.toml").write_text(text)
+        assert main(["-q", "build", str(root / f"{name}.toml"), "-o", str(root / name)]) == 0
+        out[name] = root / name
     return out
 
 
@@ -143,7 +146,7 @@ def _run(model: str | bytes, feed: dict[str, np.ndarray]) -> np.ndarray:
 
 
 @pytest.mark.parametrize("style, made", [("where_keys", "Attention"), ("where_square", "Attention"),
-                                         ("arithmetic", "MultiHeadAttention")])
+                                         ("arithmetic", "MultiHeadAttention"), (TORCHSCRIPT, "Attention")])
 def test_fused_graph_matches_the_export_in_fp32(builds, style, made):
     """Each attention becomes one node (Attention when the mask is a 0/-inf Where, else MultiHeadAttention with the
     bias as is); the residual LayerNorms run on rows. Same outputs as the export, batch 3 with padding."""
@@ -184,7 +187,7 @@ def test_rows_layernorm_is_not_refused_into_skiplayernorm(builds, tmp_path):
 def test_int8_artifact_runs_qattention_and_stays_close(builds):
     """Through the user's build: the where-mask encoder's ort-int8-dynamic artifact holds two INT8 QAttention
     nodes (projection weights int8) and its embeddings stay within the profile's gate."""
-    for style in ("where_keys", "where_square"):
+    for style in ("where_keys", "where_square", TORCHSCRIPT):
         manifest = json.loads((builds[style] / "manifest.json").read_text())
         target = manifest["targets"]["ort-int8-dynamic"]
         assert target["status"] == "passed"

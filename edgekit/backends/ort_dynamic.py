@@ -226,10 +226,13 @@ def fuse_transformer(src: Path, dst: Path, check: dict[str, np.ndarray] | None) 
 
 
 def _first_feed(calib: FeedSource | None, specs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray] | None:
+    """The rewrite check's inputs: two calibration samples when the batch axis is dynamic (a rewrite that broke
+    batching would pass at batch 1), else one."""
     if calib is None:
         return None
-    batch = next(iter(calib.batches(1)), None)
-    return None if batch is None else {s.name: np.ascontiguousarray(batch.feed[s.name][:1], dtype=s.dtype) for s in specs}
+    rows = 2 if specs and all(0 in s.dynamic_axes for s in specs) else 1
+    batch = next(iter(calib.batches(rows)), None)
+    return None if batch is None else {s.name: np.ascontiguousarray(batch.feed[s.name][:rows], dtype=s.dtype) for s in specs}
 
 
 def _exclusions(model: Path, names: list[str]) -> list[str]:

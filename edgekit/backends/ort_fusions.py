@@ -72,18 +72,39 @@ def _perm(node: Any) -> list[int]:
     return next((list(a.ints) for a in node.attribute if a.name == "perm"), [])
 
 
-def _head_split(g: _Graph, name: str, perm: list[int]) -> tuple[Any, Any, np.ndarray] | None:
-    """``name`` = Transpose(Reshape(x, [b, s, heads, d]), perm): (transpose, reshape, shape) when it matches."""
+def _head_split(g: _Graph, shapes: dict[str, list[Any]], name: str, perm: list[int]) -> tuple[Any, Any, list[int | None]] | None:
+    """``name`` = Transpose(Reshape(x, [b, s, heads, d]), perm): (transpose, reshape, [b, s, heads, d]) when it
+    matches; b and s are None when the shape is computed at run time (heads and d must be literal)."""
     transpose = g.made_by(name, "Transpose")
     if transpose is None or _perm(transpose) != perm:
         return None
     reshape = g.made_by(transpose.input[0], "Reshape")
     if reshape is None or g.only_consumer(reshape.output[0]) is not transpose:
         return None
-    shape = g.const(reshape.input[1])
-    if shape is None or shape.shape != (4,) or (shape[:2] == 0).any() or (shape[2:] <= 0).any():
-        return None  # need literal heads/head size, and batch/seq that don't copy dims of a 2-D input
-    return transpose, reshape, shape
+    dims = _shape_vector(g, reshape.input[1])
+    if dims is None or len(dims) != 4 or None in dims[2:] or 0 in dims or dims[2:].count(-1) > 1:
+        return None  # heads and head size literal (one may be -1); 0 would copy a dim of the (maybe 2-D) input
+    if -1 in dims[2:]:  # the -1 is hidden / the other, hidden being the width of the tensor split into heads
+        width = (shapes.get(reshape.input[0]) or [None])[-1]
+        known = dims[3] if dims[2] == -1 else dims[2]
+        if not isinstance(width, int) or width <= 0 or width % known:
+            return None
+        dims = dims[:2] + ([width // known, known] if dims[2] == -1 else [known, width // known])
+    return transpose, reshape, dims
+
+
+def _shape_vector(g: _Graph, name: str) -> list[int | None] | None:
+    """A shape tensor's entries: a constant, or a Concat of one-element parts (None where a part is computed)."""
+    value = g.const(name)
+    if value is not None:
+        return [int(v) for v in value.reshape(-1)]
+    concat = g.made_by(name, "Concat")
+    if concat is None:
+        return None
+    parts = [g.const(x) for x in concat.input]
+    if any(p is not None and p.size != 1 for p in parts):
+        return None
+    return [None if p is None else int(p.reshape(-1)[0]) for p in parts]
 
 
 def _scalar(g: _Graph, node: Any) -> tuple[str, float] | None:
@@ -106,7 +127,7 @@ def _scores(g: _Graph, name: str) -> bool:
     return hit is not None and g.made_by(hit[0], "MatMul") is not None
 
 
-def _match(g: _Graph, softmax: Any) -> dict[str, Any] | None:
+def _match(g: _Graph, shapes: dict[str, list[Any]], softmax: Any) -> dict[str, Any] | None:
     """The attention around one Softmax, or None."""
     axis = next((a.i for a in softmax.attribute if a.name == "axis"), -1)
     if axis not in (-1, 3):
@@ -144,12 +165,12 @@ def _match(g: _Graph, softmax: Any) -> dict[str, Any] | None:
     out_reshape = g.only_consumer(merge.output[0])
     if out_reshape is None or out_reshape.op_type != "Reshape":
         return None
-    parts = [_head_split(g, qk.input[0], [0, 2, 1, 3]), _head_split(g, qk.input[1], [0, 2, 3, 1]),
-             _head_split(g, pv.input[1], [0, 2, 1, 3])]
+    parts = [_head_split(g, shapes, qk.input[0], [0, 2, 1, 3]), _head_split(g, shapes, qk.input[1], [0, 2, 3, 1]),
+             _head_split(g, shapes, pv.input[1], [0, 2, 1, 3])]
     if any(p is None for p in parts):
         return None
     shapes = [p[2] for p in parts]
-    if any(not np.array_equal(s[2:], shapes[0][2:]) for s in shapes):
+    if any(s[2:] != shapes[0][2:] for s in shapes):
         return None
     for transpose, reshape, _ in parts:
         if g.only_consumer(transpose.output[0]) is None:
@@ -174,36 +195,42 @@ def fuse_attention(model: Any) -> dict[str, int]:
 
     g = _Graph(model)
     graph = model.graph
-    found = [m for m in (_match(g, n) for n in g.nodes if n.op_type == "Softmax") if m is not None]
     counts = {"Attention": _quantizable_attention(g), "MultiHeadAttention": 0}
-    if not found:
+    if not any(n.op_type == "Softmax" for n in g.nodes):
         return counts
     shapes = _shapes(model)
+    found = [m for m in (_match(g, shapes, n) for n in g.nodes if n.op_type == "Softmax") if m is not None]
+    if not found:
+        return counts
     drop: set[str] = set()  # nodes by first output (protobuf wrappers are not stable identities)
     before: dict[str, list[Any]] = {}  # new nodes go right before the Reshape that reads the attention output
     masks: dict[str, str] = {}  # additive mask -> its 0/1 int32 mask_index, made once per mask
     for i, m in enumerate(found):
         prefix = f"edgekit_attention_{i}"
         added: list[Any] = []
+        hidden = m["heads"] * m["head_size"]
         packed = _pack_qkv(g, m, prefix)
-        mask = _mask_index(g, m["bias"], shapes, prefix, graph, added, masks) if packed is not None else None
-        if packed is not None and mask is not None:
-            weight, bias, source = packed
+        rows = _as_3d(g, shapes, packed[2], None, m["shapes"][0], graph, added, f"{prefix}_in") if packed else None
+        mask = _mask_index(g, m["bias"], shapes, prefix, graph, added, masks) if rows is not None else None
+        if packed is not None and rows is not None and mask is not None:
+            weight, bias, _ = packed
             graph.initializer.extend([weight, bias])
-            shape = m["shapes"][0]
-            rows3d = _reshape(graph, added, source, [int(shape[0]), int(shape[1]), int(weight.dims[0])], f"{prefix}_in")
             added.append(helper.make_node(
-                "Attention", [rows3d, weight.name, bias.name, mask], [f"{prefix}_out"], name=prefix, domain=MS_DOMAIN,
+                "Attention", [rows, weight.name, bias.name, mask], [f"{prefix}_out"], name=prefix, domain=MS_DOMAIN,
                 num_heads=m["heads"], scale=m["scale"], mask_filter_value=-10000.0,
             ))
-            drop.update(g.producer[m[r]].output[0] for r in ("q", "k", "v"))
-            counts["Attention"] += 1
+            counts["Attention"] += 1  # the projections it replaces are left unread and pruned below
         else:
-            bias = _attention_bias(m["bias"], shapes, int(m["shapes"][0][1]), prefix, graph, added, masks)
+            added.clear()  # whatever the packed attempt prepared is not used
+            inputs = [_as_3d(g, shapes, m[role], hidden, dims, graph, added, f"{prefix}_{role}")
+                      for role, dims in zip(("q", "k", "v"), m["shapes"])]
+            if None in inputs:
+                continue
+            seq = (shapes.get(inputs[0]) or [None, None])[1]
+            bias = _attention_bias(m["bias"], shapes, seq if isinstance(seq, int) else m["shapes"][0][1], prefix,
+                                   graph, added, masks)
             if bias is None:
                 continue
-            inputs = [_reshape(graph, added, m[role], [int(s[0]), int(s[1]), int(s[2] * s[3])], f"{prefix}_{role}")
-                      for role, s in zip(("q", "k", "v"), m["shapes"])]
             added.append(helper.make_node(
                 "MultiHeadAttention", [*inputs, "", "", bias], [f"{prefix}_out"], name=prefix, domain=MS_DOMAIN,
                 num_heads=m["heads"], scale=m["scale"],
@@ -237,6 +264,24 @@ def _quantizable_attention(g: _Graph) -> int:
     return changed
 
 
+def _as_3d(g: _Graph, shapes: dict[str, list[Any]], name: str, hidden: int | None, dims: list[int | None], graph: Any,
+           added: list[Any], prefix: str) -> str | None:
+    """``name`` as a [batch, seq, width] tensor: itself when already 3-D (or the 3-D tensor a Reshape flattened it
+    from), else a Reshape to [b, s, width] from the head split's literal b and s; None when neither is known.
+    ``hidden`` checks the width when given."""
+    shape = shapes.get(name)
+    width = hidden if hidden is not None else (shape[-1] if shape else None)
+    if shape is not None and len(shape) == 3 and shape[-1] == width:
+        return name
+    flat = g.made_by(name, "Reshape")
+    source = shapes.get(flat.input[0]) if flat is not None else None
+    if source is not None and len(source) == 3 and source[-1] == width and shape is not None and shape[-1] == width:
+        return flat.input[0]
+    if not isinstance(width, int) or dims[0] is None or dims[1] is None:
+        return None
+    return _reshape(graph, added, name, [int(dims[0]), int(dims[1]), width], prefix)
+
+
 def _reshape(graph: Any, added: list[Any], name: str, shape: list[int], prefix: str) -> str:
     """Append a Reshape of ``name`` to the literal ``shape`` to ``added``; returns its output."""
     from onnx import helper, numpy_helper
@@ -257,7 +302,7 @@ def _reorder(graph: Any, before: dict[str, list[Any]], drop: set[str]) -> None:
     graph.node.extend(nodes)
 
 
-def _attention_bias(bias: str, shapes: dict[str, list[Any]], seq: int, prefix: str, graph: Any, added: list[Any],
+def _attention_bias(bias: str, shapes: dict[str, list[Any]], seq: int | None, prefix: str, graph: Any, added: list[Any],
                     made: dict[str, str]) -> str | None:
     """``bias`` as MultiHeadAttention's attention_bias, [batch or 1, heads or 1, queries, keys]: one broadcast over
     queries ([.., 1, keys]) is expanded once per tensor (the kernel wants every query row); None when not rank 4."""
@@ -266,10 +311,12 @@ def _attention_bias(bias: str, shapes: dict[str, list[Any]], seq: int, prefix: s
     if not bias:
         return ""
     shape = shapes.get(bias)
-    if shape is None or len(shape) != 4 or seq <= 0:
+    if shape is None or len(shape) != 4:
         return None
     if shape[2] != 1:
         return bias
+    if seq is None or seq <= 0:
+        return None
     key = f"expand:{bias}"
     if key not in made:
         graph.initializer.append(numpy_helper.from_array(np.array([1, 1, seq, 1], dtype=np.int64), f"{prefix}_bias_rows"))
@@ -318,10 +365,20 @@ def _mask_index(g: _Graph, bias: str, shapes: dict[str, list[Any]], prefix: str,
 
 
 def _shapes(model: Any) -> dict[str, list[int | str | None]]:
-    """Every tensor's inferred shape (ints, symbolic names or None), initializers included."""
+    """Every tensor's inferred shape (ints, symbolic names or None), initializers included.
+
+    ONNX Runtime's symbolic shape inference first: it follows shapes computed at run time (Shape -> Concat ->
+    Expand, as the TorchScript exporter writes masks); ONNX's own inference when that fails."""
     import onnx
 
-    inferred = onnx.shape_inference.infer_shapes(model)
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    except Exception:  # it raises whatever an op handler raises on graphs it does not understand
+        inferred = None
+    if inferred is None:
+        inferred = onnx.shape_inference.infer_shapes(model)
     out: dict[str, list[int | str | None]] = {}
     graph = inferred.graph
     for v in [*graph.input, *graph.value_info, *graph.output]:
@@ -331,6 +388,15 @@ def _shapes(model: Any) -> dict[str, list[int | str | None]]:
     for i in graph.initializer:
         out[i.name] = list(i.dims)
     return out
+
+
+def _same_3d(a: list[Any] | None, b: list[Any]) -> bool:
+    """Same [batch, seq, hidden]: equal literal seq and hidden, and batch equal or run-time on both sides (two
+    symbolic names can differ only in how shape inference named them; a literal batch against a run-time one could
+    be a broadcast)."""
+    if a is None or len(a) != 3 or a[1:] != b[1:]:
+        return False
+    return a[0] == b[0] or (not isinstance(a[0], int) and not isinstance(b[0], int))
 
 
 def layernorm_rows(model: Any) -> int:
@@ -366,7 +432,7 @@ def layernorm_rows(model: Any) -> int:
         shape = static_3d(ln.input[0])
         if add is None or shape is None or g.only_consumer(add.output[0]) is not ln:
             continue
-        if any(shapes.get(x) != shape for x in add.input):  # no broadcasting (e.g. position embeddings [1, s, h])
+        if not all(_same_3d(shapes.get(x), shape) for x in add.input):  # no broadcasting ([1, s, h] positions)
             continue
         chosen.append((ln, add, shape))
     if not chosen:
@@ -414,6 +480,8 @@ def layernorm_rows(model: Any) -> int:
 def _projection(g: _Graph, name: str) -> tuple[str, np.ndarray, np.ndarray] | None:
     """(input, weight [in, out], bias [out]) of the constant-weight MatMul/Gemm that makes ``name``, if one does."""
     node = g.producer.get(name)
+    if node is not None and node.op_type == "Reshape" and g.only_consumer(node.input[0]) is node:
+        node = g.producer.get(node.input[0])  # the projection's [rows, out] output moved to 3-D first
     if node is None or node.op_type not in ("MatMul", "Gemm"):
         return None
     attrs = {a.name: (a.f if a.type == a.FLOAT else a.i) for a in node.attribute}
