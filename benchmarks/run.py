@@ -483,7 +483,19 @@ def host_meta() -> dict[str, Any]:
             versions[mod] = None
     info = cpu()
     return {"cpu": info, "int8_dot": has_int8_dot(), "hostname": platform.node(), "python": platform.python_version(),
-            "versions": versions, "loadavg_start": os.getloadavg()}
+            "versions": versions, "loadavg_start": os.getloadavg(), "commit": _commit()}
+
+
+def _commit() -> str | None:
+    """The git commit the run's code came from, "+changes" when the work tree differs from it; None outside git."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                               text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
 def main(argv: list[str] | None = None) -> int:
