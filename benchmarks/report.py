@@ -215,7 +215,7 @@ def render(doc: dict[str, Any], json_path: Path | str) -> str:
         f"{', '.join(f'{x:.2f}' for x in meta['loadavg_end'])} at end; the CPUs busy with other processes during each "
         "model's timing are listed under its table (this host is shared: absolute milliseconds move with that load, "
         "the interleaved ratios much less).",
-        f"- Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v) + f"; Python {meta['python']}.",
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v) + f"; Python {meta['python']}.",
         f"- Whole run: {meta['seconds'] / 60:.1f} minutes.",
         "",
         *METHOD,

@@ -539,11 +539,16 @@ def _names_read(graph: Any) -> set[str]:
 
 
 def _prune_dead(graph: Any) -> None:
-    """Drop nodes none of whose outputs is read by a node, a subgraph or the graph's outputs."""
+    """Drop nodes none of whose outputs is read by a node, a subgraph or the graph's outputs, then the initializers
+    nothing reads any more."""
     while True:
         used = _names_read(graph) | {o.name for o in graph.output}
         dead = [k for k, n in enumerate(graph.node) if not any(o in used for o in n.output if o)]
         if not dead:
-            return
+            break
         for k in reversed(dead):
             del graph.node[k]
+    declared = {i.name for i in graph.input}  # an initializer listed as a graph input stays (old IR: a default)
+    unread = [k for k, i in enumerate(graph.initializer) if i.name not in used and i.name not in declared]
+    for k in reversed(unread):
+        del graph.initializer[k]
