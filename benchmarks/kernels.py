@@ -2,11 +2,12 @@
 
     .venv/bin/python benchmarks/kernels.py            # writes benchmarks/results/kernels.md
 
-1. GEMM: one MiniLM feed-forward MatMul (128 x 384 @ 384 x 1536) in FP32 and as ONNX Runtime dynamic INT8
-   (``quantize_dynamic``, int8 per-channel weights, 7-bit and 8-bit): the ceiling of what INT8 can give a transformer
-   whose time is mostly such GEMMs.
+1. GEMM: one MiniLM feed-forward MatMul (128 x 384 @ 384 x 1536) in FP32, as ONNX Runtime dynamic INT8
+   (``quantize_dynamic``, int8 per-channel weights, 7-bit and 8-bit) and as weight-only ``MatMulNBits``: the ceiling
+   of what INT8 can give a transformer whose time is mostly such GEMMs.
 2. Residual LayerNorm: ``SkipLayerNormalization`` (what ONNX Runtime fuses a 3-D Add + LayerNormalization into)
    against Add + LayerNormalization on 2-D rows (what edgekit's ``layernorm_rows`` leaves), 128 x 384.
+3. GELU: exact (erf) against the tanh approximation, 128 x 1536 (edgekit keeps the exact one).
 
 Each case is one single-node ONNX file; the variants of a case are timed interleaved, call by call, with idle
 workers sleeping (as in benchmarks/run.py), and the median reported.
@@ -54,7 +55,40 @@ def gemm_files(tmp: Path, rows: int = 128, k: int = 384, n: int = 1536) -> dict[
         out = tmp / f"gemm_int8_{label}.onnx"
         quantize_dynamic(str(fp32), str(out), per_channel=True, reduce_range=reduce_range, weight_type=QuantType.QInt8)
         files[f"dynamic INT8, {label} per-channel weights"] = out
+    files.update(weight_only_files(fp32, tmp))
     return files
+
+
+def weight_only_files(fp32: Path, tmp: Path) -> dict[str, Path]:
+    """ONNX Runtime's weight-only MatMulNBits (8 and 4 bits, blocks of 32, activations quantized to int8 per block:
+    accuracy_level 4), the LLM-decoding route, for comparison; empty where this ORT lacks the quantizer."""
+    import onnx
+
+    try:
+        from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+    except ImportError:
+        return {}
+    files = {}
+    for bits in (8, 4):
+        config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4, bits=bits)
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32)), algo_config=config)
+        quantizer.process()
+        out = tmp / f"gemm_nbits_{bits}.onnx"
+        quantizer.model.save_model_to_file(str(out))
+        files[f"MatMulNBits {bits}-bit weights, int8 activations per block (accuracy_level 4)"] = out
+    return files
+
+
+def gelu_files(tmp: Path, rows: int = 128, width: int = 1536) -> dict[str, Path]:
+    """The feed-forward GELU: exact (erf, what the export computes) and the tanh approximation (FastGelu)."""
+    from onnx import TensorProto, helper
+
+    io = ([helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, width])],
+          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, width])])
+    exact = _save([helper.make_node("Gelu", ["x"], ["y"], domain="com.microsoft")], *io, [], tmp / "gelu.onnx", contrib=True)
+    tanh = _save([helper.make_node("FastGelu", ["x"], ["y"], domain="com.microsoft")], *io, [], tmp / "fastgelu.onnx",
+                 contrib=True)
+    return {"Gelu (erf, exact)": exact, "FastGelu (tanh approximation)": tanh}
 
 
 def layernorm_files(tmp: Path, rows: int = 128, hidden: int = 384) -> dict[str, Path]:
@@ -108,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="edgekit-kernels-") as tmpdir:
         tmp = Path(tmpdir)
         for title, files in (("MiniLM feed-forward GEMM, 128 x 384 @ 384 x 1536", gemm_files(tmp)),
-                             ("Residual LayerNorm, 128 x 384", layernorm_files(tmp))):
+                             ("Residual LayerNorm, 128 x 384", layernorm_files(tmp)),
+                             ("Feed-forward GELU, 128 x 1536", gelu_files(tmp))):
             print(f"timing: {title}", file=sys.stderr)
             ms = time_interleaved(files, args.calls)
             first = next(iter(ms.values()))
