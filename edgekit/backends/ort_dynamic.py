@@ -177,7 +177,8 @@ def smooth(src: Path, dst: Path, stats: dict[str, TensorStats], alpha: float, be
 
 
 def fuse_transformer(src: Path, dst: Path, check: dict[str, np.ndarray] | None) -> dict[str, Any]:
-    """ONNX Runtime's transformer fusions on ``src`` into ``dst``; checked against ``src`` on ``check`` inputs.
+    """edgekit's transformer rewrites, then ONNX Runtime's transformer fusions, on ``src`` into ``dst``; checked
+    against ``src`` on ``check`` inputs.
 
     Returns the note for the manifest; when nothing fuses, fusion fails or changes outputs, ``dst`` is ``src``."""
     import onnx
@@ -204,8 +205,8 @@ def fuse_transformer(src: Path, dst: Path, check: dict[str, np.ndarray] | None) 
         counts = {k: v for k, v in fused.get_fused_operator_statistics().items() if v and k in FUSED_OPS}
         counts.update({k: v for k, v in ours.items() if v})
         fused.save_model_to_file(str(dst))
-    except Exception as exc:  # the optimizer raises whatever its passes raise
-        return keep_unfused(f"ONNX Runtime's transformer optimizer failed ({type(exc).__name__}: {str(exc)[:200]})")
+    except Exception as exc:  # the rewrites and the optimizer raise whatever their passes raise
+        return keep_unfused(f"transformer rewrites failed ({type(exc).__name__}: {str(exc)[:200]}); kept unfused")
     finally:
         quiet.setLevel(level)
     if not any(k != "LayerNormalization" for k in counts):
