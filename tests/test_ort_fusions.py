@@ -43,7 +43,7 @@ class Block(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Token ids + attention mask -> mean-pooled embedding, the mask made into an additive bias three ways."""
+    """Token ids + attention mask -> mean-pooled embedding, the mask made into an additive bias four ways."""
 
     def __init__(self, style, vocab=50, d=32, layers=2, scale=1.0):
         super().__init__()
@@ -52,6 +52,7 @@ class Encoder(nn.Module):
         self.pos = nn.Parameter(torch.randn(1, LENGTH, d) * 0.1)
         self.norm = nn.LayerNorm(d)
         self.blocks = nn.ModuleList(Block(d, scale=scale) for _ in range(layers))
+        self.register_buffer("causal", torch.tril(torch.ones(LENGTH, LENGTH, dtype=torch.bool))[None, None])
 
     def forward(self, input_ids, attention_mask):
         n, t = input_ids.shape
@@ -61,6 +62,8 @@ class Encoder(nn.Module):
             bias = torch.where(keep, 0.0, float("-inf"))
         elif self.style == "where_square":  # [batch, 1, queries, keys], as Hugging Face's SDPA mask
             bias = torch.where(keep.expand(n, 1, t, t), 0.0, float("-inf"))
+        elif self.style == "causal":        # one [1, 1, queries, keys] mask for every row, folded to a constant
+            bias = torch.where(self.causal, 0.0, float("-inf"))
         else:                               # (1 - mask) * -10000: arithmetic, not a Where
             bias = (1.0 - attention_mask[:, None, None, :].float()) * -10000.0
         for block in self.blocks:
@@ -82,6 +85,11 @@ def where_square():  # and a score scale other than 1/sqrt(head size)
 def arithmetic():
     torch.manual_seed(0)
     return Encoder("arithmetic").eval()
+
+
+def causal():
+    torch.manual_seed(0)
+    return Encoder("causal").eval()
 '''
 
 CONFIG = """
@@ -107,7 +115,7 @@ warmup = 2
 runs = 10
 """
 
-STYLES = ("where_keys", "where_square", "arithmetic")
+STYLES = ("where_keys", "where_square", "arithmetic", "causal")
 TORCHSCRIPT = "where_square_torchscript"  # the same model through the other exporter: computed reshape shapes
 
 
@@ -146,7 +154,8 @@ def _run(model: str | bytes, feed: dict[str, np.ndarray]) -> np.ndarray:
 
 
 @pytest.mark.parametrize("style, made", [("where_keys", "Attention"), ("where_square", "Attention"),
-                                         ("arithmetic", "MultiHeadAttention"), (TORCHSCRIPT, "Attention")])
+                                         ("arithmetic", "MultiHeadAttention"), ("causal", "MultiHeadAttention"),
+                                         (TORCHSCRIPT, "Attention")])
 def test_fused_graph_matches_the_export_in_fp32(builds, style, made):
     """Each attention becomes one node (Attention when the mask is a 0/-inf Where, else MultiHeadAttention with the
     bias as is); the residual LayerNorms run on rows. Same outputs as the export, batch 3 with padding."""

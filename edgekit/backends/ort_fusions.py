@@ -352,6 +352,8 @@ def _mask_index(g: _Graph, bias: str, shapes: dict[str, list[Any]], prefix: str,
         return None
     if shapes.get(where.input[0]) != shape:
         return None
+    if isinstance(shape[0], int) and shape[0] == 1 and g.const(where.input[0]) is not None:
+        return None  # one mask for every batch row (e.g. a causal mask): mask_index needs one per row; MHA broadcasts
     keep = where.input[0]
     if when_true != 0.0:
         keep = f"{prefix}_mask_not"
