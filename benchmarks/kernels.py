@@ -9,8 +9,8 @@
    against Add + LayerNormalization on 2-D rows (what edgekit's ``layernorm_rows`` leaves), 128 x 384.
 3. GELU: exact (erf) against the tanh approximation, 128 x 1536 (edgekit keeps the exact one).
 
-Each case is one single-node ONNX file; the variants of a case are timed interleaved, call by call, with idle
-workers sleeping (as in benchmarks/run.py), and the median reported.
+Each case is one single-node ONNX file; the variants of a case are timed interleaved round by round with
+benchmarks/run.py's own timing.interleaved and idle workers sleeping, and the median reported.
 """
 
 from __future__ import annotations
@@ -18,13 +18,15 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import timing  # noqa: E402  (benchmarks/timing.py: the interleaving benchmarks/run.py times with)
 
 from edgekit.backends.ort import session  # noqa: E402
 from edgekit.hostinfo import cpu  # noqa: E402
@@ -111,23 +113,16 @@ def layernorm_files(tmp: Path, rows: int = 128, hidden: int = 384) -> dict[str, 
 
 
 def time_interleaved(files: dict[str, Path], calls: int) -> dict[str, float]:
-    """Median ms per call of each file, calls interleaved round by round."""
+    """Median ms per call of each file, timed by benchmarks/run.py's interleaving (timing.interleaved)."""
     sessions = {k: session(str(p), THREADS, spinning=False) for k, p in files.items()}
     rng = np.random.default_rng(1)
-    feeds = {}
+    runs = {}
     for k, s in sessions.items():
-        feeds[k] = {i.name: rng.standard_normal([d if isinstance(d, int) else 1 for d in i.shape]).astype(np.float32)
-                    for i in s.get_inputs()}
-    for k, s in sessions.items():
-        for _ in range(20):
-            s.run(None, feeds[k])
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(calls):
-        for k, s in sessions.items():
-            start = time.perf_counter()
-            s.run(None, feeds[k])
-            times[k].append(time.perf_counter() - start)
-    return {k: float(np.median(v) * 1e3) for k, v in times.items()}
+        feed = {i.name: rng.standard_normal([d if isinstance(d, int) else 1 for d in i.shape]).astype(np.float32)
+                for i in s.get_inputs()}
+        runs[k] = lambda s=s, feed=feed: s.run(None, feed)
+    seconds = timing.interleaved(runs, warmup=20, rounds=max(1, calls // 2), per_round=2)
+    return {k: float(np.median(v) * 1e3) for k, v in seconds.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     host = cpu()
     lines = ["# Kernel timings (benchmarks/kernels.py)", "",
              f"Host: {host['model']}, ISA flags: {', '.join(host['isa']) or 'none of AVX2/AVX512/VNNI/AMX'}; "
-             f"{THREADS} threads, idle workers sleep; median of {args.calls} interleaved calls per variant.", ""]
+             f"{THREADS} threads, idle workers sleep; median of {max(1, args.calls // 2) * 2} interleaved timed calls per "
+             "variant.", ""]
     with tempfile.TemporaryDirectory(prefix="edgekit-kernels-") as tmpdir:
         tmp = Path(tmpdir)
         for title, files in (("MiniLM feed-forward GEMM, 128 x 384 @ 384 x 1536", gemm_files(tmp)),

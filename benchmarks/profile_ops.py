@@ -21,19 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 
 def profile(model: Path, feed: dict[str, np.ndarray], threads: int, runs: int) -> dict[str, tuple[float, int]]:
     """{op type: (ms per run, nodes of that type run per call)} over ``runs`` calls after 10 warm-up calls."""
-    import onnxruntime as ort
+    from edgekit.backends.ort import session as ort_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.enable_profiling = True
-    opts.profile_file_prefix = str(Path(".") / "edgekit-profile")
-    session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    session = ort_session(str(model), threads, spinning=False, profile_prefix="edgekit-profile")
     names = [i.name for i in session.get_inputs()]
     for _ in range(10):
         session.run(None, {k: feed[k] for k in names})

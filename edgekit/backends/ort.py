@@ -83,11 +83,13 @@ class OrtRecipe:
         return bool(self.reduce_range)
 
 
-def session(model: str | bytes, threads: int, optimize: bool = True, save_to: Path | None = None, spinning: bool = True) -> Any:
+def session(model: str | bytes, threads: int, optimize: bool = True, save_to: Path | None = None, spinning: bool = True,
+            profile_prefix: str | None = None) -> Any:
     """An ONNX Runtime CPU session with a fixed thread count (timing is only comparable with threads fixed).
 
     ``spinning=False`` stops idle intra-op workers from spin-waiting: needed when several sessions take turns in
-    one process (a benchmark interleaving them), where one session's spinning workers steal the cores of the next."""
+    one process (a benchmark interleaving them), where one session's spinning workers steal the cores of the next.
+    ``profile_prefix``: ONNX Runtime's profiler on, its trace written under that prefix by ``end_profiling()``."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -100,6 +102,9 @@ def session(model: str | bytes, threads: int, optimize: bool = True, save_to: Pa
     opts.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     if save_to is not None:
         # Offline optimization saved to disk stays portable only at the BASIC level (standard ONNX ops).
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
