@@ -221,9 +221,11 @@ def minilm(result: dict[str, Any], checks: list[dict[str, Any]]) -> list[str]:
         "saturation described below (the issue measured cosine 0.9933 for it on an AVX512-VNNI host; here "
         f"{_cos(st)}). edgekit's file runs at {st_speed} of its speed. ORT's default quantize_dynamic "
         f"({_cos(qd)}, {_sp(qd)}) uses per-tensor weights and loses accuracy; ORT's default static QDQ collapses "
-        f"({_cos(qs)}): static per-tensor activation ranges from a few sentences cannot cover a transformer's "
-        f"attention and GELU activations. edgekit's static ort-int8 target collapses the same way ({_cos(static)}); "
-        "it is the CNN target, and ort-int8-dynamic is the one for transformers.",
+        f"({_cos(qs)}): it quantizes the attention mask's fill value (finfo.min) together with the scores it is "
+        "added to, so one 8-bit step spans ~1e36, every score rounds to zero and the softmax goes flat. edgekit's "
+        f"static ort-int8 keeps such fill-value tensors FP32 ({_cos(static)}); the rest of its loss is static "
+        "per-tensor activation ranges, fixed across sentences, where the dynamic target measures each call's. "
+        "ort-int8 is the CNN target; ort-int8-dynamic is the one for transformers.",
         "",
         SATURATION,
         "",

@@ -1,5 +1,6 @@
 """The static INT8 recipe's additions (edgekit/backends/ort_static.py): MSE activation ranges, 8-bit weights where
-ONNX Runtime's kernels are exact, and the "auto" choice of FP32 input layers. Every artifact here is run on ORT."""
+ONNX Runtime's kernels are exact, the "auto" choice of FP32 input layers, and FP32 for attention-mask fill values.
+Every artifact here is run on ORT."""
 
 from __future__ import annotations
 
@@ -161,3 +162,62 @@ def test_fp32_input_layers_rejects_other_values():
     profile = TargetProfile("t", "ort", "int8", "cpu", recipe={"mode": "static", "fp32_input_layers": "sometimes"})
     with pytest.raises(ProfileError, match="fp32_input_layers"):
         OrtRecipe.parse(profile)
+
+
+def _masked_attention(path: Path) -> None:
+    """x [1, 16, 8], keep [1, 16] (1 = token, 0 = padding) -> scores x Wq (x Wk)^T + where(keep, 0, finfo.min)
+    -> Softmax -> @ x Wv -> y: the additive key mask transformers export."""
+    rng = np.random.default_rng(11)
+    inits = [numpy_helper.from_array((rng.standard_normal((8, 8)) / np.sqrt(8)).astype(np.float32), n) for n in ("wq", "wk", "wv")]
+    inits += [numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+              numpy_helper.from_array(np.array(np.finfo(np.float32).min, np.float32), "fill"),
+              numpy_helper.from_array(np.array([1, 1, 16], np.int64), "mask_shape")]
+    nodes = [
+        helper.make_node("MatMul", ["x", "wq"], ["q"], name="q_proj"),
+        helper.make_node("MatMul", ["x", "wk"], ["k"], name="k_proj"),
+        helper.make_node("MatMul", ["x", "wv"], ["v"], name="v_proj"),
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1], name="k_t"),
+        helper.make_node("MatMul", ["q", "kt"], ["scores"], name="qk"),
+        helper.make_node("Cast", ["keep"], ["keep_bool"], to=TensorProto.BOOL, name="cast"),
+        helper.make_node("Reshape", ["keep_bool", "mask_shape"], ["keep_3d"], name="mask_reshape"),
+        helper.make_node("Where", ["keep_3d", "zero", "fill"], ["mask"], name="mask"),
+        helper.make_node("Add", ["scores", "mask"], ["masked"], name="add_mask"),
+        helper.make_node("Softmax", ["masked"], ["probs"], axis=-1, name="softmax"),
+        helper.make_node("MatMul", ["probs", "v"], ["y"], name="pv"),
+    ]
+    graph = helper.make_graph(nodes, "masked_attention",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8]),
+                               helper.make_tensor_value_info("keep", TensorProto.INT64, [1, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def _padded(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    x = rng.standard_normal((n, 16, 8)).astype(np.float32)
+    keep = np.zeros((n, 16), np.int64)
+    for i, length in enumerate(rng.integers(3, 12, n)):
+        keep[i, :length] = 1  # most positions are padding, as in sentences padded to a fixed length
+    return x, keep
+
+
+@pytest.mark.parametrize("method", ["minmax", "mse"])
+def test_attention_mask_fill_values_stay_fp32(tmp_path, method):
+    specs = (TensorSpec("x", (1, 16, 8)), TensorSpec("keep", (1, 16), "int64"))
+    rng = np.random.default_rng(12)
+    x, keep = _padded(rng, 48)
+    calib = calibration_feed(tmp_path / "c.npz", specs, x=x, keep=keep)
+    model, out = tmp_path / "attn.onnx", tmp_path / "attn_int8.onnx"
+    _masked_attention(model)
+    notes = quantize_static_qdq(model, out, calib, specs, CalibrationSettings(method=method, samples=48), OrtRecipe(mode="static"))
+    # the mask and the masked scores reach -3.4e38: both are named, and no Q/DQ pair touches them
+    assert notes["fill_values"].startswith("2 tensor(s) reach |x| >= 10000"), notes["fill_values"]
+    assert "mask" in notes["fill_values"] and "masked" in notes["fill_values"]
+    quantized = {n.input[0] for n in onnx.load(str(out)).graph.node if n.op_type == "QuantizeLinear"}
+    assert not quantized & {"mask", "masked"} and {"x", "probs"} <= quantized, quantized
+    # the rest is INT8 and the artifact stays close to FP32 (quantizing the masked scores would flatten the softmax)
+    hx, hkeep = _padded(rng, 16)
+    ref = np.stack([_session_outputs(model, {"x": a[None], "keep": k[None]})[0] for a, k in zip(hx, hkeep)])
+    got = np.stack([_session_outputs(out, {"x": a[None], "keep": k[None]})[0] for a, k in zip(hx, hkeep)])
+    assert _sqnr_db(ref, got) > 25.0, _sqnr_db(ref, got)

@@ -225,11 +225,13 @@ def quantize_static_qdq(
         graph = onnx.load(str(model)).graph
         fp32_layers = ort_static.fp32_input_layer_names(graph, recipe.fp32_input_layers)
         overrides: dict[str, Any] = {}
+        levels = 254 if recipe.symmetric_activations and recipe.activation_type == "int8" else 255
+        stats = ort_static.activation_stats(model, graph, reader, (recipe.symmetric_activations, levels)
+                                            if settings.method == "mse" else None)
+        chosen["fill_tensors"], chosen["fill_nodes"] = stats.fill_tensors, stats.fill_nodes
         if settings.method == "mse":
-            levels = 254 if recipe.symmetric_activations and recipe.activation_type == "int8" else 255
-            ranges = ort_static.mse_ranges(model, reader, recipe.symmetric_activations, levels)
-            overrides.update(ort_static.range_overrides(ranges))
-            chosen["clipped"] = len(ranges)
+            overrides.update(ort_static.range_overrides(stats.mse_ranges))
+            chosen["clipped"] = len(stats.mse_ranges)
         if reduce_range and recipe.weight_type == "int8" and recipe.per_channel:
             exact = ort_static.exact_weight_overrides(graph, fp32_layers)
             overrides.update(exact)
@@ -254,7 +256,7 @@ def quantize_static_qdq(
             weight_type=_qtype(recipe.weight_type),
             calibrate_method=_calibrate_method("minmax" if settings.method == "mse" else settings.method),
             op_types_to_quantize=None,
-            nodes_to_exclude=_nodes_of_types(model, recipe.exclude_op_types) + fp32_layers,
+            nodes_to_exclude=_nodes_of_types(model, recipe.exclude_op_types) + fp32_layers + chosen["fill_nodes"],
             extra_options=extra,
         )
 
@@ -284,6 +286,11 @@ def quantize_static_qdq(
         elif recipe.fp32_input_layers == "auto" and not chosen["fp32_layers"]:
             kept += " (a pooling op follows the stem, so it is quantized)"
         notes["fp32_input_layers"] = f"{recipe.fp32_input_layers}: kept FP32: {kept}"
+    if chosen["fill_tensors"]:
+        notes["fill_values"] = (f"{len(chosen['fill_tensors'])} tensor(s) reach |x| >= {ort_static.FILL_VALUE:g} "
+                                f"(attention-mask fill values such as -inf or finfo.min), so their "
+                                f"{len(chosen['fill_nodes'])} producer/consumer node(s) stay FP32: "
+                                + ", ".join(chosen["fill_tensors"][:8]) + (" ..." if len(chosen["fill_tensors"]) > 8 else ""))
     if settings.method == "percentile":
         notes["calibration"]["percentile"] = settings.percentile
     if fallback:

@@ -16,6 +16,7 @@ Three things, each measured on the benchmark CNNs (benchmarks/recipe_sweep.py, d
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -24,6 +25,7 @@ import numpy as np
 COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 POOLS = ("MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool", "LpPool")
 BINS = 2048
+FILL_VALUE = 1e4  # an activation reaching this magnitude holds fill values (masks), not a range 8 bits can cover
 
 
 def input_layers(graph: Any) -> list[Any]:
@@ -95,7 +97,10 @@ def _float_tensors(model: Any) -> list[str]:
     return [t for t in dict.fromkeys(names) if types.get(t) == onnx.TensorProto.FLOAT]
 
 
-def _tensor_reader(src: Path) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
+TensorReader = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def tensor_reader(src: Path) -> TensorReader:
     """One session over ``src`` with every float tensor made an output: feed -> {tensor name: value}."""
     import onnx
 
@@ -137,19 +142,35 @@ def best_range(hist: np.ndarray, lo: float, hi: float, levels: int, symmetric: b
     return (-best_hi, best_hi) if symmetric else (float(edges[starts[i]]), best_hi)
 
 
-def mse_ranges(src: Path, feeds: Any, symmetric: bool, levels: int) -> dict[str, tuple[float, float]]:
-    """MSE-optimal ranges of every float tensor of ``src`` over the calibration feeds (a rewindable reader: two
-    passes, min/max then histograms). Only ranges narrower than min/max are returned."""
-    tensors = _tensor_reader(src)
-    lo: dict[str, float] = {}
-    hi: dict[str, float] = {}
+def tensor_bounds(tensors: TensorReader, feeds: Any) -> dict[str, tuple[float, float]]:
+    """(min, max) of every tensor ``tensors`` returns over the calibration feeds (a rewindable reader), each range
+    widened to hold 0. One pass that keeps two numbers per tensor, unlike ORT's calibrator, which keeps every value."""
+    bounds: dict[str, tuple[float, float]] = {}
     for feed in _feeds(feeds):
         for t, v in tensors(feed).items():
             if v.size:
-                x = np.abs(v) if symmetric else v
-                lo[t] = min(lo.get(t, 0.0), float(x.min()))
-                hi[t] = max(hi.get(t, 0.0), float(x.max()))
-    hists = {t: np.zeros(BINS) for t in lo if hi[t] > lo[t]}
+                lo, hi = bounds.get(t, (0.0, 0.0))
+                bounds[t] = (min(lo, float(v.min())), max(hi, float(v.max())))
+    return bounds
+
+
+def fill_value_nodes(graph: Any, bounds: Mapping[str, tuple[float, float]]) -> tuple[list[str], list[str]]:
+    """Tensors holding fill values (|x| >= FILL_VALUE or not finite: an attention mask's -inf / finfo.min / -10000,
+    and the scores it is added to) and the nodes that produce or read them, which must stay FP32: one 8-bit scale
+    cannot hold both -3.4e38 and a score of 5, so every real value would round to zero. Returns (tensors, nodes)."""
+    tensors = [t for t, (lo, hi) in bounds.items() if not (abs(lo) < FILL_VALUE and abs(hi) < FILL_VALUE)]
+    marked = set(tensors)
+    nodes = [n.name for n in graph.node if n.name and marked.intersection([*n.input, *n.output])]
+    return tensors, nodes
+
+
+def mse_ranges(tensors: TensorReader, feeds: Any, symmetric: bool, levels: int,
+               bounds: Mapping[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    """MSE-optimal ranges of the tensors in ``bounds`` (their min/max, from ``tensor_bounds``) over the
+    calibration feeds: one pass of histograms. Only ranges narrower than min/max are returned."""
+    lo = {t: 0.0 if symmetric else a for t, (a, b) in bounds.items()}
+    hi = {t: max(-a, b) if symmetric else b for t, (a, b) in bounds.items()}
+    hists = {t: np.zeros(BINS) for t in bounds if hi[t] > lo[t]}
     for feed in _feeds(feeds):
         for t, v in tensors(feed).items():
             if t in hists:
@@ -160,6 +181,27 @@ def mse_ranges(src: Path, feeds: Any, symmetric: bool, levels: int) -> dict[str,
         if (b - a) < (2 * hi[t] if symmetric else hi[t] - lo[t]) * 0.999:
             out[t] = (a, b)
     return out
+
+
+@dataclass
+class ActivationStats:
+    fill_tensors: list[str]
+    fill_nodes: list[str]
+    mse_ranges: dict[str, tuple[float, float]]
+
+
+def activation_stats(src: Path, graph: Any, feeds: Any, mse: tuple[bool, int] | None) -> ActivationStats:
+    """What edgekit measures on the calibration data before ORT's own calibration: the fill-value tensors and, with
+    ``mse`` = (symmetric, levels), the MSE ranges of the others. Its session with every tensor as an output is
+    released on return, so its memory is not held while ORT's calibrator runs."""
+    tensors = tensor_reader(src)
+    bounds = tensor_bounds(tensors, feeds)
+    filled, nodes = fill_value_nodes(graph, bounds)
+    ranges = {}
+    if mse is not None:
+        usable = {t: b for t, b in bounds.items() if t not in set(filled)}
+        ranges = mse_ranges(tensors, feeds, mse[0], mse[1], usable)
+    return ActivationStats(filled, nodes, ranges)
 
 
 def _feeds(reader: Any) -> Iterator[Mapping[str, np.ndarray]]:
