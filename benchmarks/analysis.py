@@ -209,7 +209,9 @@ def minilm(result: dict[str, Any], checks: list[dict[str, Any]]) -> list[str]:
         "QAttention (INT8 projection, heads laid out inside the kernel: no Transpose, Split or per-head Reshape ops); "
         "the residual Add + LayerNormalization pairs run on 2-D [tokens, hidden] rows, where ONNX Runtime does not "
         "fuse them into SkipLayerNormalization, whose CPU kernel measured over twice as slow "
-        "(benchmarks/results/kernels.md, from `benchmarks/kernels.py`); ONNX Runtime's own Gelu fusion is kept. Then per-channel smoothing (SmoothQuant, "
+        "(benchmarks/results/kernels.md, from `benchmarks/kernels.py`); ONNX Runtime's own Gelu fusion is kept, and "
+        f"the fused GELUs become FastGelu, the tanh approximation ({notes.get('gelu_approximation', 'not applied')}). "
+        "Then per-channel smoothing (SmoothQuant, "
         f"alpha 0.8) of the MatMul inputs whose predicted 8-bit SQNR on calibration data is under 30 dB "
         f"({sm.get('smoothed_inputs', 0)} inputs here), then int8 per-channel weights (7-bit on this non-VNNI host) "
         f"with activations quantized per call; inputs still under 20 dB would stay FP32 (kept: {kept}). "
@@ -238,8 +240,7 @@ def minilm(result: dict[str, Any], checks: list[dict[str, Any]]) -> list[str]:
         "make that work cheaper (fewer, faster kernels) but cannot make it INT8. Both ratios move with this shared "
         "VM's state. `benchmarks/profile_ops.py` on the artifact shows the split: about half the time in the weight "
         "GEMMs, under a third in QAttention (its INT8 projection plus the FP32 attention core), the rest in GELU, "
-        "LayerNorm, smoothing Muls and adds. GELU's tanh approximation (FastGelu) would be faster (kernels.md) but "
-        "changes the model's numbers; edgekit keeps the exact GELU. The smoothing costs one elementwise Mul per "
+        "LayerNorm, smoothing Muls and adds. The smoothing costs one elementwise Mul per "
         "smoothed tensor (about 3 % of the artifact's time in that profile); without it cosine falls under the "
         "0.993 bar (benchmarks/results/recipe_sweep.md).",
     ]

@@ -7,7 +7,7 @@
    of what INT8 can give a transformer whose time is mostly such GEMMs.
 2. Residual LayerNorm: ``SkipLayerNormalization`` (what ONNX Runtime fuses a 3-D Add + LayerNormalization into)
    against Add + LayerNormalization on 2-D rows (what edgekit's ``layernorm_rows`` leaves), 128 x 384.
-3. GELU: exact (erf) against the tanh approximation, 128 x 1536 (edgekit keeps the exact one).
+3. GELU: exact (erf) against the tanh approximation, 128 x 1536 (ort-int8-dynamic's gelu_approximation).
 
 Each case is one single-node ONNX file; the variants of a case are timed interleaved round by round with
 benchmarks/run.py's own timing.interleaved and idle workers sleeping, and the median reported.

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.backends.base import CalibrationSettings
 from edgekit.backends.ort import OrtRecipe
-from edgekit.backends.ort_dynamic import activation_stats, fuse_transformer, quantize_dynamic_int8, smooth
+from edgekit.backends.ort_dynamic import activation_stats, approximate_gelu, fuse_transformer, quantize_dynamic_int8, smooth
 from edgekit.cli import main
 from edgekit.errors import ProfileError
 from edgekit.types import TargetProfile
@@ -122,6 +122,7 @@ def test_without_calibration_data_smoothing_is_skipped_and_says_so(tmp_path):
     ("smooth_alpha", True, "smooth_alpha = True"),
     ("smooth_below_sqnr_db", -1, "smooth_below_sqnr_db = -1"),
     ("transformer_fusion", "yes", "transformer_fusion = 'yes'"),
+    ("gelu_approximation", 1, "gelu_approximation = 1"),
 ])
 def test_recipe_rejects_bad_dynamic_settings(key, value, words):
     profile = TargetProfile(name="t", backend="ort", precision="int8", device="cpu", recipe={"mode": "dynamic", key: value})
@@ -203,8 +204,9 @@ def test_bert_block_builds_fused_and_smoothed_through_the_pipeline(tmp_path):
     assert fusion["applied"] is True and fusion["fused"]["Gelu"] == 2 and fusion["fused"]["Attention"] == 2
     assert fusion["fused"]["LayerNormalization (rows)"] == 4
     assert "smoothing" in target["notes"]
+    assert target["notes"]["gelu_approximation"] == "2 Gelu -> FastGelu (tanh approximation)"
     ops = {n.op_type for n in onnx.load(str(tmp_path / "out" / "ort-int8-dynamic" / "model.onnx")).graph.node}
-    assert {"Gelu", "QAttention", "MatMulInteger"} <= ops and "SkipLayerNormalization" not in ops
+    assert {"FastGelu", "QAttention", "MatMulInteger"} <= ops and not {"Gelu", "SkipLayerNormalization"} & ops
     assert target["metrics"]["vs_torch"]["worst"]["cosine"] >= 0.99
 
 
@@ -214,3 +216,20 @@ def test_fusion_that_matches_nothing_keeps_the_graph(tmp_path):
     note = fuse_transformer(src, dst, {"x": _held_out()[:1]})
     assert note == {"applied": False, "why": "no transformer pattern matched"}
     assert dst.read_bytes() == src.read_bytes()
+
+
+def test_gelu_approximation_error_is_under_5e_4(tmp_path):
+    """The claim in docs/ort-targets.md and the profile: FastGelu (tanh) differs from exact GELU by < 5e-4."""
+    src, dst = tmp_path / "gelu.onnx", tmp_path / "fast.onnx"
+    node = helper.make_node("Gelu", ["x"], ["y"], domain="com.microsoft")
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4001]) for n in ("x", "y")]
+    model = helper.make_model(helper.make_graph([node], "g", io[:1], io[1:]),
+                                   opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    onnx.save(model, str(src))
+    assert approximate_gelu(src, dst) == 1
+    assert [n.op_type for n in onnx.load(str(dst)).graph.node] == ["FastGelu"]
+    x = np.linspace(-8, 8, 4001, dtype=np.float32)
+    exact, fast = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0] for p in (src, dst))
+    err = float(np.max(np.abs(exact - fast)))
+    assert 1e-5 < err < 5e-4, err  # an approximation, and a close one

@@ -45,6 +45,9 @@ class OrtRecipe:
     # dynamic mode, see edgekit/backends/ort_dynamic.py: ONNX Runtime's transformer fusions before quantizing, and
     # SmoothQuant-style smoothing (alpha 0 disables) of MatMul inputs predicted under smooth_below_sqnr_db.
     transformer_fusion: bool = False
+    # dynamic mode: exact (erf) Gelu nodes become FastGelu, the tanh approximation (Optimum's O3 does the same), after
+    # the fusion check; its error is orders of magnitude under INT8's, and the validator's gates measure the result.
+    gelu_approximation: bool = False
     smooth_alpha: float = 0.0
     smooth_below_sqnr_db: float = 30.0
 
@@ -67,8 +70,9 @@ class OrtRecipe:
             raise ProfileError(f"target '{profile.name}' recipe smooth_alpha = {recipe.smooth_alpha!r}; expected a number in [0, 1] (0 disables)")
         if isinstance(recipe.smooth_below_sqnr_db, bool) or not isinstance(recipe.smooth_below_sqnr_db, (int, float)) or recipe.smooth_below_sqnr_db < 0:
             raise ProfileError(f"target '{profile.name}' recipe smooth_below_sqnr_db = {recipe.smooth_below_sqnr_db!r}; expected a number of dB >= 0")
-        if not isinstance(recipe.transformer_fusion, bool):
-            raise ProfileError(f"target '{profile.name}' recipe transformer_fusion = {recipe.transformer_fusion!r}; expected true or false")
+        for key in ("transformer_fusion", "gelu_approximation"):
+            if not isinstance(getattr(recipe, key), bool):
+                raise ProfileError(f"target '{profile.name}' recipe {key} = {getattr(recipe, key)!r}; expected true or false")
         for key in ("activation_type", "weight_type"):
             if getattr(recipe, key) not in QUANT_TYPES:
                 raise ProfileError(f"target '{profile.name}' recipe {key} = {getattr(recipe, key)!r}; expected int8 or uint8")

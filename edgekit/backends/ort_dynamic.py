@@ -13,6 +13,9 @@ leave the other channels a handful of levels. Three measured remedies, in the or
    channel, so outlier channels shrink before quantization and the per-channel weight scales absorb ``s``. One
    ``Mul`` per smoothed tensor, shared by every MatMul that reads it. Exact in FP32; needs calibration data.
 3. ``fp32_fallback_sqnr_db``: inputs still predicted under this SQNR keep their MatMul in FP32.
+
+``gelu_approximation`` (after the fusion check, before smoothing): exact Gelu nodes become ``FastGelu``, GELU's tanh
+approximation: up to 1.5x faster on MiniLM's feed-forward (benchmarks/kernels.py), error under 5e-4 per element.
 """
 
 from __future__ import annotations
@@ -226,6 +229,26 @@ def fuse_transformer(src: Path, dst: Path, check: dict[str, np.ndarray] | None) 
     return {"applied": True, "fused": counts}
 
 
+def approximate_gelu(src: Path, dst: Path) -> int:
+    """``src`` with every exact Gelu (ONNX opset 20 or com.microsoft, erf form) as com.microsoft FastGelu into
+    ``dst``; returns how many."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(src))
+    count = 0
+    for i, node in enumerate(model.graph.node):
+        exact = all(a.name != "approximate" or a.s in (b"", b"none") for a in node.attribute)
+        if node.op_type == "Gelu" and node.domain in ("", "ai.onnx", "com.microsoft") and exact:
+            model.graph.node[i].CopyFrom(helper.make_node("FastGelu", list(node.input), list(node.output),
+                                                          name=node.name or f"fast_gelu_{i}", domain="com.microsoft"))
+            count += 1
+    if count and not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.save(model, str(dst))
+    return count
+
+
 def _first_feed(calib: FeedSource | None, specs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray] | None:
     """The rewrite check's inputs: two calibration samples when the batch axis is dynamic (a rewrite that broke
     batching would pass at batch 1), else one."""
@@ -261,6 +284,12 @@ def quantize_dynamic_int8(
         if recipe.transformer_fusion:
             model = tmp / "fused.onnx"
             notes["transformer_fusion"] = fuse_transformer(src, model, _first_feed(calib, specs))
+        if recipe.gelu_approximation:
+            approx = tmp / "fast_gelu.onnx"
+            count = approximate_gelu(model, approx)
+            notes["gelu_approximation"] = (f"{count} Gelu -> FastGelu (tanh approximation)" if count
+                                           else "no exact Gelu node in the graph")
+            model = approx
         pre = tmp / "pre.onnx"
         notes["preprocess"] = preprocess(model, pre)
         model = pre
