@@ -221,3 +221,38 @@ def test_attention_mask_fill_values_stay_fp32(tmp_path, method):
     ref = np.stack([_session_outputs(model, {"x": a[None], "keep": k[None]})[0] for a, k in zip(hx, hkeep)])
     got = np.stack([_session_outputs(out, {"x": a[None], "keep": k[None]})[0] for a, k in zip(hx, hkeep)])
     assert _sqnr_db(ref, got) > 25.0, _sqnr_db(ref, got)
+
+
+def test_handing_edgekit_ranges_to_ort_gives_the_artifact_ort_calibration_gives(tmp_path, monkeypatch):
+    """edgekit's own min/max pass, written as ORT's calibration cache, replaces ORT's calibration pass: same scales
+    and zero points as when ORT calibrates (as it still does on onnxruntime builds without calibration_cache_path)."""
+    import inspect
+
+    import edgekit.backends.ort as ort_backend
+
+    specs = (TensorSpec("x", (1, 32)),)
+    calib = calibration_feed(tmp_path / "c.npz", specs, x=_with_outliers(np.random.default_rng(8), 40))
+    model = tmp_path / "m.onnx"
+    _tail_model(model)
+
+    def build(out: Path) -> tuple[dict, dict]:
+        notes = quantize_static_qdq(model, out, calib, specs, CalibrationSettings(method="minmax", samples=40),
+                                    OrtRecipe(mode="static"))
+        g = onnx.load(str(out)).graph
+        inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+        return notes, {n.input[0]: (float(inits[n.input[1]]), int(inits[n.input[2]])) for n in g.node if n.op_type == "QuantizeLinear"}
+
+    handed, ours = build(tmp_path / "handed.onnx")
+
+    class NoCacheParameter:  # an onnxruntime whose quantize_static has no calibration_cache_path
+        @staticmethod
+        def signature(fn):
+            return inspect.Signature()
+
+    monkeypatch.setattr(ort_backend, "inspect", NoCacheParameter)
+    calibrated, theirs = build(tmp_path / "calibrated.onnx")
+    assert handed["calibration"]["ort_pass"].startswith("skipped") and calibrated["calibration"]["ort_pass"] == "ONNX Runtime's calibrator"
+    assert handed["calibration"]["samples"] == calibrated["calibration"]["samples"] == 40
+    assert len(ours) >= 3 and ours.keys() == theirs.keys()
+    for t in ours:
+        assert ours[t][1] == theirs[t][1] and abs(ours[t][0] / theirs[t][0] - 1) < 1e-6, (t, ours[t], theirs[t])

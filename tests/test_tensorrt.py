@@ -408,7 +408,8 @@ def test_qdq_is_symmetric_int8_with_per_channel_weights(which, request):
 
 def test_int8_uses_the_shared_calibration_settings(digits):
     _, _, m = digits
-    assert m["targets"]["tensorrt-int8"]["notes"]["calibration"] == {"method": "minmax", "samples": 256, "batches": 8}
+    assert m["targets"]["tensorrt-int8"]["notes"]["calibration"] == {
+        "method": "minmax", "samples": 256, "batches": 8, "ort_pass": "skipped: edgekit's min/max pass handed over"}
 
 
 # ------------------------------------------------------------------------------ profiles and recipes

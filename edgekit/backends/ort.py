@@ -5,6 +5,7 @@ The smallest real backend and the documentation of the Backend interface.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -128,16 +129,20 @@ class FeedCalibrationReader:
         self._it: Iterator[Feed] | None = None
 
     def _feeds(self) -> Iterator[Feed]:
+        """One pass; when it completes, ``samples_read`` / ``batches_read`` are that pass's counts (readers make
+        several passes: edgekit's range measurements, then ORT's calibrator unless it was handed the ranges)."""
         left = self.settings.samples
+        samples = batches = 0
         for batch in self.source.batches(self.batch_size):
             if left <= 0:
-                return
+                break
             feed = {s.name: np.ascontiguousarray(batch.feed[s.name][:left], dtype=s.dtype) for s in self.specs}
             n = next(iter(feed.values())).shape[0]
             left -= n
-            self.batches_read += 1
-            self.samples_read += n
+            batches += 1
+            samples += n
             yield feed
+        self.samples_read, self.batches_read = samples, batches
 
     def get_next(self) -> Feed | None:
         if self._it is None:
@@ -233,6 +238,12 @@ def quantize_static_qdq(
         stats = ort_static.activation_stats(model, graph, reader, (recipe.symmetric_activations, levels)
                                             if settings.method == "mse" else None)
         chosen["fill_tensors"], chosen["fill_nodes"] = stats.fill_tensors, stats.fill_nodes
+        cache: dict[str, Any] = {}
+        if settings.method in ("minmax", "mse") and "calibration_cache_path" in inspect.signature(quantize_static).parameters:
+            # the min/max just measured are ORT's MinMax ranges: handing them over skips ORT's calibration pass
+            cache["calibration_cache_path"] = str(model.with_name("edgekit_minmax_cache.json"))
+            ort_static.write_minmax_cache(stats.bounds, stats.fill_tensors, Path(cache["calibration_cache_path"]))
+        chosen["ort_calibration"] = "skipped: edgekit's min/max pass handed over" if cache else "ONNX Runtime's calibrator"
         if settings.method == "mse":
             overrides.update(ort_static.range_overrides(stats.mse_ranges))
             chosen["clipped"] = len(stats.mse_ranges)
@@ -248,7 +259,6 @@ def quantize_static_qdq(
         if overrides:
             extra["TensorQuantOverrides"] = overrides
         reader.rewind()
-        reader.batches_read = reader.samples_read = 0
         quantize_static(
             str(model),
             str(out),
@@ -262,6 +272,7 @@ def quantize_static_qdq(
             op_types_to_quantize=None,
             nodes_to_exclude=_nodes_of_types(model, recipe.exclude_op_types) + fp32_layers + chosen["fill_nodes"],
             extra_options=extra,
+            **cache,
         )
 
     with tempfile.TemporaryDirectory(prefix="edgekit-ort-") as tmpdir:
@@ -273,7 +284,8 @@ def quantize_static_qdq(
         atomic_move(out, dst)
     notes = {
         "preprocess": pre_note,
-        "calibration": {"method": settings.method, "samples": reader.samples_read, "batches": reader.batches_read},
+        "calibration": {"method": settings.method, "samples": reader.samples_read, "batches": reader.batches_read,
+                        "ort_pass": chosen["ort_calibration"]},
         "activations": f"{recipe.activation_type} {'symmetric' if recipe.symmetric_activations else 'asymmetric'} per-tensor",
         "weights": f"{recipe.weight_type} symmetric {'per-channel' if recipe.per_channel else 'per-tensor'}"
         + _range_note(recipe),

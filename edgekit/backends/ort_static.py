@@ -185,6 +185,7 @@ def mse_ranges(tensors: TensorReader, feeds: Any, symmetric: bool, levels: int,
 
 @dataclass
 class ActivationStats:
+    bounds: dict[str, tuple[float, float]]
     fill_tensors: list[str]
     fill_nodes: list[str]
     mse_ranges: dict[str, tuple[float, float]]
@@ -201,7 +202,17 @@ def activation_stats(src: Path, graph: Any, feeds: Any, mse: tuple[bool, int] | 
     if mse is not None:
         usable = {t: b for t, b in bounds.items() if t not in set(filled)}
         ranges = mse_ranges(tensors, feeds, mse[0], mse[1], usable)
-    return ActivationStats(filled, nodes, ranges)
+    return ActivationStats(bounds, filled, nodes, ranges)
+
+
+def write_minmax_cache(bounds: Mapping[str, tuple[float, float]], skip: Iterable[str], path: Path) -> None:
+    """``bounds`` (all but ``skip``) as ONNX Runtime's calibration cache (``quantize_static(calibration_cache_path=)``)
+    with method MinMax: ORT then takes these ranges instead of running its own calibration pass."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, save_tensors_data
+
+    skipped = set(skip)
+    data = {t: (np.float32(lo), np.float32(hi)) for t, (lo, hi) in bounds.items() if t not in skipped}
+    save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), path)
 
 
 def _feeds(reader: Any) -> Iterator[Mapping[str, np.ndarray]]:
