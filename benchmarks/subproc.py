@@ -50,7 +50,7 @@ class PhaseRecorder:
     def _sample(self) -> None:
         while not self._stop.wait(0.005):
             rss = _rss_mb()
-            ph = self.phases[self.current]
+            ph = self.phases[self.current]  # step() adds a phase before making it current: always present
             if rss > ph["peak_rss_mb"]:
                 ph["peak_rss_mb"] = rss
 
@@ -66,10 +66,10 @@ class PhaseRecorder:
             name = "export"
         else:
             name = text.split()[0]
-        self.current = name
-        self._start = time.perf_counter()
         rss = _rss_mb()
         self.phases[name] = {"peak_rss_mb": rss, "start_rss_mb": rss}
+        self.current = name  # after the phase exists: the sampler thread reads phases[current] at any moment
+        self._start = time.perf_counter()
 
     def advance(self, label: str, done: int, total: int) -> None:
         pass

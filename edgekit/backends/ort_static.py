@@ -144,7 +144,7 @@ def best_range(hist: np.ndarray, lo: float, hi: float, levels: int, symmetric: b
 
 def tensor_bounds(tensors: TensorReader, feeds: Any) -> dict[str, tuple[float, float]]:
     """(min, max) of every tensor ``tensors`` returns over the calibration feeds (a rewindable reader), each range
-    widened to hold 0. One pass that keeps two numbers per tensor, unlike ORT's calibrator, which keeps every value."""
+    widened to hold 0. One pass that keeps two numbers per tensor."""
     bounds: dict[str, tuple[float, float]] = {}
     for feed in _feeds(feeds):
         for t, v in tensors(feed).items():
