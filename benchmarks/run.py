@@ -492,7 +492,9 @@ def _commit() -> str | None:
     root = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+        # results are not code: kernels.py rewrites benchmarks/results/ just before this script runs
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)benchmarks/results", ":(exclude)BENCHMARKS.md"], cwd=root, capture_output=True,
                                text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         return None
