@@ -210,16 +210,17 @@ def history_section(history: list[dict[str, Any]], cpu_model: str) -> list[str]:
     runs = [h for h in history if h.get("cpu") == cpu_model]
     if len(runs) < 2:
         return []
+    keys = _bar_keys(runs)
     lines = ["## The bars in every recorded run on this host", "",
              f"`make bench` appends each full run's bars to `benchmarks/results/history.jsonl`; these are the {len(runs)} "
              f"runs recorded on this CPU model ({cpu_model}). The raw JSON of a run is the results file named in its line "
              "(a later run on the same day overwrites it; git keeps the committed one). Ratios move between runs with the "
              "shared host's state, which the interleaving cancels within a run but not across runs.", "",
-             "| run | commit | " + " | ".join(f"{m}: {c['bar']}" for m, c in _bar_keys(runs)) + " |",
-             "|---|---|" + "---|" * len(_bar_keys(runs))]
+             "| run | commit | " + " | ".join(f"{m}: {c['bar']}" for m, c in keys) + " |",
+             "|---|---|" + "---|" * len(keys)]
     for h in runs:
         cells = []
-        for model, key in _bar_keys(runs):
+        for model, key in keys:
             c = next((c for c in h["bars"].get(model, []) if c["bar"] == key["bar"]), None)
             figure = "—" if c is None else re.sub(r" \((?!repeats)[^)]*\)", "", c["measured"])  # drop explanations
             cells.append(figure if c is None or c["met"] else f"**{figure}**")
@@ -233,7 +234,7 @@ def _bar_keys(runs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     return [(m, c) for m, cs in latest.items() for c in cs if "faster" in c["bar"] or "slower" in c["bar"]]
 
 
-def render(doc: dict[str, Any], json_path: Path | str, history: list[dict[str, Any]] | None = None) -> str:
+def render(doc: dict[str, Any], json_path: Path | str) -> str:
     from analysis import ANALYSIS, METHOD, ST_NOTE  # the prose that goes with the numbers
 
     meta = doc["meta"]
@@ -297,7 +298,7 @@ def render(doc: dict[str, Any], json_path: Path | str, history: list[dict[str, A
             summary.append(f"| {model} | {c['bar']} | {c['measured']} | {'met' if c['met'] else '**not met**'} |")
         body += ANALYSIS.get(model, lambda r, c: [])(result, checks)
         body.append("")
-    runs = history_section(load_history() if history is None else history, cpu["model"])
+    runs = history_section(load_history(), cpu["model"])
     lines += summary + [""] + runs + body + ST_NOTE(doc)
     return "\n".join(lines) + "\n"
 

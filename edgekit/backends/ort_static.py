@@ -200,7 +200,8 @@ def activation_stats(src: Path, graph: Any, feeds: Any, mse: tuple[bool, int] | 
     filled, nodes = fill_value_nodes(graph, bounds)
     ranges = {}
     if mse is not None:
-        usable = {t: b for t, b in bounds.items() if t not in set(filled)}
+        skip = set(filled)
+        usable = {t: b for t, b in bounds.items() if t not in skip}
         ranges = mse_ranges(tensors, feeds, mse[0], mse[1], usable)
     return ActivationStats(bounds, filled, nodes, ranges)
 
