@@ -64,7 +64,7 @@ def result_to_dict(r: TargetResult) -> dict[str, Any]:
 
 def result_from_dict(name: str, d: dict[str, Any]) -> TargetResult:
     files = tuple(ArtifactFile(**f) for f in d.get("files", []))
-    artifact = Artifact(name, files, d.get("notes", {})) if files else None
+    artifact = Artifact.from_record(name, files, d.get("notes", {})) if files else None
     return TargetResult(
         target=name, status=d["status"], reason=d.get("reason", ""), artifact=artifact,
         metrics=d.get("metrics", {}), latency=d.get("latency", {}), size=d.get("size", {}),

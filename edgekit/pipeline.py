@@ -29,7 +29,7 @@ from edgekit.manifest import MANIFEST, Manifest, read_manifest, result_to_dict, 
 from edgekit.model import file_sha256, load_model
 from edgekit.profiles import load_profile, profile_to_dict
 from edgekit.report import render_markdown
-from edgekit.types import ArtifactFile, Reference, SourceModel, TargetProfile, TargetResult, TensorSpec
+from edgekit.types import Artifact, ArtifactFile, Reference, SourceModel, TargetProfile, TargetResult, TensorSpec
 from edgekit.validate import gates as gates_mod
 from edgekit.validate.run import TorchRunner, ValidationData, compare, latency_feed, reference_runner, synthetic, time_runners
 
@@ -60,6 +60,7 @@ class Plan:
     unavailable: dict[str, str] = field(default_factory=dict)
     proxies: set[str] = field(default_factory=set)  # unavailable, but a host proxy is built and measured
     train: Any = None  # [train] data, opened only when a [[compress]] step trains
+    recipes: dict[str, Any] = field(default_factory=dict)  # each target's recipe, parsed once by its backend
 
 
 # ---------------------------------------------------------------------------------------------- build
@@ -70,16 +71,15 @@ def plan(cfg: BuildConfig, options: BuildOptions, progress: Any = None) -> Plan:
     progress = progress or Silent()
     chosen = _select_targets(cfg, options.targets)
     profiles = {name: load_profile(name, cfg.overrides.get(name)) for name in chosen}
-    for profile in profiles.values():
-        get_backend(profile.backend).check(profile)
+    recipes = {name: get_backend(p.backend).parse_recipe(p) for name, p in profiles.items()}
     progress.step(f"loading model {cfg.model.source}")
     source = load_model(cfg.model)
     shapes = {i.name: i.shape for i in cfg.model.inputs} or {s.name: s.example_shape() for s in source.inputs}
-    needs_calibration = [n for n, p in profiles.items() if _needs_calibration(p)]
+    needs_calibration = [n for n, p in profiles.items() if get_backend(p.backend).needs_calibration(p, recipes[n])]
     if needs_calibration and cfg.calibration is None:
         raise ConfigError(f"target(s) {needs_calibration} need calibration data: add a [calibration] section with 'data'")
     # static INT8 needs calibration data; dynamic INT8 uses it when given (smoothing, FP32 fallback)
-    uses_calibration = any(p.precision == "int8" for p in profiles.values())
+    uses_calibration = any(get_backend(p.backend).uses_calibration(p, recipes[n]) for n, p in profiles.items())
     calibration = open_feed(cfg.calibration, source.inputs, "calibration") if cfg.calibration and uses_calibration else None
     validation = open_feed(cfg.validation, source.inputs, "validation") if cfg.validation else None
     if calibration is not None and validation is not None and not cfg.validation.allow_overlap:
@@ -104,7 +104,7 @@ def plan(cfg: BuildConfig, options: BuildOptions, progress: Any = None) -> Plan:
             unavailable[name] = reason
             if avail.proxy:
                 proxies.add(name)
-    return Plan(cfg, profiles, source, shapes, calibration, validation, unavailable, proxies, train)
+    return Plan(cfg, profiles, source, shapes, calibration, validation, unavailable, proxies, train, recipes)
 
 
 def build(cfg: BuildConfig, options: BuildOptions, progress: Any = None) -> Manifest:
@@ -144,7 +144,8 @@ def _build_into(root: Path, p: Plan, options: BuildOptions, progress: Any) -> Ma
             continue
         progress.step(f"building {name} ({profile.description or profile.backend})")
         start = time.perf_counter()
-        ctx = BuildContext(profile, reference, source, target_dir, root, p.calibration, settings, shapes=p.shapes)
+        ctx = BuildContext(profile, reference, source, target_dir, root, p.calibration, settings, shapes=p.shapes,
+                           recipe=p.recipes.get(name))
         try:
             artifact = get_backend(profile.backend).build(ctx)
         except EdgekitError:
@@ -153,8 +154,8 @@ def _build_into(root: Path, p: Plan, options: BuildOptions, progress: Any) -> Ma
             log.debug("building %s failed", name, exc_info=True)
             results[name] = TargetResult(name, "error", f"build failed: {type(exc).__name__}: {str(exc)[:400]}", device=profile.device)
             continue
-        if artifact.notes.get("warning"):
-            progress.warn(f"{name}: {artifact.notes['warning']}")
+        for warning in artifact.warnings:
+            progress.warn(f"{name}: {warning}")
         status, reason = ("unavailable", p.unavailable[name]) if name in p.proxies else ("passed", "")
         results[name] = TargetResult(name, status, reason, artifact, build_seconds=round(time.perf_counter() - start, 3), device=profile.device)
     manifest = Manifest(
@@ -300,7 +301,7 @@ def _measure(
                           "speedup_vs_ort_fp32": speedup, "speedup_baseline": baseline_name}
         size = result.artifact.bytes
         result.size = {"bytes": size, "ratio_to_fp32": size / fp32_bytes, "fp32_bytes": fp32_bytes}
-        result.measured_on = _measured_on(profile, result.artifact.notes)
+        result.measured_on = _measured_on(profile, result.artifact)
         primary = result.metrics.get("vs_torch") or result.metrics["vs_onnx"]
         flat = {**primary["worst"], "top1_agreement": primary.get("top1_agreement"),
                 "top1_drop": result.metrics.get("top1_drop"), "p50_ms": t["p50_ms"],
@@ -309,17 +310,15 @@ def _measure(
         failed = [g["message"] for g in result.gates if g["passed"] is False]
         if failed:
             result.status, result.reason = "failed", "; ".join(failed)
-        elif result.artifact.notes.get("host_proxy"):  # a host proxy that passes is still not the real target
-            notes = result.artifact.notes  # keep the exact reason the real target cannot run, and its install hint
-            proxy = str(notes["host_proxy"])
-            result.status, result.reason = "unavailable", (f"{proxy}; {notes['engine']}" if notes.get("engine") else proxy)
+        elif result.artifact.proxy:  # a host proxy that passes is still not the real target
+            result.status, result.reason = "unavailable", result.artifact.proxy
         else:
             result.status, result.reason = "passed", ""
 
 
-def _measured_on(profile: TargetProfile, notes: dict[str, Any]) -> str:
-    if notes.get("measured_on"):
-        return str(notes["measured_on"])
+def _measured_on(profile: TargetProfile, artifact: Artifact) -> str:
+    if artifact.measured_on:
+        return artifact.measured_on
     if profile.host_is_device:
         return "build host (a device of this target's kind)"
     return "build host, not the target device"
@@ -348,10 +347,6 @@ def _select_targets(cfg: BuildConfig, requested: tuple[str, ...]) -> tuple[str, 
         if name not in cfg.targets:
             raise UsageError(f"--target {name!r} is not used by this config; it uses: {', '.join(cfg.targets)}")
     return tuple(requested) if requested else cfg.targets
-
-
-def _needs_calibration(profile: TargetProfile) -> bool:
-    return profile.precision == "int8" and profile.recipe.get("mode", "static") == "static"
 
 
 def _calibration_settings(cfg: DataConfig | None) -> CalibrationSettings:

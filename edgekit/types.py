@@ -163,11 +163,24 @@ class ArtifactFile:
 
 @dataclass
 class Artifact:
-    """What a backend built: its files and what the build decided on the way (recorded in the manifest)."""
+    """What a backend built: its files, what the build decided on the way (``notes``: free text recorded in the
+    manifest, never read as control data), and the typed facts the pipeline acts on."""
 
     target: str
     files: tuple[ArtifactFile, ...]
     notes: dict[str, Any] = field(default_factory=dict)
+    measured_on: str = ""  # where this artifact's numbers come from, when the backend knows better than the profile
+    proxy: str = ""  # non-empty: the files are a host proxy of the real target; the text is why (the status reason)
+    warnings: tuple[str, ...] = ()  # shown to the user when the build ends (e.g. "nothing was quantized")
+
+    @classmethod
+    def from_record(cls, target: str, files: tuple[ArtifactFile, ...], notes: dict[str, Any]) -> "Artifact":
+        """The artifact as a manifest recorded it: typed facts recovered from the notes they are written in."""
+        proxy = str(notes.get("host_proxy", ""))
+        if proxy and notes.get("engine"):
+            proxy = f"{proxy}; {notes['engine']}"
+        warning = notes.get("warning")
+        return cls(target, files, dict(notes), str(notes.get("measured_on", "")), proxy, (str(warning),) if warning else ())
 
     @property
     def bytes(self) -> int:

@@ -13,10 +13,11 @@ _REGISTRY = {
     "torch_ao": "edgekit.backends.torch_ao:TorchAoBackend",
 }
 
-__all__ = ["Availability", "Backend", "BuildContext", "CalibrationSettings", "Runner", "get_backend", "registered"]
+__all__ = ["Availability", "Backend", "BuildContext", "CalibrationSettings", "Runner", "get_backend", "names"]
 
 
-def registered() -> tuple[str, ...]:
+def names() -> tuple[str, ...]:
+    """Every backend name a profile may give (``backend = "..."``); profiles.py validates against this."""
     return tuple(sorted(_REGISTRY))
 
 

@@ -49,6 +49,7 @@ class BuildContext:
     calibration: FeedSource | None
     calibration_settings: CalibrationSettings
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # the config's input shapes (opt sizes)
+    recipe: Any = None  # the profile's recipe as parsed once by ``Backend.parse_recipe`` (in plan())
 
 
 class Runner(abc.ABC):
@@ -85,6 +86,19 @@ class Backend(abc.ABC):
 
     def check(self, profile: TargetProfile) -> None:
         """Raise ProfileError if the profile's recipe is invalid for this backend (called before any work)."""
+        self.parse_recipe(profile)
+
+    def parse_recipe(self, profile: TargetProfile) -> Any:
+        """The profile's ``[recipe]`` as this backend's typed recipe; ProfileError naming the nearest valid key."""
+        return dict(profile.recipe)
+
+    def needs_calibration(self, profile: TargetProfile, recipe: Any) -> bool:
+        """Whether building this target requires calibration data (checked in plan(), before any work)."""
+        return profile.precision == "int8" and dict(profile.recipe).get("mode", "static") == "static"
+
+    def uses_calibration(self, profile: TargetProfile, recipe: Any) -> bool:
+        """Whether the build reads calibration data when the config has some (dynamic INT8 smoothing does)."""
+        return profile.precision == "int8"
 
     @abc.abstractmethod
     def build(self, ctx: BuildContext) -> Artifact:

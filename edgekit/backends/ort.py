@@ -369,7 +369,8 @@ class OrtBackend(Backend):
             from edgekit.backends.ort_dynamic import quantize_dynamic_int8
 
             notes = quantize_dynamic_int8(ctx.reference.path, dst, recipe, ctx.calibration, ctx.reference.inputs, ctx.calibration_settings)
-        return Artifact(ctx.profile.name, (ArtifactFile.of(dst, ctx.root),), notes)
+        return Artifact(ctx.profile.name, (ArtifactFile.of(dst, ctx.root),), notes,
+                        warnings=(notes["warning"],) if "warning" in notes else ())
 
     def load(self, artifact: Artifact, root: Path, profile: TargetProfile, reference: Reference) -> Runner:
         return OrtRunner(root / artifact.files[0].path, reference.inputs, reference.outputs, profile.runtime.threads)

@@ -338,7 +338,8 @@ class TorchAoBackend(Backend):
                 + ("; for transformers and RNNs set [targets.%s] recipe = { mode = \"dynamic\" }" % ctx.profile.name
                    if recipe.mode == "static" else "")
             )
-        return Artifact(ctx.profile.name, (ArtifactFile.of(dst, ctx.root),), notes)
+        return Artifact(ctx.profile.name, (ArtifactFile.of(dst, ctx.root),), notes, measured_on=notes["measured_on"],
+                        warnings=(notes["warning"],) if "warning" in notes else ())
 
     def load(self, artifact: Artifact, root: Path, profile: TargetProfile, reference: Reference) -> Runner:
         recipe = TorchAoRecipe.parse(profile)
