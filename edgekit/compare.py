@@ -25,13 +25,13 @@ class CompareResult:
 
 
 def _specs(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[str, ...]]:
-    from edgekit.model import _onnx_specs
+    from edgekit.model import onnx_specs
 
     if path.suffix != ".onnx":
         raise UsageError(f"{path}: compare takes two .onnx files (an artifact, or reference/model.onnx of a build)")
     if not path.is_file():
         raise ModelError(f"ONNX model {path} does not exist")
-    return _onnx_specs(path)
+    return onnx_specs(path)
 
 
 def compare_models(a: Path, b: Path, data: Path | None = None, threads: int = 2) -> CompareResult:

@@ -138,7 +138,7 @@ def _parse_input(item: Any, i: int) -> InputConfig:
     return InputConfig(_typed(t["name"], str, f"{where}.name"), tuple(shape), dtype, dynamic)
 
 
-def _resolve_source(source: str, base: Path) -> str:
+def resolve_source(source: str, base: Path) -> str:
     """Make file paths in a model source absolute; check the source has one of the known forms."""
     if source.startswith("example:"):
         return source
@@ -160,7 +160,7 @@ def _parse_model(t: Any, base: Path) -> ModelConfig:
     t = _check_keys(t, ("source", "weights", "inputs", "outputs", "task"), "[model]")
     if "source" not in t:
         raise ConfigError("[model] needs 'source', e.g. source = \"models/net.py:build\" or \"model.onnx\"")
-    source = _resolve_source(_typed(t["source"], str, "[model] source"), base)
+    source = resolve_source(_typed(t["source"], str, "[model] source"), base)
     weights = _path(t["weights"], base, "[model] weights") if "weights" in t else None
     inputs = tuple(_parse_input(x, i) for i, x in enumerate(_typed(t.get("inputs", []), list, "[model] inputs")))
     names = [x.name for x in inputs]

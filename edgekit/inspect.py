@@ -5,16 +5,16 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from edgekit.errors import ModelError
+from edgekit.config import resolve_source
+from edgekit.errors import ConfigError, ModelError
+from edgekit.model import build_module, onnx_specs
 
 
 def _describe_onnx(path: Path) -> str:
     import numpy as np
     import onnx
 
-    from edgekit.model import _onnx_specs
-
-    inputs, outputs = _onnx_specs(path)
+    inputs, outputs = onnx_specs(path)
     model = onnx.load(str(path))
     params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
     ops = Counter(n.op_type for n in model.graph.node)
@@ -37,22 +37,11 @@ def _describe_onnx(path: Path) -> str:
 
 
 def _describe_torch(source: str) -> str:
-    from edgekit.config import _resolve_source
-    from edgekit.errors import ConfigError
-    from edgekit.model import _call_factory, _example, _import_file, _import_module
-
     try:
-        resolved = _resolve_source(source, Path.cwd())
+        resolved = resolve_source(source, Path.cwd())
     except ConfigError as exc:
         raise ModelError(str(exc).replace("[model] source", "MODEL")) from None
-    if resolved.startswith("example:"):
-        module, weights = _example(resolved.split(":", 1)[1])
-    elif ".py:" in resolved:
-        file_part, factory = resolved.rsplit(":", 1)
-        module = _call_factory(_import_file(Path(file_part)), factory, file_part)
-    else:
-        dotted, factory = resolved.split(":", 1)
-        module = _call_factory(_import_module(dotted), factory, dotted)
+    module, _ = build_module(resolved)
     params = sum(p.numel() for p in module.parameters())
     kinds = Counter(type(m).__name__ for m in module.modules() if not list(m.children()))
     return "\n".join([
@@ -64,6 +53,7 @@ def _describe_torch(source: str) -> str:
 
 
 def describe(model: str) -> str:
+    """A few lines on ``model``: an .onnx path, or a torch source (file.py:factory, module:factory, example:NAME)."""
     if model.endswith(".onnx"):
         path = Path(model)
         if not path.is_file():

@@ -128,7 +128,8 @@ def load_weights(module: Any, path: Path) -> None:
     module.load_state_dict(state, strict=True)
 
 
-def _onnx_specs(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[str, ...]]:
+def onnx_specs(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[str, ...]]:
+    """The graph inputs (initializers excluded) and output names of an ONNX file; ModelError if unreadable."""
     import onnx
 
     try:
@@ -156,6 +157,22 @@ def _example(name: str) -> tuple[Any, Path]:
     return digits.build(), digits.WEIGHTS
 
 
+def _is_file_source(source: str) -> bool:
+    return not source.startswith("example:") and ".py:" in source
+
+
+def build_module(source: str) -> tuple[Any, Path | None]:
+    """Import a resolved torch model source (``example:NAME``, ``file.py:factory``, ``package.module:factory``) and
+    call its factory; returns the module and, for a bundled example, its weights file (else None)."""
+    if source.startswith("example:"):
+        return _example(source.split(":", 1)[1])
+    if _is_file_source(source):
+        file_part, factory = source.rsplit(":", 1)
+        return _call_factory(_import_file(Path(file_part)), factory, str(Path(file_part))), None
+    dotted, factory = source.split(":", 1)
+    return _call_factory(_import_module(dotted), factory, dotted), None
+
+
 def load_model(cfg: ModelConfig) -> SourceModel:
     """Build the SourceModel a config describes: import, construct, load weights, check inputs are declared."""
     source = cfg.source
@@ -163,7 +180,7 @@ def load_model(cfg: ModelConfig) -> SourceModel:
         path = Path(source)
         if not path.is_file():
             raise ModelError(f"ONNX model {path} does not exist")
-        inputs, outputs = _onnx_specs(path)
+        inputs, outputs = onnx_specs(path)
         if cfg.inputs:
             declared = {i.name: i for i in cfg.inputs}
             unknown = [n for n in declared if n not in {s.name for s in inputs}]
@@ -176,20 +193,9 @@ def load_model(cfg: ModelConfig) -> SourceModel:
 
     if not cfg.inputs:
         raise ConfigError("[model] inputs is required for a torch model, e.g. inputs = [{ name = \"image\", shape = [1, 3, 224, 224] }]")
-    weights = cfg.weights
-    if source.startswith("example:"):
-        module, bundled = _example(source.split(":", 1)[1])
-        weights = weights or bundled
-        fingerprint_parts = [source]
-    elif ".py:" in source:
-        file_part, factory = source.rsplit(":", 1)
-        path = Path(file_part)
-        module = _call_factory(_import_file(path), factory, str(path))
-        fingerprint_parts = [file_sha256(path)]
-    else:
-        dotted, factory = source.split(":", 1)
-        module = _call_factory(_import_module(dotted), factory, dotted)
-        fingerprint_parts = [source]
+    module, bundled = build_module(source)
+    weights = cfg.weights or bundled
+    fingerprint_parts = [file_sha256(Path(source.rsplit(":", 1)[0]))] if _is_file_source(source) else [source]
     if weights is not None:
         load_weights(module, Path(weights))
         fingerprint_parts.append(file_sha256(Path(weights)))

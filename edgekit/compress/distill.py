@@ -40,7 +40,7 @@ class DistillSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", tuple(self.features))
-        _check_loop(self.epochs, self.lr, self.batch_size)
+        check_loop(self.epochs, self.lr, self.batch_size)
         if self.temperature <= 0:
             raise ConfigError(f"temperature = {self.temperature} must be > 0, e.g. temperature = 4.0")
         if not 0.0 <= self.alpha <= 1.0:
@@ -52,8 +52,8 @@ class DistillSettings:
             raise ConfigError(f"optimizer = {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}{hint}")
 
 
-def _check_loop(epochs: int, lr: float, batch_size: int) -> None:
-    """Checks shared with the qat settings."""
+def check_loop(epochs: int, lr: float, batch_size: int) -> None:
+    """The training-loop settings checks shared by distill and qat."""
     if epochs < 1:
         raise ConfigError(f"epochs = {epochs} must be at least 1")
     if not lr > 0:
@@ -120,7 +120,7 @@ def _train(
                 s_hidden = s_feats.take()
                 kd = kd_loss(s_out, t_out, s.temperature)
                 labels = usable_labels(batch) if use_labels else None
-                loss = kd if labels is None else s.alpha * kd + (1 - s.alpha) * F.cross_entropy(s_out, _check_labels(labels, s_out))
+                loss = kd if labels is None else s.alpha * kd + (1 - s.alpha) * F.cross_entropy(s_out, check_labels(labels, s_out))
                 for name in s.features:
                     loss = loss + s.feature_weight * F.mse_loss(adapters[_key(name)](s_hidden[name]), t_hidden[name])
                 opt.zero_grad(set_to_none=True)
@@ -189,7 +189,8 @@ def usable_labels(batch: Batch) -> np.ndarray | None:
     return np.asarray(labels)
 
 
-def _check_labels(labels: np.ndarray, logits: torch.Tensor) -> torch.Tensor:
+def check_labels(labels: np.ndarray, logits: torch.Tensor) -> torch.Tensor:
+    """Labels as an int64 tensor, checked to be class ids that fit ``logits`` (DataError otherwise)."""
     target = torch.from_numpy(labels.astype(np.int64))
     if tuple(target.shape) != (logits.shape[0], *logits.shape[2:]):
         raise DataError(f"labels of shape {tuple(target.shape)} do not fit model outputs of shape {tuple(logits.shape)}")

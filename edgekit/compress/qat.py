@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgekit.compress.distill import _check_loop, _check_labels, feed_tensors, first_output, usable_labels
+from edgekit.compress.distill import check_loop, check_labels, feed_tensors, first_output, usable_labels
 from edgekit.errors import ConfigError, DataError
 from edgekit.types import FeedSource
 
@@ -39,7 +39,7 @@ class QATSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_loop(self.epochs, self.lr, self.batch_size)
+        check_loop(self.epochs, self.lr, self.batch_size)
 
 
 class FakeQuant(nn.Module):
@@ -165,7 +165,7 @@ def _tune(
                     target = first_output(reference(*x))
                 loss = F.mse_loss(out, target)
             else:
-                loss = F.cross_entropy(out, _check_labels(usable_labels(batch), out))
+                loss = F.cross_entropy(out, check_labels(usable_labels(batch), out))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -206,7 +206,7 @@ def _cross_entropy(model: nn.Module, train: FeedSource, batch_size: int, names: 
     total, count = 0.0, 0
     for batch in train.batches(batch_size):
         out = first_output(model(*feed_tensors(batch, names)))
-        total += float(F.cross_entropy(out, _check_labels(usable_labels(batch), out), reduction="sum"))
+        total += float(F.cross_entropy(out, check_labels(usable_labels(batch), out), reduction="sum"))
         count += out.shape[0]
     for m in observing:
         m.observe = True

@@ -6,7 +6,7 @@ import html
 import math
 from typing import Any
 
-from edgekit.report.markdown import COLUMNS, _primary, _reference_rows, summary_rows
+from edgekit.report.markdown import COLUMNS, primary_comparison, reference_rows, summary_rows
 
 _BAR_COLORS = {"passed": "#2e7d32", "failed": "#c62828", "unavailable": "#9e9e9e", "error": "#6a1b9a", "reference": "#1565c0"}
 
@@ -33,7 +33,7 @@ def _bars(title: str, unit: str, items: list[tuple[str, float, str]], fmt: str =
 
 def render_html(manifest: dict[str, Any]) -> str:
     """One self-contained page: summary table, charts, and each target's gate verdicts."""
-    rows = _reference_rows(manifest) + summary_rows(manifest)
+    rows = reference_rows(manifest) + summary_rows(manifest)
     table = ["<table>", "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS) + "</tr>"]
     table += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows]
     table.append("</table>")
@@ -42,7 +42,7 @@ def render_html(manifest: dict[str, Any]) -> str:
         latency.append((name, r.get("latency", {}).get("p50_ms"), "reference"))
     for name, t in manifest["targets"].items():
         latency.append((name, t.get("latency", {}).get("p50_ms"), t["status"]))
-        sqnr.append((name, _primary(t.get("metrics", {})).get("worst", {}).get("sqnr_db"), t["status"]))
+        sqnr.append((name, primary_comparison(t.get("metrics", {})).get("worst", {}).get("sqnr_db"), t["status"]))
         size.append((name, (t.get("size", {}).get("bytes") or 0) / 1e6 or None, t["status"]))
     charts = [_bars("p50 latency", "ms, lower is better", latency), _bars("SQNR vs FP32", "dB, higher is better", sqnr, ".1f"),
               _bars("artifact size", "MB", size)]

@@ -26,7 +26,8 @@ def _bytes(n: int | None) -> str:
     return str(n)
 
 
-def _primary(metrics: dict[str, Any]) -> dict[str, Any]:
+def primary_comparison(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The comparison a target is judged by: against torch when measured, else against the ONNX reference."""
     return metrics.get("vs_torch") or metrics.get("vs_onnx") or {}
 
 
@@ -34,7 +35,7 @@ def summary_rows(manifest: dict[str, Any]) -> list[list[str]]:
     rows = []
     for name, t in manifest["targets"].items():
         m = t.get("metrics", {})
-        ref = _primary(m)
+        ref = primary_comparison(m)
         worst = ref.get("worst", {})
         lat = t.get("latency", {})
         size = t.get("size", {})
@@ -57,7 +58,8 @@ def summary_rows(manifest: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def _reference_rows(manifest: dict[str, Any]) -> list[list[str]]:
+def reference_rows(manifest: dict[str, Any]) -> list[list[str]]:
+    """Table rows for the FP32 references (torch, ONNX) the targets are measured against."""
     rows = []
     for name, r in manifest.get("references", {}).items():
         lat = r.get("latency", {})
@@ -67,7 +69,7 @@ def _reference_rows(manifest: dict[str, Any]) -> list[list[str]]:
 
 
 def text_table(manifest: dict[str, Any]) -> str:
-    rows = [list(COLUMNS), *_reference_rows(manifest), *summary_rows(manifest)]
+    rows = [list(COLUMNS), *reference_rows(manifest), *summary_rows(manifest)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -103,7 +105,7 @@ def render_markdown(manifest: dict[str, Any]) -> str:
         f"{val.get('latency_batch', '?')}, threads stated per target, speedup against `ort-fp32` in the same run."
         " Size ratio is against the FP32 reference ONNX.",
         "",
-        _md_table(list(COLUMNS), _reference_rows(manifest) + summary_rows(manifest)),
+        _md_table(list(COLUMNS), reference_rows(manifest) + summary_rows(manifest)),
         "",
     ]
     if any("not the target" in t.get("measured_on", "") for t in manifest["targets"].values()):
