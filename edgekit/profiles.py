@@ -7,16 +7,16 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from edgekit import tables
+from edgekit.backends import names
 from edgekit.config import TargetOverride
 from edgekit.errors import ProfileError, did_you_mean
 from edgekit.resources import targets_dir
+from edgekit.tables import check_keys, coerce, parse_table
 from edgekit.types import Gates, RuntimeSettings, TargetProfile
 
-BACKEND_NAMES = ("ort", "torch_ao", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
-_TOP_KEYS = ("description", "backend", "precision", "device", "host_is_device", "recipe", "runtime", "gates")
-_GATE_KEYS = tuple(f.name for f in dataclasses.fields(Gates))
-_RUNTIME_KEYS = tuple(f.name for f in dataclasses.fields(RuntimeSettings))
+TOP_KEYS = ("description", "backend", "precision", "device", "host_is_device", "recipe", "runtime", "gates")
 
 
 def builtin_names() -> list[str]:
@@ -24,9 +24,9 @@ def builtin_names() -> list[str]:
 
 
 def unknown_key(key: str, valid: tuple[str, ...], where: str) -> ProfileError:
-    """The error for a profile key nobody defined, naming the nearest valid one."""
-    hint = did_you_mean(key, valid, f"; valid keys: {', '.join(valid)}")
-    return ProfileError(f"unknown key '{key}' in {where}{hint}")
+    """The error for a profile key nobody defined, naming the nearest valid one. (Kept until the backends use
+    ``edgekit.tables`` directly.)"""
+    return tables.unknown_key(key, valid, where, ProfileError)
 
 
 def check_recipe_keys(profile: TargetProfile, recipe_class: type) -> None:
@@ -37,50 +37,37 @@ def check_recipe_keys(profile: TargetProfile, recipe_class: type) -> None:
         raise ProfileError(f"target '{profile.name}' recipe has unknown key(s) {unknown}; valid: {sorted(known)}")
 
 
-def _dataclass_from(cls: type, values: dict[str, Any], base: Any, where: str) -> Any:
-    valid = tuple(f.name for f in dataclasses.fields(cls))
-    types = {f.name: f.type for f in dataclasses.fields(cls)}
-    clean = {}
-    for key, value in values.items():
-        if key not in valid:
-            raise unknown_key(key, valid, where)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise ProfileError(f"{where} {key} must be a number, got {value!r}")
-        if "int" in str(types[key]) and "float" not in str(types[key]) and not isinstance(value, int):
-            raise ProfileError(f"{where} {key} must be an integer, got {value!r}")
-        clean[key] = value
-    return dataclasses.replace(base, **clean)
+def _checked_runtime(runtime: RuntimeSettings, where: str) -> RuntimeSettings:
+    if runtime.threads < 1 or runtime.runs < 1 or runtime.warmup < 0:
+        raise ProfileError(f"{where}: threads and runs must be >= 1, warmup >= 0")
+    return runtime
 
 
 def parse_profile(name: str, raw: dict[str, Any], source: str) -> TargetProfile:
     """Check one profile document and build the TargetProfile."""
     where = f"target profile '{name}' ({source})"
-    for key in raw:
-        if key not in _TOP_KEYS:
-            raise unknown_key(key, _TOP_KEYS, where)
+    check_keys(raw, TOP_KEYS, where, ProfileError)
     for key in ("backend", "precision", "device"):
         if not isinstance(raw.get(key), str):
             raise ProfileError(f"{where} needs '{key}' as a string")
-    if raw["backend"] not in BACKEND_NAMES:
-        raise ProfileError(f"{where}: backend = {raw['backend']!r} is not one of {', '.join(BACKEND_NAMES)}")
+    if raw["backend"] not in names():
+        raise ProfileError(f"{where}: backend = {raw['backend']!r} is not one of {', '.join(names())}")
     if raw["precision"] not in PRECISIONS:
         raise ProfileError(f"{where}: precision = {raw['precision']!r} is not one of {', '.join(PRECISIONS)}")
     for key in ("recipe", "runtime", "gates"):
         if not isinstance(raw.get(key, {}), dict):
             raise ProfileError(f"{where}: [{key}] must be a table")
-    runtime = _dataclass_from(RuntimeSettings, raw.get("runtime", {}), RuntimeSettings(), f"{where} [runtime]")
-    gates = _dataclass_from(Gates, raw.get("gates", {}), Gates(), f"{where} [gates]")
-    if runtime.threads < 1 or runtime.runs < 1 or runtime.warmup < 0:
-        raise ProfileError(f"{where} [runtime]: threads and runs must be >= 1, warmup >= 0")
+    runtime = parse_table(RuntimeSettings, raw.get("runtime", {}), f"{where} [runtime]", ProfileError)
+    gates = parse_table(Gates, raw.get("gates", {}), f"{where} [gates]", ProfileError)
     return TargetProfile(
         name=name,
         backend=raw["backend"],
         precision=raw["precision"],
         device=raw["device"],
-        description=str(raw.get("description", "")),
-        host_is_device=bool(raw.get("host_is_device", True)),
+        description=coerce(raw.get("description", ""), str, f"{where} description", ProfileError),
+        host_is_device=coerce(raw.get("host_is_device", True), bool, f"{where} host_is_device", ProfileError),
         recipe=dict(raw.get("recipe", {})),
-        runtime=runtime,
+        runtime=_checked_runtime(runtime, f"{where} [runtime]"),
         gates=gates,
         source=source,
     )
@@ -112,8 +99,11 @@ def load_profile(name: str, override: TargetOverride | None = None) -> TargetPro
     where = f"[targets.{name}]"
     return dataclasses.replace(
         profile,
-        gates=_dataclass_from(Gates, override.gates, profile.gates, f"{where} gates"),
-        runtime=_dataclass_from(RuntimeSettings, override.runtime, profile.runtime, f"{where} runtime"),
+        gates=parse_table(Gates, override.gates, f"{where} gates", ProfileError, base=profile.gates),
+        runtime=_checked_runtime(
+            parse_table(RuntimeSettings, override.runtime, f"{where} runtime", ProfileError, base=profile.runtime),
+            f"{where} runtime",
+        ),
         recipe={**profile.recipe, **override.recipe},
     )
 

@@ -61,6 +61,12 @@ def parse_table(cls: type[T], table: Any, where: str, error: type[EdgekitError] 
         raise error(f"{where}: {exc}") from None
 
 
+def to_table(settings: Any) -> dict[str, Any]:
+    """A settings dataclass as the TOML table ``parse_table`` reads back: tuples as lists, unset (None) values left
+    out, fields that are not ``__init__`` arguments (a discriminator such as ``method``) kept."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items() if v is not None}
+
+
 def coerce(value: Any, hint: Any, where: str, error: type[EdgekitError] = ConfigError) -> Any:
     """Check one TOML value against a field's type hint; ints are accepted as floats, lists become tuples."""
     args = typing.get_args(hint)

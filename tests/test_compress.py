@@ -1,8 +1,9 @@
-"""The compress registry: parsing [[compress]] tables strictly, and apply_step's measured record."""
+"""The compress registry: parsing [[compress]] tables strictly, and run_step on a copy of the model."""
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 
 import pytest
@@ -16,8 +17,10 @@ from edgekit.compress import (
     LowRankSettings,
     PruneSettings,
     QATSettings,
-    apply_step,
     parse_step,
+    parse_steps,
+    run_step,
+    settings_table,
 )
 from edgekit.errors import ConfigError
 
@@ -102,27 +105,53 @@ class Mlp(nn.Module):
         return self.out(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
 
 
-def test_apply_step_measures_and_leaves_the_teacher_untouched():
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _bytes(model: nn.Module) -> int:
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.tell()
+
+
+@torch.no_grad()
+def _rel_error(model: nn.Module, reference: nn.Module, x: torch.Tensor) -> float:
+    y, y_ref = model(x), reference(x)
+    return float((y - y_ref).norm() / y_ref.norm())
+
+
+def test_run_step_shrinks_a_copy_and_leaves_the_teacher_untouched():
     torch.manual_seed(0)
     teacher = Mlp().eval()
     snapshot = {k: v.clone() for k, v in teacher.state_dict().items()}
-    ctx = CompressContext(example_inputs=(torch.randn(8, 32),), teacher=teacher)
-    model, record = apply_step(teacher, parse_step({"method": "prune", "amount": 0.5}, 0), ctx)
-    model, record2 = apply_step(model, parse_step({"method": "low_rank", "rank_ratio": 0.25}, 1), ctx)
+    x = torch.randn(8, 32)
+    ctx = CompressContext(example_inputs=(x,), teacher=teacher)
+    pruned, report = run_step(teacher, parse_step({"method": "prune", "amount": 0.5}, 0), ctx)
+    factored, report2 = run_step(pruned, parse_step({"method": "low_rank", "rank_ratio": 0.25}, 1), ctx)
 
-    json.dumps([record, record2])  # the manifest stores it as is
-    assert record["method"] == "prune" and record2["method"] == "low_rank"
-    assert record["params_after"] < record["params_before"] == sum(p.numel() for p in teacher.parameters())
-    assert record["bytes_after"] < record["bytes_before"]
-    assert record["rel_error_before"] == 0.0 and 0.0 < record["rel_error_after"] < 1.5
-    assert record2["params_before"] == record["params_after"] and record2["params_after"] < record2["params_before"]
-    assert record2["rel_error_before"] == record["rel_error_after"]
+    json.dumps([report, report2])  # the manifest stores the reports as they are
+    assert not pruned.training and not factored.training
+    assert _params(factored) < _params(pruned) < _params(teacher)
+    assert _bytes(factored) < _bytes(pruned) < _bytes(teacher)
+    assert 0.0 < _rel_error(pruned, teacher, x) < 1.5
+    assert _rel_error(factored, teacher, x) > 0.0
     assert all(torch.equal(v, snapshot[k]) for k, v in teacher.state_dict().items())
-    assert model(torch.randn(3, 32)).shape == (3, 4)
+    assert factored(torch.randn(3, 32)).shape == (3, 4)
 
 
-def test_apply_step_training_methods_need_training_data():
+def test_run_step_training_methods_need_training_data():
     ctx = CompressContext(example_inputs=(torch.randn(2, 32),), teacher=Mlp())
     for method in ("distill", "qat"):
         with pytest.raises(ConfigError, match=r"\[train\]"):
-            apply_step(Mlp(), parse_step({"method": method}, 0), ctx)
+            run_step(Mlp(), parse_step({"method": method}, 0), ctx)
+
+
+def test_parse_steps_checks_what_the_steps_need_from_the_config():
+    steps = parse_steps([{"method": "prune"}, {"method": "qat"}], has_train=True)
+    assert [s.method for s in steps] == ["prune", "qat"]
+    assert [settings_table(s) for s in steps] == [settings_table(PruneSettings()), settings_table(QATSettings())]
+    with pytest.raises(ConfigError, match=r"#2 method = 'qat' needs training data"):
+        parse_steps([{"method": "prune"}, {"method": "qat"}])
+    with pytest.raises(ConfigError, match="works on a torch model"):
+        parse_steps([{"method": "prune"}], onnx_source=True)

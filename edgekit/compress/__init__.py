@@ -5,11 +5,6 @@ A ``[[compress]]`` table becomes frozen settings (``parse_step``); the same meth
 
 from __future__ import annotations
 
-import dataclasses
-import io
-import logging
-import types
-import typing
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -21,6 +16,7 @@ from edgekit.compress.low_rank import LowRankSettings, check_patterns, low_rank
 from edgekit.compress.prune import PruneSettings, excluded_modules, prune
 from edgekit.compress.qat import QATSettings, qat
 from edgekit.errors import ConfigError, did_you_mean
+from edgekit.tables import parse_table, to_table
 from edgekit.types import FeedSource
 
 __all__ = [
@@ -32,19 +28,17 @@ __all__ = [
     "QATSettings",
     "StepSettings",
     "StepSpec",
-    "apply_step",
     "check_step",
     "distill",
     "low_rank",
     "parse_step",
+    "parse_steps",
     "prune",
     "qat",
     "run_step",
     "settings_table",
     "spec_of",
 ]
-
-log = logging.getLogger(__name__)
 
 StepSettings = PruneSettings | LowRankSettings | DistillSettings | QATSettings
 
@@ -132,48 +126,25 @@ def parse_step(table: dict[str, Any], index: int) -> StepSettings:
     method = table["method"]
     if method not in STEPS:
         raise ConfigError(f"{where} method = {method!r} is not one of {', '.join(STEPS)}{did_you_mean(method, STEPS)}")
-    cls = STEPS[method].settings
-    where = f"{where} (method = '{method}')"
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    hints = typing.get_type_hints(cls)
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        if key == "method":
-            continue
-        if key not in fields:
-            hint = did_you_mean(key, fields, f"; valid keys: {', '.join(fields)}")
-            raise ConfigError(f"unknown key '{key}' in {where}{hint}")
-        values[key] = _coerce(value, hints[key], f"{where} {key}")
-    try:
-        return cls(**values)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+    return parse_table(STEPS[method].settings, table, f"{where} (method = '{method}')", skip=("method",))
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check a TOML value against a settings field's type; lists become tuples so settings stay frozen."""
-    args = typing.get_args(hint)
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        kinds = [a for a in args if a is not type(None)]
-        for kind in kinds:
-            try:
-                return _coerce(value, kind, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where} must be {' or '.join(_name(k) for k in kinds)}, got {value!r}")
-    if typing.get_origin(hint) is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a list of {_name(args[0])}, e.g. [\"fc*\"], got {value!r}")
-        return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, bool) and hint is not bool or not isinstance(value, hint):
-        raise ConfigError(f"{where} must be {_name(hint)}, got {value!r}")
-    return value
-
-
-def _name(kind: Any) -> str:
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(kind, str(kind))
+def parse_steps(tables: list[Any], onnx_source: bool = False, has_train: bool = False) -> tuple[StepSettings, ...]:
+    """Every ``[[compress]]`` table, checked against what the steps need from the rest of the config: a torch
+    model (not ``onnx_source``), and ``[train]`` data (``has_train``) for the training methods."""
+    if tables and onnx_source:
+        raise ConfigError(
+            "[[compress]] works on a torch model, but [model] source is an ONNX file; remove [[compress]] "
+            "or give the torch model (file.py:factory) instead"
+        )
+    steps = tuple(parse_step(t, i) for i, t in enumerate(tables))
+    for i, step in enumerate(steps):
+        if STEPS[step.method].needs_train and not has_train:
+            raise ConfigError(
+                f"[[compress]] #{i + 1} method = '{step.method}' needs training data: add a [train] section, "
+                "e.g. [train] data = \"train.npz\" (labels = \"labels\" adds the hard-label loss)"
+            )
+    return steps
 
 
 def check_step(settings: StepSettings, model: nn.Module, index: int) -> None:
@@ -207,67 +178,10 @@ def spec_of(settings: StepSettings) -> StepSpec:
 
 def settings_table(settings: StepSettings) -> dict[str, Any]:
     """The settings as a ``[[compress]]`` table (lists for tuples, unset options left out): ``parse_step`` reads it back."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items() if v is not None}
+    return to_table(settings)
 
 
 def run_step(model: nn.Module, settings: StepSettings, ctx: CompressContext) -> tuple[nn.Module, dict[str, Any]]:
     """Run one step on a copy of ``model`` (the argument is untouched); return the new model, in eval mode, and the method's report."""
     new_model, report = spec_of(settings).run(model, settings, ctx)
     return new_model.eval(), report
-
-
-def apply_step(model: nn.Module, settings: StepSettings, ctx: CompressContext) -> tuple[nn.Module, dict[str, Any]]:
-    """Run one step on a copy of ``model``; return the new model and a JSON-able record of what changed.
-
-    The record holds the method's own report plus, measured here in torch: parameter count, serialized
-    state-dict bytes, and the output error against the teacher (or, without one, the step's input model)
-    on ``ctx.example_inputs``, before and after the step. (A build measures more: see ``compress.run``.)
-    """
-    spec = spec_of(settings)
-    reference = ctx.teacher if ctx.teacher is not None else model
-    before = _measure(model, reference, ctx.example_inputs)
-    new_model, report = run_step(model, settings, ctx)
-    after = _measure(new_model, reference, ctx.example_inputs)
-    record: dict[str, Any] = {"method": spec.name, **report}
-    for key in before:
-        record[f"{key}_before"] = before[key]
-        record[f"{key}_after"] = after[key]
-    log.info(
-        "%s: params %d -> %d, output rel. error vs teacher %.4g -> %.4g",
-        spec.name, before["params"], after["params"], before["rel_error"], after["rel_error"],
-    )
-    return new_model, record
-
-
-def _measure(model: nn.Module, reference: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> dict[str, Any]:
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    params = sum(p.numel() for p in model.parameters())
-    return {"params": int(params), "bytes": buf.tell(), "rel_error": _rel_error(model, reference, example_inputs)}
-
-
-@torch.no_grad()
-def _rel_error(model: nn.Module, reference: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> float:
-    """||y - y_ref|| / ||y_ref|| over all float outputs, both models in eval mode (modes restored after)."""
-    if model is reference:
-        return 0.0
-    modes = [(m, m.training) for m in (model, reference)]
-    try:
-        model.eval()
-        reference.eval()
-        y, y_ref = _flat(model(*example_inputs)), _flat(reference(*example_inputs))
-    finally:
-        for m, training in modes:
-            m.train(training)
-    if y.shape != y_ref.shape:
-        return float("nan")
-    return round(float((y - y_ref).norm() / y_ref.norm().clamp_min(1e-12)), 6)
-
-
-def _flat(out: Any) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out.detach().float().flatten()
-    if isinstance(out, dict):
-        out = list(out.values())
-    return torch.cat([_flat(o) for o in out if isinstance(o, (torch.Tensor, list, tuple, dict))])
-
