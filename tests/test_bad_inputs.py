@@ -16,6 +16,17 @@ from edgekit.cli import main
 
 CASES = sorted((Path(__file__).parent / "bad_inputs").glob("*.toml"))
 
+# Recipe keys are checked by each backend's recipe parser, which the backends split rewrites on edgekit.tables;
+# until that lands these cases get today's message (or none). Remove a name here once its case passes.
+PENDING_RECIPE_PARSER = {"recipe_ort_key_typo", "recipe_ort_key_of_other_mode", "recipe_torch_ao_key_typo"}
+
+
+def _param(case: Path):
+    if case.stem in PENDING_RECIPE_PARSER:
+        mark = pytest.mark.xfail(strict=False, reason="recipe parsing lands with the backends split")
+        return pytest.param(case, id=case.stem, marks=mark)
+    return pytest.param(case, id=case.stem)
+
 
 def _header(case: Path) -> tuple[str, str]:
     expect, args = None, "build {config} -o {out}"
@@ -30,7 +41,7 @@ def _header(case: Path) -> tuple[str, str]:
     return expect, args
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.stem for c in CASES])
+@pytest.mark.parametrize("case", [_param(c) for c in CASES])
 def test_bad_input_exits_2_with_one_clear_line(case, sandbox, capsys, monkeypatch):
     expect, args = _header(case)
     shutil.copy(case, sandbox / "case.toml")
