@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,9 +247,16 @@ def parse_config(raw: dict[str, Any], base: Path, path: Path | None = None) -> B
     return cfg
 
 
-def load_config(path: str | Path) -> BuildConfig:
-    """Read and check a build configuration file."""
-    path = Path(path)
+def load_config(config: str | Path | Mapping[str, Any] | BuildConfig, base: str | Path | None = None) -> BuildConfig:
+    """Read and check a build configuration: a TOML file, or the same tables as a dict (relative paths then resolve
+    against ``base``, default the current directory). A BuildConfig is returned as it is."""
+    if isinstance(config, BuildConfig):
+        return config
+    if isinstance(config, Mapping):
+        return parse_config(copy.deepcopy(dict(config)), Path(base if base is not None else Path.cwd()).resolve())
+    if not isinstance(config, (str, Path)):
+        raise ConfigError(f"a config is a TOML file path, a dict of its tables or a BuildConfig, got {type(config).__name__}")
+    path = Path(config)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
