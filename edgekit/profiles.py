@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -122,3 +124,40 @@ def profile_to_dict(profile: TargetProfile) -> dict[str, Any]:
         "gates": {k: v for k, v in dataclasses.asdict(profile.gates).items() if v is not None},
         "source": profile.source,
     }
+
+
+def profile_to_toml(profile: TargetProfile) -> str:
+    """The resolved profile as a profile file: edit it and pass it back with ``[targets.NAME] profile = "FILE"``."""
+    d = profile_to_dict(profile)
+    lines = [
+        f"# target profile '{profile.name}', resolved from {profile.source or 'code'}",
+        f"# use it with: [targets.{profile.name}] profile = \"this-file.toml\"",
+        "",
+    ]
+    lines += [f"{key} = {_toml_value(d[key], key)}" for key in ("description", "backend", "precision", "device", "host_is_device")]
+    for table in ("recipe", "runtime", "gates"):
+        lines += ["", *_toml_table(table, d[table])]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_table(name: str, table: dict[str, Any]) -> list[str]:
+    lines = [f"[{name}]"]
+    lines += [f"{k} = {_toml_value(v, f'{name}.{k}')}" for k, v in table.items() if not isinstance(v, dict)]
+    for k, v in table.items():
+        if isinstance(v, dict):
+            lines += ["", *_toml_table(f"{name}.{k}", v)]
+    return lines
+
+
+def _toml_value(value: Any, where: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v, where) for v in value) + "]"
+    raise ProfileError(f"{where} = {value!r} cannot be written as TOML")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,43 @@ def test_user_profile_file(tmp_path):
 def test_profile_with_bad_backend():
     with pytest.raises(ProfileError, match="backend = 'cuda' is not one of"):
         parse_profile("x", {"backend": "cuda", "precision": "fp32", "device": "d"}, "test")
+
+
+@pytest.mark.parametrize("name", builtin_names())
+def test_targets_show_writes_a_profile_that_loads_back_as_the_builtin(name, tmp_path, capsys):
+    from edgekit.cli import main
+    from edgekit.config import TargetOverride
+
+    written = tmp_path / f"{name}.toml"
+    assert main(["targets", "show", name, "--write", str(written)]) == 0
+    assert f"wrote {written}" in capsys.readouterr().out
+    again = load_profile(name, TargetOverride(profile=written))
+    builtin = load_profile(name)
+    assert again.source == str(written)
+    assert dataclasses.replace(again, source=builtin.source) == builtin
+
+
+def test_targets_show_json_is_only_json(capsys, tmp_path):
+    import json
+
+    from edgekit.cli import main
+
+    assert main(["targets", "show", "torch-qnnpack", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)  # the whole of stdout parses
+    assert shown["name"] == "torch-qnnpack" and shown["recipe"]["engine"] == "qnnpack"
+    assert set(shown["available_here"]) == {"ok", "reason", "hint"}
+    assert main(["targets", "show", "ort-int8", "--json", "-o", str(tmp_path / "p.toml")]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["recipe"]["mode"] == "static" and "wrote" in captured.err
+    assert main(["targets", "--json"]) == 2
+
+
+def test_a_user_profile_file_gets_the_same_strict_checks(tmp_path):
+    from edgekit.config import TargetOverride
+
+    (tmp_path / "mine.toml").write_text('backend = "ort"\nprecision = "int8"\ndevice = "d"\n[runtime]\nthread = 1\n')
+    with pytest.raises(ProfileError, match=r"unknown key 'thread' in target profile 'mine' \(.*mine.toml\) \[runtime\]; did you mean 'threads'"):
+        load_profile("mine", TargetOverride(profile=tmp_path / "mine.toml"))
+    (tmp_path / "mine.toml").write_text('backend = "onnxruntime"\nprecision = "int8"\ndevice = "d"\n')
+    with pytest.raises(ProfileError, match="backend = 'onnxruntime' is not one of ort, tensorrt, torch_ao"):
+        load_profile("mine", TargetOverride(profile=tmp_path / "mine.toml"))

@@ -12,7 +12,8 @@ from edgekit.console import Console
 from edgekit.errors import EdgekitError, UsageError
 from edgekit.manifest import Manifest, read_manifest
 from edgekit.pipeline import BuildOptions, build, validate
-from edgekit.profiles import builtin_names, load_profile, profile_to_dict
+from edgekit.fsutil import atomic_write_text
+from edgekit.profiles import builtin_names, load_profile, profile_to_dict, profile_to_toml
 from edgekit.report import render_html, render_markdown, text_table
 from edgekit.resources import calibration_dir
 
@@ -78,12 +79,22 @@ def cmd_targets(args: argparse.Namespace, console: Console) -> int:
         if not args.name:
             raise UsageError("`edgekit targets show` needs a NAME; `edgekit targets` lists them")
         profile = load_profile(args.name)
-        console.result(json.dumps(profile_to_dict(profile), indent=2))
         avail = get_backend(profile.backend).availability(profile)
-        console.result(f"available here: {'yes' if avail.ok else 'no: ' + avail.reason}")
+        if args.write is not None:
+            atomic_write_text(args.write, profile_to_toml(profile))
+            wrote = f"wrote {args.write}; edit it, then build with [targets.{args.name}] profile = \"{args.write}\""
+            console.note(wrote) if args.json else console.result(wrote)
+        if args.json:
+            available = {"ok": avail.ok, "reason": avail.reason, "hint": avail.hint}
+            console.result(json.dumps({**profile_to_dict(profile), "available_here": available}, indent=2))
+        elif args.write is None:
+            console.result(json.dumps(profile_to_dict(profile), indent=2))
+            console.result(f"available here: {'yes' if avail.ok else 'no: ' + avail.reason}")
         return 0
     if args.name:
         raise UsageError(f"unexpected argument {args.name!r}; did you mean `edgekit targets show {args.name}`?")
+    if args.json or args.write is not None:
+        raise UsageError("--json and --write go with one profile: `edgekit targets show NAME --json`")
     rows = []
     for name in builtin_names():
         profile = load_profile(name)
@@ -104,8 +115,6 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
-    from edgekit.fsutil import atomic_write_text
-
     manifest = json.loads(json.dumps(read_manifest(args.dir).to_dict(), default=str))
     atomic_write_text(args.dir / "report.md", render_markdown(manifest))
     console.result(text_table(manifest))

@@ -59,9 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--data", type=Path, metavar="PATH", help="validate on this data instead of the config's [validation] data")
 
     t = sub.add_parser("targets", help="list the built-in target profiles; `targets show NAME` prints one",
-                       description="List built-in target profiles, or print one resolved profile as TOML-like text.")
+                       description="List built-in target profiles, or print one resolved profile and whether it runs "
+                       "here. `targets show NAME --write FILE.toml` writes it as a profile file to edit and pass back "
+                       "with [targets.NAME] profile = \"FILE.toml\".")
     t.add_argument("action", nargs="?", choices=["show"], help="show one profile")
     t.add_argument("name", nargs="?", help="the profile to show")
+    t.add_argument("--json", action="store_true", help="print only JSON: the resolved profile and 'available_here'")
+    t.add_argument("-o", "--write", type=Path, metavar="FILE.toml", help="write the resolved profile as an editable TOML profile file")
 
     i = sub.add_parser("inspect", help="describe a model: inputs, outputs, ops, params, size, opset",
                        description="Describe an ONNX file, or a torch model given as file.py:factory / module:factory / "
