@@ -28,8 +28,7 @@ class QATSettings:
     """The fine-tuning loop under fake quantization.
 
     ``lr`` is small on purpose: Adam moves every weight by about ``lr`` per step whatever its gradient, and the
-    int8 grid step of a weight is max|w|/127; on the digits CNN lr 1e-4 made the int8 error worse after two
-    epochs, 1e-5 and 3e-5 cut it by 30%.
+    int8 grid step of a weight is max|w|/127 (docs/compression.md, "qat", has the measurement behind the default).
     """
 
     method: str = field(default="qat", init=False)
