@@ -9,7 +9,7 @@ from typing import Any
 
 from edgekit.config import load_config, parse_config
 from edgekit.console import Console
-from edgekit.errors import EdgekitError, UsageError
+from edgekit.errors import UsageError
 from edgekit.manifest import Manifest, read_manifest
 from edgekit.pipeline import BuildOptions, build, validate
 from edgekit.fsutil import atomic_write_text
@@ -131,6 +131,3 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     console.step(f"running {args.model_a.name} and {args.model_b.name} on the same inputs")
     console.result(render(compare_models(args.model_a, args.model_b, args.data)))
     return 0
-
-
-__all__ = ["EdgekitError"]
