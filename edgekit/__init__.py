@@ -14,7 +14,7 @@ from edgekit.errors import (
     WeightsError,
 )
 from edgekit.manifest import Manifest
-from edgekit.pipeline import BuildOptions, build, validate
+from edgekit.pipeline import BuildOptions, build, revalidate
 from edgekit.types import Artifact, Reference, SourceModel, TargetProfile, TargetResult, TensorSpec
 
 __version__ = "0.1.0"
@@ -41,5 +41,5 @@ __all__ = sorted([
     "WeightsError",
     "build",
     "load_config",
-    "validate",
+    "revalidate",
 ])
