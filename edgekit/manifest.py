@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import EdgekitError, TamperError
+from edgekit.model import file_sha256
 from edgekit.profiles import parse_profile, profile_to_dict
 from edgekit.types import (Artifact, ArtifactFile, FeedSource, GateVerdict, Metrics, SizeInfo, TargetLatency, TargetProfile,
                            TargetResult)
@@ -90,8 +91,6 @@ def input_hashes(
     model_fingerprint: str, weights: Path | None, feeds: dict[str, FeedSource | None], profiles: dict[str, TargetProfile]
 ) -> dict[str, Any]:
     """The manifest's ``inputs``: the model, its weights file, every data section opened, every resolved profile."""
-    from edgekit.model import file_sha256
-
     hashes: dict[str, Any] = {"model": model_fingerprint}
     if weights is not None:
         hashes["weights"] = file_sha256(weights)

@@ -26,7 +26,7 @@ from edgekit.console import Progress, Silent
 from edgekit.data import open_feed, overlap
 from edgekit.errors import ConfigError
 from edgekit.export import example_inputs, make_reference
-from edgekit.types import Feed, FeedSource, SourceModel, TensorSpec
+from edgekit.types import FeedSource, SourceModel, TensorSpec
 from edgekit.validate.latency import Timed, interleaved
 from edgekit.validate.run import TorchRunner, ValidationData, latency_feed, observe, validation_data
 
