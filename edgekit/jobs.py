@@ -53,6 +53,13 @@ class WorkerInputs:
     calibration: DataConfig | None
 
 
+def calibration_settings(cfg: DataConfig | None) -> CalibrationSettings:
+    """The [calibration] section's settings every INT8 target shares (defaults without one)."""
+    if cfg is None:
+        return CalibrationSettings()
+    return CalibrationSettings(method=cfg.method, samples=cfg.samples or 256, percentile=cfg.percentile, batch_size=cfg.batch_size)
+
+
 def build_target(job: TargetJob, source: SourceModel, calibration: FeedSource | None, recipe: object = None) -> Built:
     """Build one target; a backend failure (not bad input, which raises) is this target's error."""
     start = time.perf_counter()

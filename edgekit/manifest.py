@@ -1,4 +1,4 @@
-"""The manifest: versions, resolved config, input hashes, per-target results; it owns the exit-code rule."""
+"""The manifest: versions, resolved config, input hashes, per-target results; read, verified and written here."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import EdgekitError, TamperError
+from edgekit.fsutil import atomic_write_json, atomic_write_text
 from edgekit.model import file_sha256
 from edgekit.profiles import parse_profile, profile_to_dict
+from edgekit.report import render_markdown
 from edgekit.types import (Artifact, ArtifactFile, FeedSource, GateVerdict, Metrics, SizeInfo, TargetLatency, TargetProfile,
                            TargetResult)
 from edgekit.validate.verdict import exit_code
@@ -175,3 +177,13 @@ def verify_files(root: Path, files: list[ArtifactFile]) -> None:
                 f"{path} was modified after the build (sha256 {actual.sha256[:12]}… != manifest {f.sha256[:12]}…); "
                 "rebuild with edgekit build"
             )
+
+
+def write_outputs(root: Path, manifest: Manifest) -> None:
+    """Write the manifest, each target's metrics.json and the report into the output directory ``root``."""
+    data = manifest.to_dict()
+    for name, result in manifest.results.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(root / name / "metrics.json", {"target": name, **result_to_dict(result)})
+    atomic_write_json(root / MANIFEST, data)
+    atomic_write_text(root / "report.md", render_markdown(json.loads(json.dumps(data, default=str))))

@@ -8,26 +8,23 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.backends import CalibrationSettings, get_backend
+from edgekit.backends import get_backend
 from edgekit.config import BuildConfig, DataConfig, parse_config, resolved_dict
 from edgekit.console import Progress, Silent
 from edgekit.data import open_feed, overlap
 from edgekit.errors import ConfigError, TargetUnavailableError, UsageError
 from edgekit.export import make_reference
-from edgekit.fsutil import atomic_write_json, atomic_write_text
-from edgekit.jobs import Built, TargetJob, WorkerInputs, build_in_workers, build_target
-from edgekit.manifest import (MANIFEST, Manifest, input_hashes, library_versions, profile_from_dict, read_manifest,
-                              result_to_dict, verify_files)
+from edgekit.jobs import Built, TargetJob, WorkerInputs, build_in_workers, build_target, calibration_settings
+from edgekit.manifest import (Manifest, input_hashes, library_versions, profile_from_dict, read_manifest, verify_files,
+                              write_outputs)
 from edgekit.model import load_model
 from edgekit.outdir import check_output_dir, make_staging, promote
 from edgekit.profiles import load_profile, profile_to_dict
-from edgekit.report import render_markdown
 from edgekit.types import ArtifactFile, FeedSource, Reference, SourceModel, TargetProfile, TargetResult
 from edgekit.validate.measure import ReferenceTiming, measure
 from edgekit.validate.run import ValidationData, validation_data
@@ -154,13 +151,13 @@ def _build_into(root: Path, p: Plan, options: BuildOptions, progress: Progress) 
                       cfg.model.task, progress, options.reference_timing)
     else:
         manifest.validation = {"description": "not validated (--no-validate)", "samples": 0}
-    _write_outputs(root, manifest)
+    write_outputs(root, manifest)
     return manifest
 
 
 def _build_targets(root: Path, p: Plan, reference: Reference, source: SourceModel, jobs: int, progress: Progress) -> dict[str, TargetResult]:
     """Build every available target (and every host proxy); in ``jobs`` worker processes when more than one."""
-    settings = _calibration_settings(p.cfg.calibration)
+    settings = calibration_settings(p.cfg.calibration)
     todo: list[TargetJob] = []
     for name, profile in p.profiles.items():
         (root / name).mkdir(parents=True, exist_ok=True)
@@ -233,7 +230,7 @@ def revalidate(root: Path, targets: tuple[str, ...] = (), data: Path | None = No
     manifest.results.update(sub.results)
     manifest.validation, manifest.references = sub.validation, sub.references
     manifest.versions = library_versions()
-    _write_outputs(root, manifest)
+    write_outputs(root, manifest)
     return manifest
 
 
@@ -251,15 +248,6 @@ def _measure_into(root: Path, manifest: Manifest, reference: Reference, torch_so
         m.apply(manifest.results[name], unavailable=artifacts[name].proxy)
 
 
-def _write_outputs(root: Path, manifest: Manifest) -> None:
-    data = manifest.to_dict()
-    for name, result in manifest.results.items():
-        (root / name).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(root / name / "metrics.json", {"target": name, **result_to_dict(result)})
-    atomic_write_json(root / MANIFEST, data)
-    atomic_write_text(root / "report.md", render_markdown(json.loads(json.dumps(data, default=str))))
-
-
 def _shapes(cfg: BuildConfig, source: SourceModel) -> dict[str, tuple[int, ...]]:
     return {i.name: i.shape for i in cfg.model.inputs} or {s.name: s.example_shape() for s in source.inputs}
 
@@ -269,9 +257,3 @@ def _select_targets(cfg: BuildConfig, requested: tuple[str, ...]) -> tuple[str, 
         if name not in cfg.targets:
             raise UsageError(f"--target {name!r} is not used by this config; it uses: {', '.join(cfg.targets)}")
     return tuple(requested) if requested else cfg.targets
-
-
-def _calibration_settings(cfg: DataConfig | None) -> CalibrationSettings:
-    if cfg is None:
-        return CalibrationSettings()
-    return CalibrationSettings(method=cfg.method, samples=cfg.samples or 256, percentile=cfg.percentile, batch_size=cfg.batch_size)
