@@ -10,6 +10,7 @@ import pytest
 from edgekit.cli.commands import demo_config
 from edgekit.config import parse_config
 from edgekit.errors import UsageError
+from edgekit.jobs import build_in_workers
 from edgekit.pipeline import BuildOptions, build
 
 TARGETS = ("ort-int8", "torch-fbgemm")
@@ -22,10 +23,21 @@ def _digests(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
-def test_two_workers_build_byte_identical_artifacts(tmp_path):
+def test_two_workers_build_byte_identical_artifacts(tmp_path, monkeypatch):
+    import edgekit.pipeline
+
+    pools = []
+
+    def spy(jobs, inputs, workers):  # the real worker pool, recorded
+        pools.append(workers)
+        return build_in_workers(jobs, inputs, workers)
+
+    monkeypatch.setattr(edgekit.pipeline, "build_in_workers", spy)
     cfg = parse_config(demo_config(), Path.cwd())
     one = build(cfg, BuildOptions(out=tmp_path / "one", targets=TARGETS, validate=False, jobs=1))
+    assert pools == []
     two = build(cfg, BuildOptions(out=tmp_path / "two", targets=TARGETS, validate=False, jobs=2))
+    assert pools == [2]
     for name in TARGETS:
         assert one.results[name].status == two.results[name].status == "passed"
         assert one.results[name].artifact.files == two.results[name].artifact.files
