@@ -53,7 +53,7 @@ def revalidate(
 ) -> Manifest:
     """Check every artifact's sha256 in the build folder ``out`` (TamperError if one changed), then measure the
     artifacts again (on ``data`` instead of the config's [validation] data, when given) and rewrite the manifest."""
-    return pipeline.validate(Path(out), tuple(targets), Path(data) if data is not None else None, _progress(progress))
+    return pipeline.revalidate(Path(out), tuple(targets), Path(data) if data is not None else None, _progress(progress))
 
 
 def with_overrides(

@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
-from typing import TextIO
+from typing import Protocol, TextIO
+
+
+class Progress(Protocol):
+    """What the pipeline, the validator and compress report while they work; Console and Silent implement it."""
+
+    def step(self, text: str) -> None:
+        """A long step starts."""
+
+    def advance(self, label: str, done: int, total: int) -> None:
+        """Progress within a step: ``done`` of ``total``."""
+
+    def warn(self, text: str) -> None:
+        """Something the user should know about the result."""
+
+    def note(self, text: str) -> None:
+        """A one-line message that is not a warning."""
 
 
 class Console:
@@ -38,7 +55,7 @@ class Console:
         self._close_line()
         print(f"error: {text}", file=self.err, flush=True)
 
-    # Progress protocol used by the pipeline ---------------------------------------------------
+    # Progress ------------------------------------------------------------------------------------
     def step(self, text: str) -> None:
         """A long step starts; shown on a TTY (and in non-quiet logs as one line)."""
         if self.show_progress:
@@ -67,7 +84,7 @@ class Console:
 
 
 class Silent:
-    """The pipeline's default progress sink for library use: does nothing."""
+    """The pipeline's default Progress for library use: shows nothing; warnings go to the ``edgekit`` logger."""
 
     def step(self, text: str) -> None:
         pass
@@ -75,7 +92,8 @@ class Silent:
     def advance(self, label: str, done: int, total: int) -> None:
         pass
 
-    def warn(self, text: str) -> None:
-        import logging
+    def note(self, text: str) -> None:
+        pass
 
+    def warn(self, text: str) -> None:
         logging.getLogger("edgekit").warning(text)

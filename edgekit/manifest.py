@@ -1,7 +1,8 @@
-"""The manifest: versions, resolved config, input hashes, per-target results; it owns the exit-code rule."""
+"""The manifest: versions, resolved config, input hashes, per-target results; read, verified and written here."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import sys
@@ -10,7 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import EdgekitError, TamperError
-from edgekit.types import Artifact, ArtifactFile, TargetResult
+from edgekit.fsutil import atomic_write_json, atomic_write_text
+from edgekit.model import file_sha256
+from edgekit.profiles import parse_profile, profile_to_dict
+from edgekit.report import render_markdown
+from edgekit.types import (Artifact, ArtifactFile, FeedSource, GateVerdict, Metrics, SizeInfo, TargetLatency, TargetProfile,
+                           TargetResult)
+from edgekit.validate.verdict import exit_code
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -52,10 +59,10 @@ def result_to_dict(r: TargetResult) -> dict[str, Any]:
         "reason": r.reason,
         "files": [vars(f) for f in r.artifact.files] if r.artifact else [],
         "notes": r.artifact.notes if r.artifact else {},
-        "metrics": r.metrics,
-        "latency": r.latency,
-        "size": r.size,
-        "gates": r.gates,
+        "metrics": r.metrics.to_dict() if r.metrics else {},
+        "latency": r.latency.to_dict() if r.latency else {},
+        "size": r.size.to_dict() if r.size else {},
+        "gates": [g.to_dict() for g in r.gates],
         "build_seconds": r.build_seconds,
         "device": r.device,
         "measured_on": r.measured_on,
@@ -65,12 +72,37 @@ def result_to_dict(r: TargetResult) -> dict[str, Any]:
 def result_from_dict(name: str, d: dict[str, Any]) -> TargetResult:
     files = tuple(ArtifactFile(**f) for f in d.get("files", []))
     artifact = Artifact.from_record(name, files, d.get("notes", {})) if files else None
+    metrics, latency, size = d.get("metrics") or {}, d.get("latency") or {}, d.get("size") or {}
     return TargetResult(
         target=name, status=d["status"], reason=d.get("reason", ""), artifact=artifact,
-        metrics=d.get("metrics", {}), latency=d.get("latency", {}), size=d.get("size", {}),
-        gates=d.get("gates", []), build_seconds=d.get("build_seconds"), device=d.get("device", ""),
-        measured_on=d.get("measured_on", ""),
+        metrics=Metrics.from_dict(metrics) if metrics else None,
+        latency=TargetLatency.from_dict(latency) if latency else None,
+        size=SizeInfo.from_dict(size) if size else None,
+        gates=[GateVerdict.from_dict(g) for g in d.get("gates", [])], build_seconds=d.get("build_seconds"),
+        device=d.get("device", ""), measured_on=d.get("measured_on", ""),
     )
+
+
+def profile_from_dict(name: str, d: dict[str, Any]) -> TargetProfile:
+    """A target's profile as the manifest recorded it (``profile_to_dict``), checked like a profile file."""
+    raw = {k: d[k] for k in ("description", "backend", "precision", "device", "host_is_device", "recipe", "runtime", "gates")}
+    return parse_profile(name, raw, d.get("source", "manifest"))
+
+
+def input_hashes(
+    model_fingerprint: str, weights: Path | None, feeds: dict[str, FeedSource | None], profiles: dict[str, TargetProfile]
+) -> dict[str, Any]:
+    """The manifest's ``inputs``: the model, its weights file, every data section opened, every resolved profile."""
+    hashes: dict[str, Any] = {"model": model_fingerprint}
+    if weights is not None:
+        hashes["weights"] = file_sha256(weights)
+    for section, feed in feeds.items():
+        if feed is not None:
+            hashes[section] = feed.fingerprint()
+    hashes["profiles"] = {
+        n: hashlib.sha256(json.dumps(profile_to_dict(pr), sort_keys=True).encode()).hexdigest() for n, pr in profiles.items()
+    }
+    return hashes
 
 
 @dataclass
@@ -91,17 +123,8 @@ class Manifest:
 
     @property
     def exit_code(self) -> int:
-        """0: every target built and passed its gates.
-        1: work done, but a gate failed or a target errored (artifacts written, marked failed/error).
-        3: a target is unavailable on this host and --strict was given.
-        (2, bad input, never reaches a manifest: it stops the build before anything is written.)
-        """
-        statuses = {r.status for r in self.results.values()}
-        if self.strict and "unavailable" in statuses:
-            return 3
-        if statuses & {"failed", "error"}:
-            return 1
-        return 0
+        """The CLI's exit code for these results (``edgekit.validate.verdict.exit_code`` states the rule)."""
+        return exit_code((r.status for r in self.results.values()), self.strict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -154,3 +177,13 @@ def verify_files(root: Path, files: list[ArtifactFile]) -> None:
                 f"{path} was modified after the build (sha256 {actual.sha256[:12]}… != manifest {f.sha256[:12]}…); "
                 "rebuild with edgekit build"
             )
+
+
+def write_outputs(root: Path, manifest: Manifest) -> None:
+    """Write the manifest, each target's metrics.json and the report into the output directory ``root``."""
+    data = manifest.to_dict()
+    for name, result in manifest.results.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(root / name / "metrics.json", {"target": name, **result_to_dict(result)})
+    atomic_write_json(root / MANIFEST, data)
+    atomic_write_text(root / "report.md", render_markdown(json.loads(json.dumps(data, default=str))))

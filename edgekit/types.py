@@ -103,6 +103,27 @@ class Reference:
     simplified: bool
     simplify_note: str
 
+    def to_dict(self, root: Path) -> dict[str, Any]:
+        """The manifest's ``reference`` entry; the file path is relative to the output directory ``root``."""
+        return {
+            "file": vars(ArtifactFile.of(self.path, root)),
+            "exporter": self.exporter,
+            "opset": self.opset,
+            "simplified": self.simplified,
+            "simplify_note": self.simplify_note,
+            "inputs": [s.to_dict() for s in self.inputs],
+            "outputs": list(self.outputs),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], root: Path) -> "Reference":
+        """The reference a manifest recorded, its file under the output directory ``root``."""
+        return cls(
+            root / d["file"]["path"],
+            tuple(TensorSpec(s["name"], tuple(s["shape"]), s["dtype"]) for s in d["inputs"]),
+            tuple(d["outputs"]), d["exporter"], d["opset"], d["simplified"], d["simplify_note"],
+        )
+
 
 @dataclass(frozen=True)
 class Gates:
@@ -187,6 +208,110 @@ class Artifact:
         return sum(f.bytes for f in self.files)
 
 
+@dataclass(frozen=True)
+class LatencyStats:
+    """Percentiles of one runner's timed calls, in milliseconds."""
+
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    runs: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "LatencyStats":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class TargetLatency:
+    """A target's latency: its stats, how it was run, and its speed-up over the baseline runner."""
+
+    stats: LatencyStats
+    batch: int
+    threads: int
+    warmup: int
+    speedup_vs_ort_fp32: float | None
+    speedup_baseline: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.stats.to_dict(), "batch": self.batch, "threads": self.threads, "warmup": self.warmup,
+                "speedup_vs_ort_fp32": self.speedup_vs_ort_fp32, "speedup_baseline": self.speedup_baseline}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TargetLatency":
+        return cls(LatencyStats.from_dict(d), d["batch"], d["threads"], d["warmup"], d["speedup_vs_ort_fp32"], d["speedup_baseline"])
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Error metrics of one runner: summaries against the torch and ONNX references, accuracy and its drop."""
+
+    vs_onnx: dict[str, Any]
+    vs_torch: dict[str, Any] | None = None
+    accuracy: float | None = None  # percent, when the validation data has labels
+    top1_drop: float | None = None  # reference accuracy minus this one, in points
+
+    @property
+    def primary(self) -> dict[str, Any]:
+        """The comparison gates read: against the torch model when there is one, else against the ONNX reference."""
+        return self.vs_torch or self.vs_onnx
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        if self.vs_torch is not None:
+            d["vs_torch"] = self.vs_torch
+        d["vs_onnx"] = self.vs_onnx
+        if self.accuracy is not None:
+            d["accuracy"] = self.accuracy
+        if self.top1_drop is not None:
+            d["top1_drop"] = self.top1_drop
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Metrics":
+        return cls(d["vs_onnx"], d.get("vs_torch"), d.get("accuracy"), d.get("top1_drop"))
+
+
+@dataclass(frozen=True)
+class SizeInfo:
+    """An artifact's bytes, and their ratio to the FP32 reference ONNX."""
+
+    bytes: int
+    ratio_to_fp32: float
+    fp32_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SizeInfo":
+        return cls(d["bytes"], d["ratio_to_fp32"], d["fp32_bytes"])
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    """One gate: its bound, the measured value, passed True/False (None: not measured), and a one-line message."""
+
+    gate: str
+    bound: float
+    value: float | None
+    passed: bool | None
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "GateVerdict":
+        return cls(d["gate"], d["bound"], d["value"], d["passed"], d["message"])
+
+
 @dataclass
 class TargetResult:
     """Everything measured for one target; ``status`` is one of STATUSES."""
@@ -195,10 +320,10 @@ class TargetResult:
     status: str
     reason: str = ""
     artifact: Artifact | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    latency: dict[str, Any] = field(default_factory=dict)
-    size: dict[str, Any] = field(default_factory=dict)
-    gates: list[dict[str, Any]] = field(default_factory=list)
+    metrics: Metrics | None = None
+    latency: TargetLatency | None = None
+    size: SizeInfo | None = None
+    gates: list[GateVerdict] = field(default_factory=list)
     build_seconds: float | None = None
     device: str = ""
     measured_on: str = ""

@@ -14,7 +14,7 @@ from torch import nn
 
 from conftest import GOOD_CONFIG
 from edgekit.cli import main
-from edgekit.compress.run import onnx_params, time_interleaved
+from edgekit.compress.run import onnx_params
 from edgekit.config import load_config, parse_config, resolved_dict
 
 COMPRESS = """
@@ -174,29 +174,6 @@ def test_onnx_params_counts_weights_not_shapes(tmp_path):
     path = tmp_path / "m.onnx"
     torch.onnx.export(model, (torch.randn(2, 6),), str(path), dynamo=False, input_names=["x"])
     assert onnx_params(path) == 6 * 5 + 5 + 5 * 3 + 3
-
-
-def test_time_interleaved_times_every_runner_on_the_same_feed():
-    from edgekit.backends.base import Runner
-    from edgekit.types import TensorSpec
-
-    class Sleepy(Runner):
-        def __init__(self, seconds):
-            super().__init__((TensorSpec("x", (1,)),), ("y",))
-            self.seconds, self.calls = seconds, 0
-
-        def _run(self, feed):
-            import time
-
-            self.calls += 1
-            time.sleep(self.seconds)
-            return [feed["x"]]
-
-    slow, fast = Sleepy(0.004), Sleepy(0.001)
-    t = time_interleaved({"slow": slow, "fast": fast}, {"x": np.zeros(1, np.float32)}, warmup=2, runs=10)
-    assert slow.calls == fast.calls == 12
-    assert t["slow"]["runs"] == t["fast"]["runs"] == 10
-    assert t["slow"]["p50_ms"] >= 4.0 and 1.0 <= t["fast"]["p50_ms"] < t["slow"]["p50_ms"]
 
 
 def test_same_compressed_config_twice_gives_byte_identical_artifacts(compressed):

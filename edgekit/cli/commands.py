@@ -11,7 +11,7 @@ from edgekit.config import load_config, parse_config
 from edgekit.console import Console
 from edgekit.errors import UsageError
 from edgekit.manifest import Manifest, read_manifest
-from edgekit.pipeline import BuildOptions, build, validate
+from edgekit.pipeline import BuildOptions, build, revalidate
 from edgekit.fsutil import atomic_write_text
 from edgekit.profiles import builtin_names, load_profile, profile_to_dict, profile_to_toml
 from edgekit.report import render_html, render_markdown, text_table
@@ -62,13 +62,13 @@ def cmd_build(args: argparse.Namespace, console: Console) -> int:
     if args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     cfg = load_config(args.config)
-    options = BuildOptions(out=args.out, targets=tuple(args.target), validate=not args.no_validate, strict=args.strict)
+    options = BuildOptions(out=args.out, targets=tuple(args.target), validate=not args.no_validate, strict=args.strict, jobs=args.jobs)
     manifest = build(cfg, options, console)
     return _finish(manifest, args.out.absolute(), console)
 
 
 def cmd_validate(args: argparse.Namespace, console: Console) -> int:
-    manifest = validate(args.dir, tuple(args.target), args.data, console)
+    manifest = revalidate(args.dir, tuple(args.target), args.data, console)
     return _finish(manifest, args.dir.absolute(), console)
 
 

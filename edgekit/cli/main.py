@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("config", type=Path, metavar="CONFIG.toml")
     b.add_argument("-o", "--out", type=Path, default=Path("dist"), help="output directory (default: ./dist)")
     b.add_argument("--target", action="append", default=[], metavar="NAME", help="build only this target of the config (repeatable)")
-    b.add_argument("--jobs", type=int, default=1, metavar="N", help="parallel target builds (targets are built one at a time; accepted for compatibility)")
+    b.add_argument("--jobs", type=int, default=1, metavar="N", help="build targets in N worker processes (artifacts byte-identical to --jobs 1; a build with [[compress]] builds one at a time)")
     b.add_argument("--no-validate", action="store_true", help="build artifacts without measuring them")
     b.add_argument("--strict", action="store_true", help="exit 3 before any work if a target cannot run on this host")
 

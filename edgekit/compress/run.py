@@ -12,7 +12,7 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,15 +22,15 @@ from edgekit.backends.base import Runner
 from edgekit.backends.ort import OrtRunner
 from edgekit.compress import CompressContext, check_step, run_step, settings_table, spec_of
 from edgekit.config import BuildConfig, DataConfig, ExportConfig
-from edgekit.console import Silent
+from edgekit.console import Progress, Silent
 from edgekit.data import open_feed, overlap
 from edgekit.errors import ConfigError
 from edgekit.export import example_inputs, make_reference
-from edgekit.types import Feed, FeedSource, SourceModel, TensorSpec
-from edgekit.validate import latency
-from edgekit.validate.run import TorchRunner, ValidationData, compare, latency_feed, synthetic
+from edgekit.types import FeedSource, SourceModel, TensorSpec
+from edgekit.validate.latency import Timed, interleaved
+from edgekit.validate.run import TorchRunner, ValidationData, latency_feed, observe, validation_data
 
-__all__ = ["measure_stages", "measurement_data", "needs_train", "onnx_params", "prepare", "run_compress", "time_interleaved"]
+__all__ = ["measure_stages", "measurement_data", "needs_train", "onnx_params", "prepare", "run_compress"]
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def _check_torch(source: SourceModel) -> None:
                           "or give the torch model (file.py:factory) instead")
 
 
-def prepare(cfg: BuildConfig, source: SourceModel, validation: FeedSource | None = None, progress: Any = None) -> FeedSource | None:
+def prepare(cfg: BuildConfig, source: SourceModel, validation: FeedSource | None = None, progress: Progress | None = None) -> FeedSource | None:
     """Check the steps against the loaded model and open the ``[train]`` data; called before any work starts.
 
     Returns the training data (checked like every other data section), or None when no step trains.
@@ -81,7 +81,7 @@ def run_compress(
     cfg: BuildConfig,
     source: SourceModel,
     shapes: dict[str, tuple[int, ...]],
-    progress: Any = None,
+    progress: Progress | None = None,
     *,
     train: FeedSource | None = None,
     validation: FeedSource | None = None,
@@ -138,12 +138,7 @@ def measurement_data(
     validation: FeedSource | None, cfg: DataConfig | None, specs: tuple[TensorSpec, ...], shapes: dict[str, tuple[int, ...]]
 ) -> ValidationData:
     """The validation data in the batches the validator uses, or seeded random inputs when there is none."""
-    if validation is None or cfg is None:
-        data = synthetic(specs, shapes, SYNTHETIC_BATCHES)
-        return dataclasses.replace(data, description=f"{SYNTHETIC_BATCHES} synthetic random batches (no [validation] data given)")
-    size = cfg.batch_size if all(0 in s.dynamic_axes for s in specs) else 1
-    labelled = cfg.labels is not None
-    return ValidationData(lambda: validation.batches(size), validation.description + (f", labels '{cfg.labels}'" if labelled else ""), labelled)
+    return validation_data(validation, cfg, specs, shapes, SYNTHETIC_BATCHES)
 
 
 def measure_stages(
@@ -154,7 +149,7 @@ def measure_stages(
     export: ExportConfig,
     data: ValidationData,
     task: str | None,
-    progress: Any = None,
+    progress: Progress | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Export each model, then measure all of them together: sizes, error against ``teacher``, interleaved latency.
 
@@ -181,12 +176,12 @@ def measure_stages(
         torch_ref = TorchRunner(dataclasses.replace(source, module=teacher), outputs, THREADS)
         progress.step(f"compress: comparing {len(models)} stage(s) with the uncompressed model on {data.description}")
         first = runners.pop(_name(0))
-        measured = compare(runners, torch_ref, first, data, classification, outputs, progress.advance)
+        measured = observe(runners, torch_ref, first, data, classification, outputs, progress.advance)
         runners = {_name(0): first, **runners}
         feed = latency_feed(data, ref.inputs, shapes, None)
         batch = int(next(iter(feed.values())).shape[0])
         progress.step(f"compress: timing {len(models)} stage(s) on ONNX Runtime FP32 ({THREADS} threads, batch {batch})")
-        timed = time_interleaved(runners, feed, WARMUP, RUNS, progress.advance)
+        timed = interleaved({n: Timed(lambda r=r: r.run(feed), WARMUP, RUNS) for n, r in runners.items()}, progress.advance)
         for runner in runners.values():
             runner.close()
     for k, stage in enumerate(stages):
@@ -202,9 +197,11 @@ def measure_stages(
                 stage["top1_agreement"] = summary["top1_agreement"]
             if m.accuracy is not None and m.accuracy.total:
                 stage["accuracy"] = m.accuracy.percent
-        t = timed[_name(k)]
-        stage.update({"p50_ms": t["p50_ms"], "p90_ms": t["p90_ms"], "mean_ms": t["mean_ms"]})
-        stage["p50_speedup_vs_uncompressed"] = round(timed[_name(0)]["p50_ms"] / t["p50_ms"], 4)
+        t, first_t = timed[_name(k)], timed[_name(0)]
+        if isinstance(t, str) or isinstance(first_t, str):
+            raise RuntimeError(f"timing compress stage {k} failed: {t if isinstance(t, str) else first_t}")
+        stage.update({"p50_ms": t.p50_ms, "p90_ms": t.p90_ms, "mean_ms": t.mean_ms})
+        stage["p50_speedup_vs_uncompressed"] = round(first_t.p50_ms / t.p50_ms, 4)
     torch_acc = measured["torch-fp32"].accuracy
     samples = next(iter(measured["onnx-fp32"].vs_torch.errors.values())).samples
     measured_on = {
@@ -221,26 +218,6 @@ def measure_stages(
 
 def _name(k: int) -> str:
     return f"stage-{k}"
-
-
-def time_interleaved(
-    runners: dict[str, Runner], feed: Feed, warmup: int, runs: int, progress: Callable[[str, int, int], None] | None = None
-) -> dict[str, dict[str, Any]]:
-    """Latency of each runner on the same feed, taking turns every run (alternating order), so drift and noise
-    on the host hit every runner alike and the before/after ratio is fair."""
-    names = list(runners)
-    for name in names:
-        for _ in range(warmup):
-            runners[name].run(feed)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for i in range(runs):
-        for name in names if i % 2 == 0 else reversed(names):
-            start = time.perf_counter()
-            runners[name].run(feed)
-            times[name].append(time.perf_counter() - start)
-        if progress is not None and (i + 1) % max(1, runs // 20) == 0:
-            progress("latency", i + 1, runs)
-    return {n: latency.summarize(t) for n, t in times.items()}
 
 
 def onnx_params(path: Path) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from edgekit.types import Gates
+from edgekit.types import Gates, GateVerdict
 
 # gate -> (how to read the measured value from the flat metrics, "min" or "max" bound, unit)
 _GATES: dict[str, tuple[str, str, str]] = {
@@ -21,7 +21,7 @@ _GATES: dict[str, tuple[str, str, str]] = {
 }
 
 
-def evaluate(target: str, gates: Gates, measured: dict[str, float | None]) -> list[dict[str, Any]]:
+def check(target: str, gates: Gates, measured: dict[str, float | None]) -> list[GateVerdict]:
     """One verdict per configured gate: passed True/False, or None when the number could not be measured."""
     verdicts = []
     for gate, bound in dataclasses.asdict(gates).items():
@@ -30,13 +30,15 @@ def evaluate(target: str, gates: Gates, measured: dict[str, float | None]) -> li
         key, kind, unit = _GATES[gate]
         value = measured.get(key)
         if value is None:
-            verdicts.append({"gate": gate, "bound": bound, "value": None, "passed": None,
-                             "message": f"{target}: {gate} not checked ({key} was not measured)"})
+            verdicts.append(GateVerdict(gate, bound, None, None, f"{target}: {gate} not checked ({key} was not measured)"))
             continue
         ok = value >= bound if kind == "min" else value <= bound
         rel = ">=" if kind == "min" else "<="
-        verdicts.append({
-            "gate": gate, "bound": bound, "value": value, "passed": ok,
-            "message": f"{target}: {key} {value:.6g}{unit} {'meets' if ok else 'fails'} {gate} ({rel} {bound:g}{unit})",
-        })
+        message = f"{target}: {key} {value:.6g}{unit} {'meets' if ok else 'fails'} {gate} ({rel} {bound:g}{unit})"
+        verdicts.append(GateVerdict(gate, bound, value, ok, message))
     return verdicts
+
+
+def evaluate(target: str, gates: Gates, measured: dict[str, float | None]) -> list[dict[str, Any]]:
+    """``check`` as the manifest writes it: one dict per verdict."""
+    return [v.to_dict() for v in check(target, gates, measured)]

@@ -1,17 +1,17 @@
-"""Run the validator: every artifact and both references see the same validation batches; then latency."""
+"""Stream the validation data: every artifact and both references see the same batches; errors accumulate."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
 from edgekit.backends.base import Runner
-from edgekit.types import Batch, Feed, Reference, SourceModel, TensorSpec
-from edgekit.validate import latency
+from edgekit.config import DataConfig
+from edgekit.types import Batch, Feed, FeedSource, Metrics, Reference, SourceModel, TensorSpec
 from edgekit.validate.metrics import Accuracy, Comparison
 
 log = logging.getLogger(__name__)
@@ -40,24 +40,22 @@ class TorchRunner(Runner):
 
 
 @dataclass
-class Measured:
-    """What the validator measured for one runner."""
+class Observed:
+    """The running comparisons of one runner with the references, or the error that stopped it."""
 
+    vs_onnx: Comparison
     vs_torch: Comparison | None = None
-    vs_onnx: Comparison | None = None
     accuracy: Accuracy | None = None
-    latency: dict[str, Any] = field(default_factory=dict)
     error: str = ""
 
-    def metrics(self) -> dict[str, Any]:
-        result: dict[str, Any] = {}
-        if self.vs_torch is not None:
-            result["vs_torch"] = self.vs_torch.summary()
-        if self.vs_onnx is not None:
-            result["vs_onnx"] = self.vs_onnx.summary()
-        if self.accuracy is not None and self.accuracy.total:
-            result["accuracy"] = self.accuracy.percent
-        return result
+    @property
+    def samples(self) -> int:
+        return next(iter(self.vs_onnx.errors.values())).samples
+
+    def metrics(self, top1_drop: float | None = None) -> Metrics:
+        accuracy = self.accuracy.percent if self.accuracy is not None and self.accuracy.total else None
+        return Metrics(self.vs_onnx.summary(), self.vs_torch.summary() if self.vs_torch is not None else None,
+                       accuracy, top1_drop if accuracy is not None else None)
 
 
 @dataclass
@@ -79,7 +77,20 @@ def synthetic(specs: tuple[TensorSpec, ...], shapes: dict[str, tuple[int, ...]],
     return ValidationData(batches, f"{count} synthetic random batches (no [validation] data given)", False)
 
 
-def compare(
+def validation_data(
+    source: FeedSource | None, cfg: DataConfig | None, specs: tuple[TensorSpec, ...], shapes: dict[str, tuple[int, ...]],
+    synthetic_batches: int = 32,
+) -> ValidationData:
+    """The [validation] data in the batches every runner sees (batch 1 unless axis 0 is dynamic), or seeded random
+    inputs of the declared shapes when there is none."""
+    if source is None or cfg is None:
+        return synthetic(specs, shapes, synthetic_batches)
+    size = cfg.batch_size if all(0 in s.dynamic_axes for s in specs) else 1
+    labelled = cfg.labels is not None
+    return ValidationData(lambda: source.batches(size), source.description + (f", labels '{cfg.labels}'" if labelled else ""), labelled)
+
+
+def observe(
     runners: dict[str, Runner],
     torch_ref: Runner | None,
     onnx_ref: Runner,
@@ -88,33 +99,35 @@ def compare(
     outputs: tuple[str, ...],
     progress: Callable[[str, int, int], None] | None = None,
     total: int | None = None,
-) -> dict[str, Measured]:
-    """Stream validation batches once; for each, run references and every runner and accumulate errors."""
+) -> dict[str, Observed]:
+    """Stream validation batches once; for each, run references and every runner and accumulate errors.
+    Keys: "torch-fp32" (when ``torch_ref`` is given), "onnx-fp32", then every runner's name."""
     names = ["torch-fp32", "onnx-fp32", *runners]
-    measured = {name: Measured() for name in names}
-    for name in names:
-        if torch_ref is not None:
-            measured[name].vs_torch = Comparison(outputs, classification)
-        measured[name].vs_onnx = Comparison(outputs, classification)
-        if data.labelled and classification:
-            measured[name].accuracy = Accuracy()
+    observed = {
+        name: Observed(
+            Comparison(outputs, classification),
+            Comparison(outputs, classification) if torch_ref is not None else None,
+            Accuracy() if data.labelled and classification else None,
+        )
+        for name in names
+    }
     done = 0
     for batch in data.batches():
         ref_t = torch_ref.run(batch.feed) if torch_ref is not None else None
         ref_o = onnx_ref.run(batch.feed)
         results = {"torch-fp32": ref_t, "onnx-fp32": ref_o}
         for name, runner in runners.items():
-            if measured[name].error:
+            if observed[name].error:
                 continue
             try:
                 results[name] = runner.run(batch.feed)
             except Exception as exc:  # a backend failing at run time is that target's error, not the build's
-                measured[name].error = f"running the artifact failed: {type(exc).__name__}: {str(exc)[:300]}"
+                observed[name].error = f"running the artifact failed: {type(exc).__name__}: {str(exc)[:300]}"
                 log.debug("runner %s failed", name, exc_info=True)
         for name, out in results.items():
-            if out is None or measured[name].error:
+            if out is None or observed[name].error:
                 continue
-            m = measured[name]
+            m = observed[name]
             if ref_t is not None and m.vs_torch is not None:
                 m.vs_torch.update(ref_t, out)
             m.vs_onnx.update(ref_o, out)
@@ -124,26 +137,8 @@ def compare(
         if progress is not None:
             progress("validation", done, total or done)
     if torch_ref is None:
-        del measured["torch-fp32"]
-    return measured
-
-
-def time_runners(
-    runners: dict[str, tuple[Runner, int, int]],
-    feed: Feed,
-    progress: Callable[[str, int, int], None] | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Latency of each runner on the same feed: ``runners`` maps name -> (runner, warmup, runs)."""
-    results = {}
-    for name, (runner, warmup, runs) in runners.items():
-        try:
-            results[name] = latency.measure(
-                lambda r=runner: r.run(feed), warmup, runs,
-                (lambda d, t, n=name: progress(f"latency {n}", d, t)) if progress else None,
-            )
-        except Exception as exc:
-            results[name] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
-    return results
+        del observed["torch-fp32"]
+    return observed
 
 
 def latency_feed(data: ValidationData, specs: tuple[TensorSpec, ...], shapes: dict[str, tuple[int, ...]], batch: int | None) -> Feed:

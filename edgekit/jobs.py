@@ -1,0 +1,104 @@
+"""Build the targets: one at a time in this process, or in N worker processes (``--jobs N``).
+
+A worker gets only picklable data (the profile, the reference, the model and calibration config sections) and
+re-opens the model and the data itself; it runs the same ``build_target`` as the one-process path, so the
+artifacts are byte for byte the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgekit.backends import BuildContext, CalibrationSettings, get_backend
+from edgekit.config import DataConfig, ModelConfig
+from edgekit.errors import EdgekitError
+from edgekit.types import Artifact, FeedSource, Reference, SourceModel, TargetProfile
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Built:
+    """One target's build: its artifact, or the error that stopped it (``error`` non-empty)."""
+
+    target: str
+    artifact: Artifact | None
+    error: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TargetJob:
+    """One target to build, as data a worker process can receive."""
+
+    profile: TargetProfile
+    reference: Reference
+    target_dir: Path
+    root: Path
+    settings: CalibrationSettings
+    shapes: dict[str, tuple[int, ...]]
+
+
+@dataclass(frozen=True)
+class WorkerInputs:
+    """What a worker re-opens: the model (checked against the parent's fingerprint) and the calibration data."""
+
+    model: ModelConfig
+    fingerprint: str
+    calibration: DataConfig | None
+
+
+def calibration_settings(cfg: DataConfig | None) -> CalibrationSettings:
+    """The [calibration] section's settings every INT8 target shares (defaults without one)."""
+    if cfg is None:
+        return CalibrationSettings()
+    return CalibrationSettings(method=cfg.method, samples=cfg.samples or 256, percentile=cfg.percentile, batch_size=cfg.batch_size)
+
+
+def build_target(job: TargetJob, source: SourceModel, calibration: FeedSource | None, recipe: object = None) -> Built:
+    """Build one target; a backend failure (not bad input, which raises) is this target's error."""
+    start = time.perf_counter()
+    backend = get_backend(job.profile.backend)
+    ctx = BuildContext(job.profile, job.reference, source, job.target_dir, job.root, calibration, job.settings,
+                       shapes=job.shapes, recipe=recipe if recipe is not None else backend.parse_recipe(job.profile))
+    try:
+        artifact = backend.build(ctx)
+    except EdgekitError:
+        raise
+    except Exception as exc:  # the other targets go on
+        log.debug("building %s failed", job.profile.name, exc_info=True)
+        return Built(job.profile.name, None, f"build failed: {type(exc).__name__}: {str(exc)[:400]}", 0.0)
+    return Built(job.profile.name, artifact, "", round(time.perf_counter() - start, 3))
+
+
+_worker: dict[str, object] = {}  # a worker process's opened model and calibration data, shared by its jobs
+
+
+def _open_inputs(inputs: WorkerInputs) -> None:
+    from edgekit.data import open_feed
+    from edgekit.model import load_model
+
+    source = load_model(inputs.model)
+    if source.fingerprint != inputs.fingerprint:
+        raise EdgekitError(f"the model {inputs.model.source} loads differently in a worker process "
+                           "(its weights are not fixed); build with --jobs 1")
+    _worker["source"] = source
+    _worker["calibration"] = open_feed(inputs.calibration, source.inputs, "calibration") if inputs.calibration else None
+
+
+def _build_in_worker(job: TargetJob, inputs: WorkerInputs) -> Built:
+    if "source" not in _worker:  # the first job of this worker opens what all its jobs share
+        _open_inputs(inputs)
+    return build_target(job, _worker["source"], _worker["calibration"])  # type: ignore[arg-type]
+
+
+def build_in_workers(jobs: list[TargetJob], inputs: WorkerInputs, workers: int) -> list[Built]:
+    """``build_target`` for every job in ``workers`` spawned processes (spawn: safe with torch's threads)."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        return list(pool.map(_build_in_worker, jobs, [inputs] * len(jobs)))
