@@ -151,10 +151,9 @@ def _digits_config(targets: list[str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trt_digits")
-    code, manifest = _build(root, _digits_config(["tensorrt-fp16", "tensorrt-int8"]))
-    return root, code, manifest
+def digits(digits_build):
+    """The session's demo build (conftest.py): the bundled digits model, every built-in target, TensorRT's among them."""
+    return digits_build.root, digits_build.code, digits_build.manifest
 
 
 @pytest.fixture(scope="module")
