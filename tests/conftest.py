@@ -217,6 +217,34 @@ def built_sandbox(good_build, tmp_path) -> Path:
     return dst
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_onnx_registry_per_opset():
+    """torch's dynamo exporter rebuilds its aten -> ONNX function table from onnxscript's sources on every export,
+    and re-derives each function's signature from its source: most of a small model's export time. The table
+    depends on the opset only, so the tests build it once per opset and hand each export a copy (the functions'
+    cached signatures shared). test_golden checks that artifacts stay byte-identical with it."""
+    try:
+        from torch.onnx._internal.exporter._registration import ONNXRegistry
+    except ImportError:  # another torch: exports build their own table, as in production
+        yield
+        return
+    original = ONNXRegistry.__dict__["from_torchlib"]
+    tables: dict[tuple, ONNXRegistry] = {}
+
+    def from_torchlib(cls, *args, **kwargs):
+        key = (cls, args, tuple(sorted(kwargs.items())))
+        if key not in tables:
+            tables[key] = original.__func__(cls, *args, **kwargs)
+        table = cls()  # a copy per export: a custom_translation_table registered into one cannot leak into the next
+        table.__dict__.update(tables[key].__dict__)
+        table.functions = {op: list(metas) for op, metas in tables[key].functions.items()}
+        return table
+
+    ONNXRegistry.from_torchlib = classmethod(from_torchlib)
+    yield
+    ONNXRegistry.from_torchlib = original
+
+
 # ------------------------------------------------------------------------------------------ markers
 
 # A test that uses one of these fixtures reads a real build: it is slow (``pytest -m "not slow"`` skips it).
