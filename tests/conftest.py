@@ -250,8 +250,8 @@ def _one_onnx_registry_per_opset():
 # A test that uses one of these fixtures reads a real build: it is slow (``pytest -m "not slow"`` skips it).
 SLOW_FIXTURES = frozenset({"digits_build", "good_build", "built_sandbox", "built", "compressed", "builds", "digits",
                            "resnet", "layernorm", "demo", "wheel_venv"})
-# Files whose tests build in their own bodies from the sandbox (their owners may mark them one by one instead).
-SLOW_WITH_SANDBOX = frozenset({"test_pipeline.py", "test_compress_run.py"})
+# Files whose tests given a ``sandbox`` build from it in their own bodies.
+SLOW_WITH_SANDBOX = frozenset({"test_pipeline.py", "test_compress_run.py", "test_torch_ao.py"})
 
 
 def pytest_collection_modifyitems(config, items):

@@ -379,6 +379,7 @@ def test_fp16_keep_list_by_node_name_and_digits_graph_is_all_fp16(digits):
 # ------------------------------------------------------------------------------------------ INT8
 
 
+@pytest.mark.slow  # reads the digits/resnet build fixtures through request.getfixturevalue
 @pytest.mark.parametrize("which", ["digits", "resnet"])
 def test_qdq_is_symmetric_int8_with_per_channel_weights(which, request):
     root, _, m = request.getfixturevalue(which)
