@@ -1,10 +1,14 @@
-"""Shared fixtures: a sandbox folder with a tiny model, its weights, good data and every kind of bad file."""
+"""Shared fixtures: a sandbox folder with a tiny model, its weights, good data and every kind of bad file; the
+builds that several test files only read, made once per session; the ``slow`` marker on build-level tests."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -145,3 +149,113 @@ def calib_x32(tmp_path: Path):
     """16 Gaussian samples of one input 'x' of width 32, as a calibration FeedSource."""
     rng = np.random.default_rng(1)
     return calibration_feed(tmp_path / "calib_x32.npz", X32_SPECS, x=rng.standard_normal((16, 32)).astype(np.float32))
+
+
+# ------------------------------------------------------------------------------------ session builds
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _record_golden():
+    """tools/record_golden.py as a module: the golden build's CPU flags come from one place."""
+    spec = importlib.util.spec_from_file_location("record_golden", ROOT / "tools" / "record_golden.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Built(NamedTuple):
+    """A build made once per session: ``root / "out"`` is the output folder. Tests read it, never write into it."""
+
+    root: Path
+    code: int
+    manifest: dict
+
+    @property
+    def out(self) -> Path:
+        return self.root / "out"
+
+
+@pytest.fixture(scope="session")
+def digits_build(tmp_path_factory) -> Built:
+    """``edgekit demo`` (every built-in target) with the CPU flags tools/record_golden.py fixes: the build that
+    tests/data/golden/digits_manifest.json recorded. Shared by test_golden, test_contract and test_tensorrt."""
+    import torch
+
+    from edgekit import hostinfo
+    from edgekit.cli import main
+
+    fixed = _record_golden().FIXED_CPU
+    root = tmp_path_factory.mktemp("digits_build")
+    engine, cpu = torch.backends.quantized.engine, hostinfo.cpu
+    hostinfo.cpu = lambda: dict(fixed)  # as record_golden.golden_build does; restored for the other tests
+    try:
+        code = main(["-q", "demo", "-o", str(root / "out")])
+    finally:
+        hostinfo.cpu = cpu
+    assert torch.backends.quantized.engine == engine, "a build left another quantized engine selected"
+    return Built(root, code, json.loads((root / "out" / "manifest.json").read_text()))
+
+
+@pytest.fixture(scope="session")
+def good_build(tmp_path_factory) -> Built:
+    """A sandbox with GOOD_CONFIG built into ``out`` once per session (the sandbox model, ort-fp32 + ort-int8)."""
+    from edgekit.cli import main
+
+    root = make_sandbox(tmp_path_factory.mktemp("good_build"))
+    (root / "cfg.toml").write_text(GOOD_CONFIG)
+    code = main(["-q", "build", str(root / "cfg.toml"), "-o", str(root / "out")])
+    assert code == 0
+    return Built(root, code, json.loads((root / "out" / "manifest.json").read_text()))
+
+
+@pytest.fixture()
+def built_sandbox(good_build, tmp_path) -> Path:
+    """A fresh copy of the good_build sandbox, its ``out`` included, for a test that writes."""
+    dst = tmp_path / "sandbox"
+    shutil.copytree(good_build.root, dst)
+    return dst
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_onnx_registry_per_opset():
+    """torch's dynamo exporter rebuilds its aten -> ONNX function table from onnxscript's sources on every export,
+    and re-derives each function's signature from its source: most of a small model's export time. The table
+    depends on the opset only, so the tests build it once per opset and hand each export a copy (the functions'
+    cached signatures shared). test_golden checks that artifacts stay byte-identical with it."""
+    try:
+        from torch.onnx._internal.exporter._registration import ONNXRegistry
+    except ImportError:  # another torch: exports build their own table, as in production
+        yield
+        return
+    original = ONNXRegistry.__dict__["from_torchlib"]
+    tables: dict[tuple, ONNXRegistry] = {}
+
+    def from_torchlib(cls, *args, **kwargs):
+        key = (cls, args, tuple(sorted(kwargs.items())))
+        if key not in tables:
+            tables[key] = original.__func__(cls, *args, **kwargs)
+        table = cls()  # a copy per export: a custom_translation_table registered into one cannot leak into the next
+        table.__dict__.update(tables[key].__dict__)
+        table.functions = {op: list(metas) for op, metas in tables[key].functions.items()}
+        return table
+
+    ONNXRegistry.from_torchlib = classmethod(from_torchlib)
+    yield
+    ONNXRegistry.from_torchlib = original
+
+
+# ------------------------------------------------------------------------------------------ markers
+
+# A test that uses one of these fixtures reads a real build: it is slow (``pytest -m "not slow"`` skips it).
+SLOW_FIXTURES = frozenset({"digits_build", "good_build", "built_sandbox", "built", "compressed", "builds", "digits",
+                           "resnet", "layernorm", "demo", "wheel_venv"})
+# Files whose tests given a ``sandbox`` build from it in their own bodies.
+SLOW_WITH_SANDBOX = frozenset({"test_pipeline.py", "test_compress_run.py", "test_torch_ao.py"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & SLOW_FIXTURES or (item.path.name in SLOW_WITH_SANDBOX and "sandbox" in fixtures):
+            item.add_marker(pytest.mark.slow)

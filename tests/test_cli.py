@@ -54,14 +54,11 @@ def test_inspect_onnx_and_torch(sandbox, capsys, monkeypatch):
     assert main(["inspect", "corrupt.onnx"]) == 2
 
 
-def test_compare_two_models_on_data_and_on_random_inputs(sandbox, capsys, monkeypatch):
+def test_compare_two_models_on_data_and_on_random_inputs(built_sandbox, capsys, monkeypatch):
     import json
 
-    from conftest import GOOD_CONFIG
-
+    sandbox = built_sandbox  # GOOD_CONFIG built into out/ (conftest.py good_build, which asserts it exits 0)
     monkeypatch.chdir(sandbox)
-    (sandbox / "cfg.toml").write_text(GOOD_CONFIG)
-    assert main(["-q", "build", "cfg.toml", "-o", "out"]) == 0
     capsys.readouterr()
     assert main(["compare", "out/reference/model.onnx", "out/ort-int8/model.onnx", "--data", "val.npz"]) == 0
     out = capsys.readouterr().out
@@ -81,12 +78,9 @@ def test_compare_two_models_on_data_and_on_random_inputs(sandbox, capsys, monkey
     assert len(err) == 2 and "missing.onnx does not exist" in err[0] and "two .onnx files" in err[1]
 
 
-def test_report_html_has_the_table_and_charts(sandbox, monkeypatch, capsys):
-    from conftest import GOOD_CONFIG
-
+def test_report_html_has_the_table_and_charts(built_sandbox, monkeypatch, capsys):
+    sandbox = built_sandbox  # GOOD_CONFIG built into out/ (conftest.py good_build, which asserts it exits 0)
     monkeypatch.chdir(sandbox)
-    (sandbox / "cfg.toml").write_text(GOOD_CONFIG)
-    assert main(["-q", "build", "cfg.toml", "-o", "out"]) == 0
     assert main(["report", "out", "--html"]) == 0
     page = (sandbox / "out" / "report.html").read_text()
     assert page.count("<svg") == 3 and "<td>ort-int8</td>" in page and "p50 latency" in page

@@ -189,6 +189,7 @@ runs = 10
 """
 
 
+@pytest.mark.slow
 def test_bert_block_builds_fused_and_smoothed_through_the_pipeline(tmp_path):
     """As a user runs it: the built-in ort-int8-dynamic profile on a BERT-style encoder."""
     (tmp_path / "bert.py").write_text(BERT)

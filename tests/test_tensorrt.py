@@ -151,10 +151,9 @@ def _digits_config(targets: list[str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trt_digits")
-    code, manifest = _build(root, _digits_config(["tensorrt-fp16", "tensorrt-int8"]))
-    return root, code, manifest
+def digits(digits_build):
+    """The session's demo build (conftest.py): the bundled digits model, every built-in target, TensorRT's among them."""
+    return digits_build.root, digits_build.code, digits_build.manifest
 
 
 @pytest.fixture(scope="module")
@@ -380,6 +379,7 @@ def test_fp16_keep_list_by_node_name_and_digits_graph_is_all_fp16(digits):
 # ------------------------------------------------------------------------------------------ INT8
 
 
+@pytest.mark.slow  # reads the digits/resnet build fixtures through request.getfixturevalue
 @pytest.mark.parametrize("which", ["digits", "resnet"])
 def test_qdq_is_symmetric_int8_with_per_channel_weights(which, request):
     root, _, m = request.getfixturevalue(which)

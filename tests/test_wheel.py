@@ -24,13 +24,15 @@ def wheel_venv(tmp_path_factory) -> Path:
     )
     (wheel,) = (tmp / "dist").glob("edgekit-*.whl")
     venv = tmp / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    # no pip inside the venv (ensurepip is most of venv's time): this environment's pip installs into it (--python)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
     py = venv / "bin" / "python"
     # Dependencies (torch and friends, several hundred MB) are borrowed from this environment by path, not
     # reinstalled: the point is that edgekit itself, with its data, comes from the wheel.
     purelib = Path(subprocess.check_output([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True).strip())
     (purelib / "deps.pth").write_text("\n".join(site.getsitepackages() + [sysconfig.get_paths()["purelib"]]) + "\n")
-    subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--quiet", str(wheel)], check=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--quiet", str(wheel)],
+                   check=True, timeout=300)
     return venv
 
 
