@@ -29,6 +29,7 @@ def build(
     gates: Mapping[str, Mapping[str, float | None]] | None = None,
     strict: bool = False,
     validate: bool = True,
+    jobs: int = 1,
     progress: Any = None,
 ) -> Manifest:
     """Build and validate every target of ``config`` into the folder ``out``; return the manifest written there.
@@ -37,14 +38,14 @@ def build(
     ``gates`` maps a target to gate overrides merged over the config's ``[targets.NAME.gates]``, e.g.
     ``{"ort-int8": {"min_cosine": 0.995}}`` (``None`` turns a gate off). ``strict``: a target this host cannot
     run raises TargetUnavailableError instead of being recorded as unavailable. ``validate=False`` builds without
-    measuring. ``progress``: None is silent, True prints progress on a terminal as the CLI does, or pass an object
+    measuring. ``jobs``: build targets in that many worker processes (same bytes as 1). ``progress``: None is silent, True prints progress on a terminal as the CLI does, or pass an object
     with the ``step``/``advance``/``warn`` methods of ``edgekit.console.Console``.
 
     ``manifest.exit_code`` is the CLI's verdict (0 every gate passed, 1 a gate failed or a target errored);
     ``manifest.results[name]`` is a TargetResult (status, reason, metrics, latency, size, gate verdicts).
     """
     cfg = with_overrides(load_config(config), targets, gates)
-    options = pipeline.BuildOptions(out=Path(out), validate=validate, strict=strict)
+    options = pipeline.BuildOptions(out=Path(out), validate=validate, strict=strict, jobs=jobs)
     return pipeline.build(cfg, options, _progress(progress))
 
 
