@@ -18,7 +18,7 @@ tables, or a BuildConfig (``load_config``):
     )
     manifest.exit_code                                  # 0 every gate passed, 1 one failed (as the CLI)
     result = manifest.results["ort-int8"]               # a TargetResult
-    result.status, result.metrics["accuracy"], result.latency["p50_ms"], result.size["ratio_to_fp32"]
+    result.status, result.metrics.accuracy, result.latency.stats.p50_ms, result.size.ratio_to_fp32
 
     edgekit.revalidate("dist")                          # sha256 of every artifact, then measure again
 

@@ -38,17 +38,17 @@ def test_readme_example_builds_digits_and_returns_typed_results(tmp_path, monkey
     assert manifest.exit_code == 0 and list(manifest.results) == ["ort-fp32", "ort-int8"]
     assert all(r.status == "passed" for r in manifest.results.values())
     # the bundled digits CNN keeps its FP32 accuracy (99.56% of 450 images) within two images in INT8
-    fp32_accuracy = manifest.results["ort-fp32"].metrics["accuracy"]
+    fp32_accuracy = manifest.results["ort-fp32"].metrics.accuracy
     assert fp32_accuracy == pytest.approx(99.56, abs=0.01)
-    assert int8.metrics["accuracy"] == pytest.approx(fp32_accuracy, abs=0.5)
-    assert int8.metrics["vs_onnx"]["worst"]["cosine"] > 0.999
-    assert 25.0 < int8.metrics["vs_onnx"]["worst"]["sqnr_db"] < 80.0
-    assert 0.2 < int8.size["ratio_to_fp32"] < 0.35
-    assert int8.latency["p50_ms"] > 0 and int8.latency["runs"] == 200
+    assert int8.metrics.accuracy == pytest.approx(fp32_accuracy, abs=0.5)
+    assert int8.metrics.vs_onnx["worst"]["cosine"] > 0.999
+    assert 25.0 < int8.metrics.vs_onnx["worst"]["sqnr_db"] < 80.0
+    assert 0.2 < int8.size.ratio_to_fp32 < 0.35
+    assert int8.latency.stats.p50_ms > 0 and int8.latency.stats.runs == 200
     # the gates given in code replaced the profile's min_cosine and added max_size_ratio; the profile's others stay
-    bounds = {g["gate"]: g["bound"] for g in int8.gates}
+    bounds = {g.gate: g.bound for g in int8.gates}
     assert bounds == {"min_cosine": 0.995, "max_size_ratio": 0.35, "max_top1_drop": 1.0}
-    assert all(g["passed"] for g in int8.gates)
+    assert all(g.passed for g in int8.gates)
     assert manifest.profiles["ort-int8"]["gates"]["min_cosine"] == 0.995
     assert (tmp_path / "dist-api" / "manifest.json").is_file()
     assert printed.getvalue().splitlines()[0] == "0 passed"
