@@ -25,20 +25,6 @@ def builtin_names() -> list[str]:
     return sorted(p.stem for p in targets_dir().glob("*.toml"))
 
 
-def unknown_key(key: str, valid: tuple[str, ...], where: str) -> ProfileError:
-    """The error for a profile key nobody defined, naming the nearest valid one. (Kept until the backends use
-    ``edgekit.tables`` directly.)"""
-    return tables.unknown_key(key, valid, where, ProfileError)
-
-
-def check_recipe_keys(profile: TargetProfile, recipe_class: type) -> None:
-    """A backend's ``[recipe]`` may only hold the fields of its recipe dataclass."""
-    known = {f.name for f in dataclasses.fields(recipe_class)}
-    unknown = sorted(set(profile.recipe) - known)
-    if unknown:
-        raise ProfileError(f"target '{profile.name}' recipe has unknown key(s) {unknown}; valid: {sorted(known)}")
-
-
 def _checked_runtime(runtime: RuntimeSettings, where: str) -> RuntimeSettings:
     if runtime.threads < 1 or runtime.runs < 1 or runtime.warmup < 0:
         raise ProfileError(f"{where}: threads and runs must be >= 1, warmup >= 0")

@@ -18,13 +18,7 @@ CASES = sorted((Path(__file__).parent / "bad_inputs").glob("*.toml"))
 
 # Recipe keys are checked by each backend's recipe parser, which the backends split rewrites on edgekit.tables;
 # until that lands these cases get today's message (or none). Remove a name here once its case passes.
-PENDING_RECIPE_PARSER = {"recipe_ort_key_typo", "recipe_ort_key_of_other_mode", "recipe_torch_ao_key_typo"}
-
-
 def _param(case: Path):
-    if case.stem in PENDING_RECIPE_PARSER:
-        mark = pytest.mark.xfail(strict=False, reason="recipe parsing lands with the backends split")
-        return pytest.param(case, id=case.stem, marks=mark)
     return pytest.param(case, id=case.stem)
 
 

@@ -526,7 +526,7 @@ def _profile(**recipe) -> TargetProfile:
 @pytest.mark.parametrize("recipe, message", [
     ({"engine": "onednn"}, "recipe engine = 'onednn'; expected one of ('fbgemm', 'qnnpack')"),
     ({"mode": "qat"}, "recipe mode = 'qat'; expected one of ('static', 'dynamic')"),
-    ({"per_chanel": True}, "recipe has unknown key(s) ['per_chanel']"),
+    ({"per_chanel": True}, "unknown key 'per_chanel' in target 't' [recipe]; valid keys: engine, mode, keep_float"),
     ({"keep_float": "fc"}, "recipe keep_float must be a list of module names"),
 ])
 def test_bad_recipes_are_profile_errors(recipe, message):

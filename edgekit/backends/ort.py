@@ -16,13 +16,21 @@ import numpy as np
 
 from edgekit.backends.base import Availability, Backend, BuildContext, CalibrationSettings, Runner
 from edgekit.errors import ProfileError
-from edgekit.profiles import check_recipe_keys
+from edgekit.tables import check_keys
 from edgekit.fsutil import atomic_move
 from edgekit.types import Artifact, ArtifactFile, Feed, FeedSource, Reference, SourceModel, TargetProfile, TensorSpec
 
 log = logging.getLogger(__name__)
 
 MODES = ("fp32", "static", "dynamic")
+# The keys each mode reads (beside `mode`); a key of another mode is an error naming the mode it belongs to.
+MODE_KEYS = {
+    "fp32": (),
+    "static": ("activation_type", "weight_type", "per_channel", "reduce_range", "symmetric_activations", "exclude_op_types",
+               "fp32_input_layers"),
+    "dynamic": ("weight_type", "per_channel", "reduce_range", "exclude_op_types", "fp32_fallback_sqnr_db",
+                "transformer_fusion", "gelu_approximation", "smooth_alpha", "smooth_below_sqnr_db"),
+}
 QUANT_TYPES = ("int8", "uint8")
 
 
@@ -54,8 +62,15 @@ class OrtRecipe:
 
     @classmethod
     def parse(cls, profile: TargetProfile) -> "OrtRecipe":
-        check_recipe_keys(profile, cls)
         r = dict(profile.recipe)
+        mode = r.get("mode", cls.mode)
+        if mode not in MODES:
+            raise ProfileError(f"target '{profile.name}' recipe mode = {mode!r}; expected one of {MODES}")
+        valid = ("mode", *MODE_KEYS[mode])
+        other_keys = {k for keys in MODE_KEYS.values() for k in keys} - set(valid)
+        owners = {k: [m for m, keys in MODE_KEYS.items() if k in keys] for k in other_keys}
+        elsewhere = {k: " or ".join(f'mode = "{m}"' for m in ms) for k, ms in owners.items()}
+        check_keys(r, valid, f"target '{profile.name}' [recipe] (mode = \"{mode}\")", ProfileError, elsewhere)
         if "exclude_op_types" in r:
             r["exclude_op_types"] = tuple(r["exclude_op_types"])
         recipe = cls(**r)
@@ -342,8 +357,11 @@ class OrtRunner(Runner):
 class OrtBackend(Backend):
     name = "ort"
 
-    def check(self, profile: TargetProfile) -> None:
-        OrtRecipe.parse(profile)
+    def parse_recipe(self, profile: TargetProfile) -> OrtRecipe:
+        return OrtRecipe.parse(profile)
+
+    def needs_calibration(self, profile: TargetProfile, recipe: OrtRecipe) -> bool:
+        return recipe.mode == "static"
 
     def availability(self, profile: TargetProfile, source: SourceModel | None = None) -> Availability:
         try:

@@ -15,7 +15,7 @@ from edgekit.backends.trt_engine import EngineCalibration, TensorRTRunner, build
 from edgekit.backends.trt_fp16 import DEFAULT_KEEP_FP32_OPS, emulate_fp16, make_fp16_onnx
 from edgekit.backends.trt_qdq import make_int8_qdq_onnx
 from edgekit.errors import ProfileError
-from edgekit.profiles import unknown_key
+from edgekit.tables import unknown_key
 from edgekit.types import Artifact, ArtifactFile, Feed, Reference, SourceModel, TargetProfile, TensorSpec
 
 HOST_PROXY = "host proxy (ONNX Runtime CPU), not a TensorRT engine"
@@ -49,7 +49,7 @@ class TensorRTRecipe:
         raw = dict(profile.recipe)
         for key in raw:
             if key not in known:
-                raise unknown_key(key, known, where)
+                raise unknown_key(key, known, where, ProfileError)
         if profile.precision not in ("fp16", "int8"):
             raise ProfileError(f"{where}: a tensorrt target has precision fp16 or int8, got {profile.precision!r}")
         for key, low, high in (("workspace_mb", 1, None), ("builder_optimization_level", 0, 5)):
@@ -179,8 +179,11 @@ class HostProxyRunner(Runner):
 class TensorRTBackend(Backend):
     name = "tensorrt"
 
-    def check(self, profile: TargetProfile) -> None:
-        TensorRTRecipe.parse(profile)
+    def parse_recipe(self, profile: TargetProfile) -> TensorRTRecipe:
+        return TensorRTRecipe.parse(profile)
+
+    def needs_calibration(self, profile: TargetProfile, recipe: TensorRTRecipe) -> bool:
+        return profile.precision == "int8"
 
     def availability(self, profile: TargetProfile, source: SourceModel | None = None) -> Availability:
         reason, hint = _engine_problem(profile)

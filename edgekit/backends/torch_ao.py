@@ -34,7 +34,7 @@ from edgekit.backends.torch_integer import FloatOp, IntegerOps, find_integer_ops
 from edgekit.backends.torch_islands import SCOPE, island_inputs, islands, trace_island
 from edgekit.backends.torch_rewrite import rewrite_transformers
 from edgekit.errors import ProfileError
-from edgekit.profiles import check_recipe_keys
+from edgekit.tables import check_keys, field_names
 from edgekit.hostinfo import has_int8_dot
 from edgekit.fsutil import atomic_write_bytes
 from edgekit.types import Artifact, ArtifactFile, FeedSource, Reference, SourceModel, TargetProfile, TensorSpec
@@ -65,8 +65,8 @@ class TorchAoRecipe:
 
     @classmethod
     def parse(cls, profile: TargetProfile) -> "TorchAoRecipe":
-        check_recipe_keys(profile, cls)
         r = dict(profile.recipe)
+        check_keys(r, field_names(cls), f"target '{profile.name}' [recipe]", ProfileError)
         keep = r.get("keep_float", ())
         if not isinstance(keep, (list, tuple)) or not all(isinstance(k, str) and k for k in keep):
             raise ProfileError(f"target '{profile.name}' recipe keep_float must be a list of module names, got {keep!r}")
@@ -277,8 +277,11 @@ def _measured_on(profile: TargetProfile, engine: str) -> str:
 class TorchAoBackend(Backend):
     name = "torch_ao"
 
-    def check(self, profile: TargetProfile) -> None:
-        TorchAoRecipe.parse(profile)
+    def parse_recipe(self, profile: TargetProfile) -> TorchAoRecipe:
+        return TorchAoRecipe.parse(profile)
+
+    def needs_calibration(self, profile: TargetProfile, recipe: TorchAoRecipe) -> bool:
+        return recipe.mode == "static"
 
     def availability(self, profile: TargetProfile, source: SourceModel | None = None) -> Availability:
         if source is not None and not source.is_torch:
