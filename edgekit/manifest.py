@@ -41,15 +41,23 @@ def host_info() -> dict[str, Any]:
     return info
 
 
+BACKEND_RUNTIMES = ("onnxruntime", "torch", "tensorrt")  # versions the backends report (Backend.versions())
+
+
 def library_versions() -> dict[str, str]:
+    """Python, edgekit's libraries (package metadata) and each backend's runtime (asked of the backend)."""
     from importlib import metadata
 
+    from edgekit import backends
+
     versions = {"python": sys.version.split()[0]}
-    for dist in ("edgekit", "torch", "numpy", "onnx", "onnxruntime", "onnxsim", "onnxscript", "safetensors", "torch-pruning", "tensorrt"):
+    for dist in ("edgekit", "numpy", "onnx", "onnxsim", "onnxscript", "safetensors", "torch-pruning"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             versions[dist] = "not installed"
+    answered = backends.versions()
+    versions.update({name: answered.get(name, "not installed") for name in BACKEND_RUNTIMES})
     return versions
 
 

@@ -42,3 +42,18 @@ def test_the_parsed_recipe_is_the_backends_typed_recipe():
         profile = load_profile(name)
         recipe = get_backend(profile.backend).parse_recipe(profile)
         assert dataclasses.is_dataclass(recipe), name
+
+
+def test_the_manifest_records_the_versions_each_backend_reports():
+    import onnxruntime
+    import torch
+
+    from edgekit import backends
+    from edgekit.manifest import library_versions
+
+    reported = backends.versions()
+    assert reported["onnxruntime"] == onnxruntime.__version__ and reported["torch"] == torch.__version__
+    assert set(reported) <= {"onnxruntime", "torch", "tensorrt"}
+    recorded = library_versions()
+    assert {k: recorded[k] for k in reported} == reported
+    assert recorded["tensorrt"] == reported.get("tensorrt", "not installed")

@@ -13,12 +13,23 @@ _REGISTRY = {
     "torch_ao": "edgekit.backends.torch_ao:TorchAoBackend",
 }
 
-__all__ = ["Availability", "Backend", "BuildContext", "CalibrationSettings", "Runner", "get_backend", "names"]
+__all__ = ["Availability", "Backend", "BuildContext", "CalibrationSettings", "Runner", "get_backend", "names", "versions"]
 
 
 def names() -> tuple[str, ...]:
     """Every backend name a profile may give (``backend = "..."``); profiles.py validates against this."""
     return tuple(sorted(_REGISTRY))
+
+
+def versions() -> dict[str, str]:
+    """Each backend's runtime versions, for the manifest; a backend that cannot be imported here answers nothing."""
+    found: dict[str, str] = {}
+    for name in names():
+        try:
+            found.update({k: str(v) for k, v in get_backend(name).versions().items()})
+        except Exception:  # noqa: BLE001 - an absent runtime is recorded by the caller as "not installed"
+            continue
+    return found
 
 
 def get_backend(name: str) -> Backend:

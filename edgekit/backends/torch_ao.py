@@ -349,4 +349,4 @@ class TorchAoBackend(Backend):
         return TorchAoRunner(root / artifact.files[0].path, reference.inputs, reference.outputs, recipe.engine, profile.runtime.threads)
 
     def versions(self) -> Mapping[str, Any]:
-        return {"torch": torch.__version__, "quantized_engines": list(torch.backends.quantized.supported_engines)}
+        return {"torch": torch.__version__}
