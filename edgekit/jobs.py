@@ -65,7 +65,7 @@ def build_target(job: TargetJob, source: SourceModel, calibration: FeedSource | 
     start = time.perf_counter()
     backend = get_backend(job.profile.backend)
     ctx = BuildContext(job.profile, job.reference, source, job.target_dir, job.root, calibration, job.settings,
-                       shapes=job.shapes, recipe=recipe if recipe is not None else backend.parse_recipe(job.profile))
+                       shapes=job.shapes, recipe=recipe)
     try:
         artifact = backend.build(ctx)
     except EdgekitError:

@@ -84,17 +84,18 @@ class Backend(abc.ABC):
     def availability(self, profile: TargetProfile, source: SourceModel | None = None) -> Availability:
         """Cheap, never raises: can ``profile`` be built and run on this host (for this source model)?"""
 
-    def check(self, profile: TargetProfile) -> None:
-        """Raise ProfileError if the profile's recipe is invalid for this backend (called before any work)."""
-        self.parse_recipe(profile)
-
     def parse_recipe(self, profile: TargetProfile) -> Any:
-        """The profile's ``[recipe]`` as this backend's typed recipe; ProfileError naming the nearest valid key."""
+        """The profile's ``[recipe]`` as this backend's typed recipe (plan() calls it before any work);
+        ProfileError naming the nearest valid key."""
         return dict(profile.recipe)
+
+    def recipe_for(self, ctx: BuildContext) -> Any:
+        """The recipe plan() parsed into ``ctx``; parsed here only when a caller built the context by hand."""
+        return ctx.recipe if ctx.recipe is not None else self.parse_recipe(ctx.profile)
 
     def needs_calibration(self, profile: TargetProfile, recipe: Any) -> bool:
         """Whether building this target requires calibration data (checked in plan(), before any work)."""
-        return profile.precision == "int8" and dict(profile.recipe).get("mode", "static") == "static"
+        return profile.precision == "int8"
 
     def uses_calibration(self, profile: TargetProfile, recipe: Any) -> bool:
         """Whether the build reads calibration data when the config has some (dynamic INT8 smoothing does)."""

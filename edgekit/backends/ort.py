@@ -371,7 +371,7 @@ class OrtBackend(Backend):
         return Availability(True)
 
     def build(self, ctx: BuildContext) -> Artifact:
-        recipe = OrtRecipe.parse(ctx.profile)
+        recipe = self.recipe_for(ctx)
         dst = ctx.target_dir / "model.onnx"
         if recipe.mode == "fp32":
             with tempfile.TemporaryDirectory(prefix="edgekit-ort-") as tmpdir:

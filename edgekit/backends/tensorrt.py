@@ -182,15 +182,12 @@ class TensorRTBackend(Backend):
     def parse_recipe(self, profile: TargetProfile) -> TensorRTRecipe:
         return TensorRTRecipe.parse(profile)
 
-    def needs_calibration(self, profile: TargetProfile, recipe: TensorRTRecipe) -> bool:
-        return profile.precision == "int8"
-
     def availability(self, profile: TargetProfile, source: SourceModel | None = None) -> Availability:
         reason, hint = _engine_problem(profile)
         return Availability(False, reason, hint, proxy=True) if reason else Availability(True)
 
     def build(self, ctx: BuildContext) -> Artifact:
-        recipe = TensorRTRecipe.parse(ctx.profile)
+        recipe = self.recipe_for(ctx)
         onnx_path = ctx.target_dir / "model.onnx"
         if ctx.profile.precision == "fp16":
             notes = make_fp16_onnx(ctx.reference.path, onnx_path, recipe.keep_fp32_ops, recipe.keep_fp32_nodes)

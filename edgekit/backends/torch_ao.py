@@ -297,7 +297,7 @@ class TorchAoBackend(Backend):
         return Availability(True)
 
     def build(self, ctx: BuildContext) -> Artifact:
-        recipe = TorchAoRecipe.parse(ctx.profile)
+        recipe = self.recipe_for(ctx)
         if ctx.source.module is None:
             raise ValueError("torch.ao targets need a torch model source")
         if recipe.mode == "static" and ctx.calibration is None:
