@@ -85,3 +85,13 @@ def test_report_html_has_the_table_and_charts(built_sandbox, monkeypatch, capsys
     page = (sandbox / "out" / "report.html").read_text()
     assert page.count("<svg") == 3 and "<td>ort-int8</td>" in page and "p50 latency" in page
     assert "min_cosine" in page
+
+
+def test_quiet_and_debug_work_after_the_subcommand(capsys):
+    from edgekit.cli import main
+
+    assert main(["targets", "-q"]) == 0
+    assert "ort-int8" in capsys.readouterr().out
+    assert main(["targets", "bogus", "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "did you mean `edgekit targets show bogus`" in err

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 import traceback
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from edgekit.console import Console
 from edgekit.errors import EdgekitError
@@ -23,16 +24,29 @@ marked failed); 2 bad input or usage (one message, nothing written); 3 a target 
 """
 
 
+# Commands that live in their own module under edgekit/cli/: each defines `add_parser(sub)`, which adds
+# its subparser and sets `run=<function(args, console) -> int>` as the parser's default.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # usage errors are exit 2 with one line, like every bad input
         raise EdgekitError(f"{message} (see `{self.prog} --help`)")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="edgekit", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress or notes, only results and errors")
+    # --debug and -q work before or after the subcommand (`edgekit build cfg.toml -q`).
+    common = _Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and debug logs")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress or notes, only results and errors")
+    p = _Parser(prog="edgekit", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common])
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add = sub.add_parser
+
+    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return _add(name, parents=[common], **kwargs)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     d = sub.add_parser("demo", help="build and validate every target for the bundled digits CNN",
                        description="Run the whole pipeline on the bundled example (a small CNN trained on the 8x8 "
@@ -85,6 +99,8 @@ def _parser() -> argparse.ArgumentParser:
                        "also write report.html with latency, SQNR and size charts.")
     r.add_argument("dir", type=Path, metavar="DIR")
     r.add_argument("--html", action="store_true", help="also write report.html")
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_parser(sub)
     return p
 
 
@@ -99,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             _parser().print_help()
             return 2
+        if hasattr(args, "run"):
+            return args.run(args, console)
         from edgekit.cli import commands
 
         return getattr(commands, f"cmd_{args.command}")(args, console)
