@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import timing  # noqa: E402  (benchmarks/timing.py: the interleaving benchmarks/run.py times with)
 
-from edgekit.backends.ort import session  # noqa: E402
+from edgekit.backends.onnx.session import session  # noqa: E402
 from edgekit.hostinfo import cpu  # noqa: E402
 
 THREADS = 2  # as benchmarks/run.py

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def profile(model: Path, feed: dict[str, np.ndarray], threads: int, runs: int) -> dict[str, tuple[float, int]]:
     """{op type: (ms per run, nodes of that type run per call)} over ``runs`` calls after 10 warm-up calls."""
-    from edgekit.backends.ort import session as ort_session
+    from edgekit.backends.onnx.session import session as ort_session
 
     session = ort_session(str(model), threads, spinning=False, profile_prefix="edgekit-profile")
     names = [i.name for i in session.get_inputs()]

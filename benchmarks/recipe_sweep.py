@@ -65,7 +65,8 @@ def _static_variants(ref: Path) -> dict[str, dict[str, Any]]:
 
 def build_static(ref: Path, out: Path, name: str, variant: dict[str, Any], cfg: dict[str, Any]) -> tuple[Path, float]:
     from edgekit.backends.base import CalibrationSettings
-    from edgekit.backends.ort import OrtRecipe, quantize_static_qdq
+    from edgekit.backends.onnx.qdq import quantize_static_qdq
+    from edgekit.backends.ort.recipe import OrtRecipe
     from edgekit.config import DataConfig
     from edgekit.data import open_feed
     from edgekit.types import TensorSpec
@@ -77,7 +78,7 @@ def build_static(ref: Path, out: Path, name: str, variant: dict[str, Any], cfg: 
     calib = open_feed(DataConfig(cfg["calibration"]["data"], samples=cfg["calibration"]["samples"]), specs, "calibration")
     dst = out / (hashlib.sha1(name.encode()).hexdigest()[:10] + ".onnx")
     start = time.perf_counter()
-    recipe = OrtRecipe(mode="static", **v)
+    recipe = OrtRecipe(mode="static", **v).qdq()
     if exclude:
         import onnxruntime.quantization as q
 
@@ -99,8 +100,8 @@ def build_static(ref: Path, out: Path, name: str, variant: dict[str, Any], cfg: 
 
 def build_dynamic(ref: Path, out: Path, name: str, variant: dict[str, Any], cfg: dict[str, Any]) -> tuple[Path, float]:
     from edgekit.backends.base import CalibrationSettings
-    from edgekit.backends.ort import OrtRecipe
-    from edgekit.backends.ort_dynamic import quantize_dynamic_int8
+    from edgekit.backends.ort.recipe import OrtRecipe
+    from edgekit.backends.ort.dynamic import quantize_dynamic_int8
     from edgekit.config import DataConfig
     from edgekit.data import open_feed
     from edgekit.types import TensorSpec
@@ -138,7 +139,7 @@ DYNAMIC = {
 
 
 def sweep(name: str, rounds: int) -> dict[str, Any]:
-    from edgekit.backends.ort import session
+    from edgekit.backends.onnx.session import session
 
     cfg = run.MODELS[name].config()
     ref = _reference(name)

@@ -222,7 +222,7 @@ class STRunner:
     """The Optimum-exported, avx512_vnni-quantized transformer, plus sentence-transformers' mean pooling (numpy)."""
 
     def __init__(self, path: str, threads: int):
-        from edgekit.backends.ort import session
+        from edgekit.backends.onnx.session import session
 
         self.session = session(path, threads, spinning=False)
 
@@ -239,7 +239,7 @@ class STRunner:
 def load_paths(root: Path, built: dict[str, Any], baselines: dict[str, Any], st: dict[str, Any] | None) -> tuple[dict[str, Any], Any, dict[str, str]]:
     """Every runnable path of one model: name -> object with run(feed) -> {output: array}."""
     from edgekit.backends import get_backend
-    from edgekit.backends.ort import OrtRunner
+    from edgekit.backends.onnx.session import OrtRunner
     from edgekit.config import parse_config
     from edgekit.manifest import read_manifest
     from edgekit.model import load_model
@@ -269,7 +269,7 @@ def load_paths(root: Path, built: dict[str, Any], baselines: dict[str, Any], st:
         try:
             runner = get_backend(profile.backend).load(result.artifact, root, profile, reference)
             if isinstance(runner, OrtRunner):  # same file, same threads; only idle workers sleep instead of spinning
-                from edgekit.backends.ort import session
+                from edgekit.backends.onnx.session import session
 
                 runner.session = session(str(runner.path), runner.threads, spinning=False)
             paths[f"edgekit {name}"] = runner
@@ -293,7 +293,7 @@ class UnfusedRunner:
     fused INT8 kernels, so no int16 saturation: what the same 8-bit graph gives when the kernels are exact."""
 
     def __init__(self, path: Path, outputs: tuple[str, ...], threads: int):
-        from edgekit.backends.ort import session
+        from edgekit.backends.onnx.session import session
 
         self.session = session(str(path), threads, optimize=False, spinning=False)
         self.outputs = outputs
@@ -401,7 +401,7 @@ def spin_check(files: dict[str, Path], feed: dict[str, np.ndarray], reps: int = 
     """Why the benchmark turns ONNX Runtime's worker spinning off: the same sessions timed alone (back-to-back calls)
     and interleaved (taking turns, as the benchmark does), with spinning on (ORT's default) and off, phases alternated
     ``reps`` times so the host's load hits both. Returns median ms per (spinning, phase, path)."""
-    from edgekit.backends.ort import session
+    from edgekit.backends.onnx.session import session
 
     out: dict[str, Any] = {}
     for spinning in (True, False):

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from timing import cpu_busy_other, host_sample, interleaved, percentiles  # noqa: E402
 
-from edgekit.backends import torch_ao  # noqa: E402
+from edgekit.backends.torch_ao import artifact, backend, common  # noqa: E402
 from edgekit.backends.base import CalibrationSettings  # noqa: E402
 from edgekit.resources import calibration_dir  # noqa: E402
 from edgekit.types import TensorSpec  # noqa: E402
@@ -73,13 +73,13 @@ def build_fx(model: torch.nn.Module, engine: str, calib: np.ndarray, spec: Tenso
     example = (torch.from_numpy(calib[:2]),)
     batches = (tuple([torch.from_numpy(calib[i:i + 32])]) for i in range(0, len(calib), 32))
     settings = CalibrationSettings(method="minmax", samples=len(calib))
-    with torch_ao.quantized_engine(engine), torch_ao._torch_warnings_to_log():
-        q, _ = torch_ao.quantize_static(copy.deepcopy(model).eval(), engine, batches, example, settings, ())
-        frozen, _ = torch_ao.to_torchscript(q, example)
-        data, _ = torch_ao.serialize(frozen, example, {"engine": engine})
+    with common.quantized_engine(engine), common.torch_warnings_to_log():
+        q, _ = backend.quantize_static(copy.deepcopy(model).eval(), engine, batches, example, settings, ())
+        frozen, _ = artifact.to_torchscript(q, example)
+        data, _ = artifact.serialize(frozen, example, {"engine": engine})
     path = workdir / f"fx_{engine}.pt"
     path.write_bytes(data)
-    runner = torch_ao.TorchAoRunner(path, (spec,), ("y",), engine, THREADS)
+    runner = artifact.TorchAoRunner(path, (spec,), ("y",), engine, THREADS)
     return {"build_s": time.perf_counter() - start, "bytes": len(data), "self_contained": True,
             "artifact": "frozen TorchScript (.pt)", "call": lambda t: torch.from_numpy(runner.run({spec.name: t.numpy()})["y"])}
 

@@ -36,7 +36,7 @@ def _specs(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[str, ...]]:
 
 def compare_models(a: Path, b: Path, data: Path | None = None, threads: int = 2) -> CompareResult:
     """Feed both models the same batches (``data``, or seeded random inputs) and measure B against A."""
-    from edgekit.backends.ort import OrtRunner
+    from edgekit.backends.onnx.session import OrtRunner
     from edgekit.data import open_feed
     from edgekit.export import example_inputs
 

@@ -157,13 +157,9 @@ def rename_outputs(path: Path, names: tuple[str, ...]) -> None:
 
 
 def _run(model_bytes: bytes, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-    import onnxruntime as ort
+    from edgekit.backends.onnx.session import session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, feed)
+    return session(model_bytes, 1, optimize=False).run(None, feed)
 
 
 def outputs_match(a: list[np.ndarray], b: list[np.ndarray], rtol: float = SIMPLIFY_RTOL) -> tuple[bool, float]:

@@ -9,7 +9,6 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from edgekit import tables
 from edgekit.backends import names
 from edgekit.config import TargetOverride
 from edgekit.errors import ProfileError, did_you_mean

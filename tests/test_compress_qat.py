@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from edgekit.backends.base import CalibrationSettings
-from edgekit.backends.ort import OrtRecipe, quantize_static_qdq
+from edgekit.backends.onnx.qdq import QdqSettings, quantize_static_qdq
 from edgekit.compress import QATSettings, qat
 from edgekit.compress.qat import FakeQuant
 from edgekit.config import DataConfig
@@ -97,7 +97,7 @@ def test_qat_model_exports_to_onnx_and_quantizes_through_the_ort_int8_path(train
     np.testing.assert_allclose(y_onnx, y_torch, rtol=1e-4, atol=1e-5)
 
     int8 = tmp_path / "int8.onnx"
-    notes = quantize_static_qdq(fp32, int8, train, SPECS, CalibrationSettings(samples=64), OrtRecipe(mode="static"))
+    notes = quantize_static_qdq(fp32, int8, train, SPECS, CalibrationSettings(samples=64), QdqSettings())
     assert notes["calibration"]["samples"] == 64
     (y_int8,) = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})
     cos = np.sum(y_int8 * y_torch, 1) / np.linalg.norm(y_int8, axis=1) / np.linalg.norm(y_torch, axis=1)

@@ -12,8 +12,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.backends.base import CalibrationSettings
-from edgekit.backends.ort import OrtRecipe
-from edgekit.backends.ort_dynamic import activation_stats, approximate_gelu, fuse_transformer, quantize_dynamic_int8, smooth
+from edgekit.backends.ort.recipe import OrtRecipe
+from edgekit.backends.ort.dynamic import quantize_dynamic_int8
+from edgekit.backends.ort.matmul_stats import activation_stats
+from edgekit.backends.ort.passes.gelu import approximate_gelu
+from edgekit.backends.ort.passes.smooth import smooth
+from edgekit.backends.ort.passes.transformer import fuse_transformer
 from edgekit.cli import main
 from edgekit.errors import ProfileError
 from edgekit.types import TargetProfile

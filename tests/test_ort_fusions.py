@@ -10,8 +10,9 @@ import numpy as np
 import onnx
 import pytest
 
-from edgekit.backends.ort import session
-from edgekit.backends.ort_fusions import fuse_attention, layernorm_rows
+from edgekit.backends.onnx.session import session
+from edgekit.backends.ort.passes.attention import fuse_attention
+from edgekit.backends.ort.passes.layernorm_rows import layernorm_rows
 from edgekit.cli import main
 
 ENCODER = '''

@@ -10,8 +10,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.backends.base import CalibrationSettings
-from edgekit.backends.ort import OrtRecipe
-from edgekit.backends.ort_dynamic import fp32_fallback_nodes, quantize_dynamic_int8
+from edgekit.backends.ort.recipe import OrtRecipe
+from edgekit.backends.ort.dynamic import quantize_dynamic_int8
+from edgekit.backends.ort.matmul_stats import fp32_fallback_nodes
 from edgekit.errors import ProfileError
 from edgekit.profiles import load_profile
 from edgekit.types import TargetProfile, TensorSpec
@@ -129,7 +130,7 @@ def _conv_model(path: Path) -> None:
 
 @pytest.mark.parametrize("keep_stem", [True, False])
 def test_static_fp32_input_layers_keeps_the_stem_unquantized(tmp_path, keep_stem):
-    from edgekit.backends.ort import quantize_static_qdq
+    from edgekit.backends.onnx.qdq import QdqSettings, quantize_static_qdq
 
     specs = (TensorSpec("image", (1, 3, 8, 8)),)
     rng = np.random.default_rng(3)
@@ -137,7 +138,7 @@ def test_static_fp32_input_layers_keeps_the_stem_unquantized(tmp_path, keep_stem
     model, out = tmp_path / "m.onnx", tmp_path / "q.onnx"
     _conv_model(model)
     notes = quantize_static_qdq(model, out, calib, specs, CalibrationSettings(samples=8),
-                                OrtRecipe(mode="static", fp32_input_layers=keep_stem))
+                                QdqSettings(fp32_input_layers=keep_stem))
     graph = onnx.load(str(out)).graph
     producers = {o: n for n in graph.node for o in n.output}
     convs = {n.name: n for n in graph.node if n.op_type == "Conv"}

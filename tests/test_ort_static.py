@@ -13,8 +13,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.backends.base import CalibrationSettings
-from edgekit.backends.ort import OrtRecipe, quantize_static_qdq
-from edgekit.backends.ort_static import best_range
+from edgekit.backends.onnx.qdq import QdqSettings, quantize_static_qdq
+from edgekit.backends.ort.recipe import OrtRecipe
+from edgekit.backends.onnx.qdq_ranges import best_range
 from edgekit.errors import ProfileError
 from edgekit.types import TargetProfile, TensorSpec
 
@@ -88,7 +89,7 @@ def test_mse_ranges_land_in_the_artifact_and_it_runs(tmp_path):
     for method in ("minmax", "mse"):
         out = tmp_path / f"{method}.onnx"
         notes = quantize_static_qdq(model, out, calib, specs, CalibrationSettings(method=method, samples=64),
-                                    OrtRecipe(mode="static"))
+                                    QdqSettings())
         inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer}
         scale[method] = {k: float(v) for k, v in inits.items() if k.endswith("_scale") and v.ndim == 0}
         got = np.concatenate([_session_outputs(out, {"x": x[None]}) for x in held_out])
@@ -141,7 +142,7 @@ def test_reduce_range_keeps_8_bits_where_the_kernel_is_exact_and_auto_stem(tmp_p
     model, out = tmp_path / "m.onnx", tmp_path / "q.onnx"
     _cnn(model, pool)
     notes = quantize_static_qdq(model, out, calib, specs, CalibrationSettings(samples=16),
-                                OrtRecipe(mode="static", reduce_range=True, fp32_input_layers="auto"))
+                                QdqSettings(reduce_range=True, fp32_input_layers="auto"))
     graph = onnx.load(str(out)).graph
     stem, dw, pw = (_weight_codes(graph, n) for n in ("stem", "dw", "pw"))
     assert int(np.abs(pw.astype(np.int32)).max()) <= 64  # 7-bit: the u8 x s8 GEMM would saturate with 8
@@ -210,7 +211,7 @@ def test_attention_mask_fill_values_stay_fp32(tmp_path, method):
     calib = calibration_feed(tmp_path / "c.npz", specs, x=x, keep=keep)
     model, out = tmp_path / "attn.onnx", tmp_path / "attn_int8.onnx"
     _masked_attention(model)
-    notes = quantize_static_qdq(model, out, calib, specs, CalibrationSettings(method=method, samples=48), OrtRecipe(mode="static"))
+    notes = quantize_static_qdq(model, out, calib, specs, CalibrationSettings(method=method, samples=48), QdqSettings())
     # the mask and the masked scores reach -3.4e38: both are named, and no Q/DQ pair touches them
     assert notes["fill_values"].startswith("2 tensor(s) reach |x| >= 10000"), notes["fill_values"]
     assert "mask" in notes["fill_values"] and "masked" in notes["fill_values"]
@@ -228,7 +229,7 @@ def test_handing_edgekit_ranges_to_ort_gives_the_artifact_ort_calibration_gives(
     and zero points as when ORT calibrates (as it still does on onnxruntime builds without calibration_cache_path)."""
     import inspect
 
-    import edgekit.backends.ort as ort_backend
+    import edgekit.backends.onnx.qdq as ort_backend
 
     specs = (TensorSpec("x", (1, 32)),)
     calib = calibration_feed(tmp_path / "c.npz", specs, x=_with_outliers(np.random.default_rng(8), 40))
@@ -237,7 +238,7 @@ def test_handing_edgekit_ranges_to_ort_gives_the_artifact_ort_calibration_gives(
 
     def build(out: Path) -> tuple[dict, dict]:
         notes = quantize_static_qdq(model, out, calib, specs, CalibrationSettings(method="minmax", samples=40),
-                                    OrtRecipe(mode="static"))
+                                    QdqSettings())
         g = onnx.load(str(out)).graph
         inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
         return notes, {n.input[0]: (float(inits[n.input[1]]), int(inits[n.input[2]])) for n in g.node if n.op_type == "QuantizeLinear"}

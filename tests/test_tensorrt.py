@@ -15,14 +15,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from edgekit.backends.tensorrt import (
-    HOST_PROXY,
-    TensorRTBackend,
-    TensorRTRecipe,
-    engine_unavailable,
-    optimization_profile,
-)
-from edgekit.backends.trt_fp16 import (
+from edgekit.backends.tensorrt.backend import HOST_PROXY, TensorRTBackend, engine_unavailable, optimization_profile
+from edgekit.backends.tensorrt.recipe import TensorRTRecipe
+from edgekit.backends.tensorrt.fp16 import (
     DEFAULT_KEEP_FP32_OPS,
     _constant_problem,
     convert_fp16,

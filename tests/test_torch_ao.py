@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from edgekit.backends.torch_ao import PercentileObserver, TorchAoRecipe, TorchAoRunner, quantized_engine
+from edgekit.backends.torch_ao.artifact import TorchAoRunner
+from edgekit.backends.torch_ao.backend import PercentileObserver
+from edgekit.backends.torch_ao.common import quantized_engine
+from edgekit.backends.torch_ao.recipe import TorchAoRecipe
 from edgekit.cli import main
 from edgekit.errors import ProfileError
 from edgekit.resources import calibration_dir
@@ -558,7 +561,7 @@ def test_keep_float_naming_a_module_the_model_lacks_is_a_profile_error(tmp_path)
     from torch import nn
 
     from edgekit.backends.base import BuildContext, CalibrationSettings
-    from edgekit.backends.torch_ao import TorchAoBackend
+    from edgekit.backends.torch_ao.backend import TorchAoBackend
     from edgekit.types import SourceModel
 
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))

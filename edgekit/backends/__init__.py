@@ -1,4 +1,5 @@
-"""Backends by name. Adding a backend = one module here + one profile in targets/ + its tests."""
+"""Backends by name. Adding a backend = one folder here (its Backend in ``<name>/backend.py``, registered below) + one
+profile in targets/; tests/test_contract.py then covers it."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from edgekit.backends.base import Availability, Backend, BuildContext, Calibrati
 
 # name -> "module:class"; modules are imported on first use so optional runtimes stay optional.
 _REGISTRY = {
-    "ort": "edgekit.backends.ort:OrtBackend",
-    "tensorrt": "edgekit.backends.tensorrt:TensorRTBackend",
-    "torch_ao": "edgekit.backends.torch_ao:TorchAoBackend",
+    "ort": "edgekit.backends.ort.backend:OrtBackend",
+    "tensorrt": "edgekit.backends.tensorrt.backend:TensorRTBackend",
+    "torch_ao": "edgekit.backends.torch_ao.backend:TorchAoBackend",
 }
 
 __all__ = ["Availability", "Backend", "BuildContext", "CalibrationSettings", "Runner", "get_backend", "names", "versions"]

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from edgekit.backends.base import Runner
-from edgekit.backends.ort import OrtRunner
+from edgekit.backends.onnx.session import OrtRunner
 from edgekit.compress import CompressContext, check_step, run_step, settings_table, spec_of
 from edgekit.config import BuildConfig, DataConfig, ExportConfig
 from edgekit.console import Progress, Silent

@@ -158,6 +158,6 @@ def latency_feed(data: ValidationData, specs: tuple[TensorSpec, ...], shapes: di
 
 
 def reference_runner(reference: Reference, threads: int) -> Runner:
-    from edgekit.backends.ort import OrtRunner
+    from edgekit.backends.onnx.session import OrtRunner
 
     return OrtRunner(Path(reference.path), reference.inputs, reference.outputs, threads)

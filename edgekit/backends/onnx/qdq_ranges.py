@@ -1,4 +1,4 @@
-"""What edgekit's static INT8 recipe adds to ``onnxruntime.quantization.quantize_static``.
+"""What edgekit's static INT8 recipe measures and decides before ``onnxruntime.quantization.quantize_static`` runs.
 
 Three things, each measured on the benchmark CNNs (benchmarks/recipe_sweep.py, docs/ort-targets.md):
 
@@ -18,9 +18,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
+
+from edgekit.backends.onnx.graph import TensorReader, tensor_reader
 
 COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 POOLS = ("MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool", "LpPool")
@@ -86,37 +88,6 @@ def exact_weight_overrides(graph: Any, fp32_layers: Iterable[str]) -> dict[str, 
     return out
 
 
-def _float_tensors(model: Any) -> list[str]:
-    """Graph inputs and node outputs of type float: the tensors ORT's calibrator may quantize."""
-    import onnx
-
-    inferred = onnx.shape_inference.infer_shapes(model)
-    types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)}
-    inits = {i.name for i in model.graph.initializer}
-    names = [i.name for i in model.graph.input if i.name not in inits] + [o for n in model.graph.node for o in n.output if o]
-    return [t for t in dict.fromkeys(names) if types.get(t) == onnx.TensorProto.FLOAT]
-
-
-TensorReader = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
-
-
-def tensor_reader(src: Path) -> TensorReader:
-    """One session over ``src`` with every float tensor made an output: feed -> {tensor name: value}."""
-    import onnx
-
-    from edgekit.backends.ort import session
-
-    model = onnx.load(str(src))
-    names = _float_tensors(model)
-    present = {o.name for o in model.graph.output}
-    for t in names:
-        if t not in present:
-            model.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
-    sess = session(model.SerializeToString(), 2)
-    wanted = [o.name for o in sess.get_outputs() if o.name in set(names)]
-    return lambda feed: dict(zip(wanted, sess.run(wanted, dict(feed))))
-
-
 def best_range(hist: np.ndarray, lo: float, hi: float, levels: int, symmetric: bool) -> tuple[float, float]:
     """The clipping range of a histogram (bins over [lo, hi]) with the least expected squared quantization error.
 
@@ -146,7 +117,7 @@ def tensor_bounds(tensors: TensorReader, feeds: Any) -> dict[str, tuple[float, f
     """(min, max) of every tensor ``tensors`` returns over the calibration feeds (a rewindable reader), each range
     widened to hold 0. One pass that keeps two numbers per tensor."""
     bounds: dict[str, tuple[float, float]] = {}
-    for feed in _feeds(feeds):
+    for feed in feeds.passes():
         for t, v in tensors(feed).items():
             if v.size:
                 lo, hi = bounds.get(t, (0.0, 0.0))
@@ -171,7 +142,7 @@ def mse_ranges(tensors: TensorReader, feeds: Any, symmetric: bool, levels: int,
     lo = {t: 0.0 if symmetric else a for t, (a, b) in bounds.items()}
     hi = {t: max(-a, b) if symmetric else b for t, (a, b) in bounds.items()}
     hists = {t: np.zeros(BINS) for t in bounds if hi[t] > lo[t]}
-    for feed in _feeds(feeds):
+    for feed in feeds.passes():
         for t, v in tensors(feed).items():
             if t in hists:
                 hists[t] += np.histogram(np.abs(v) if symmetric else v, bins=BINS, range=(lo[t], hi[t]))[0]
@@ -214,13 +185,6 @@ def write_minmax_cache(bounds: Mapping[str, tuple[float, float]], skip: Iterable
     skipped = set(skip)
     data = {t: (np.float32(lo), np.float32(hi)) for t, (lo, hi) in bounds.items() if t not in skipped}
     save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), path)
-
-
-def _feeds(reader: Any) -> Iterator[Mapping[str, np.ndarray]]:
-    reader.rewind()
-    while (feed := reader.get_next()) is not None:
-        yield feed
-    reader.rewind()
 
 
 def range_overrides(ranges: Mapping[str, tuple[float, float]]) -> dict[str, list[dict[str, Any]]]:

@@ -8,17 +8,17 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from edgekit.backends.base import CalibrationSettings, Runner
+from edgekit.backends.onnx.calibration import FeedCalibrationReader
+from edgekit.backends.tensorrt.recipe import ProfileShapes, TensorRTRecipe
 from edgekit.errors import ProfileError
 from edgekit.fsutil import atomic_write_bytes
 from edgekit.types import Feed, FeedSource, TensorSpec
 
-if TYPE_CHECKING:  # annotations only: tensorrt.py imports this module
-    from edgekit.backends.tensorrt import ProfileShapes, TensorRTRecipe
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,6 @@ def _entropy_calibrator(trt: Any, cal: EngineCalibration, batch: int) -> Any:
     import dataclasses
 
     import torch
-
-    from edgekit.backends.ort import FeedCalibrationReader
 
     reader = FeedCalibrationReader(cal.source, cal.specs, dataclasses.replace(cal.settings, batch_size=batch))
 

@@ -12,7 +12,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgekit.backends.base import CalibrationSettings
-from edgekit.backends.trt_fp16 import DEFAULT_KEEP_FP32_OPS, drop_unused_initializers, loads_in_onnxruntime
+from edgekit.backends.onnx.qdq import QdqSettings, quantize_static_qdq
+from edgekit.backends.tensorrt.fp16 import DEFAULT_KEEP_FP32_OPS, drop_unused_initializers, loads_in_onnxruntime
 from edgekit.fsutil import atomic_move
 from edgekit.types import FeedSource, TensorSpec
 
@@ -112,14 +113,12 @@ def make_int8_qdq_onnx(
     ``keep_ops`` (normalizations, softmax, reductions) are left unquantized, as TensorRT's QDQ placement expects."""
     import onnx
 
-    from edgekit.backends.ort import OrtRecipe, quantize_static_qdq
-
     # TensorRT's INT8 kernels accumulate in int32 on every GPU, so the full 8-bit range is safe (no reduce_range).
-    recipe = OrtRecipe(mode="static", activation_type="int8", weight_type="int8", per_channel=True,
-                       reduce_range=False, symmetric_activations=True, exclude_op_types=tuple(keep_ops))
+    qdq = QdqSettings(activation_type="int8", weight_type="int8", per_channel=True, reduce_range=False,
+                      symmetric_activations=True, exclude_op_types=tuple(keep_ops))
     with tempfile.TemporaryDirectory(prefix="edgekit-trt-") as tmp:
         raw = Path(tmp) / "qdq.onnx"
-        notes = quantize_static_qdq(src, raw, calib, specs, settings, recipe)
+        notes = quantize_static_qdq(src, raw, calib, specs, settings, qdq)
         model = onnx.load(str(raw))
         folded = fold_int32_bias(model)
         summary = qdq_summary(model)

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from edgekit.backends.torch_common import under
-from edgekit.backends.torch_integer import REASON as INTEGER_REASON
-from edgekit.backends.torch_integer import Provenance, reads_integer
+from edgekit.backends.torch_ao.common import under
+from edgekit.backends.torch_ao.integer import REASON as INTEGER_REASON
+from edgekit.backends.torch_ao.integer import Provenance, reads_integer
 
 # ops that move or re-type data without arithmetic: never reported as "stayed float"
 PLUMBING = frozenset(

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from edgekit.backends.base import Runner
-from edgekit.backends.torch_common import as_outputs, first_line, quantized_engine, torch_threads, torch_warnings_to_log
+from edgekit.backends.torch_ao.common import as_outputs, first_line, quantized_engine, torch_threads, torch_warnings_to_log
 from edgekit.types import Feed, TensorSpec
 
 log = logging.getLogger(__name__)

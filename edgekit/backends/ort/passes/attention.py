@@ -17,62 +17,22 @@ pattern does not depend on how the additive mask ``bias`` was computed, so ``fus
 - otherwise: the attention core becomes ``com.microsoft.MultiHeadAttention`` with ``bias`` as its attention_bias; the
   projections stay MatMul/Gemm nodes (and so still become INT8 kernels).
 
-``layernorm_rows`` moves residual Add + LayerNormalization pairs to 2-D rows, where ONNX Runtime does not fuse them into
-its slower ``SkipLayerNormalization`` (see its docstring).
-
-Both rewrites are exact up to float summation order; callers check them numerically before use (ort_dynamic).
+Exact up to float summation order; the transformer pass checks the result numerically before use.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-MS_DOMAIN = "com.microsoft"
-
-
-@dataclass
-class _Graph:
-    """Producer/consumer look-ups over one ONNX graph."""
-
-    model: Any
-
-    def __post_init__(self) -> None:
-        from onnx import numpy_helper
-
-        graph = self.model.graph
-        self.nodes = list(graph.node)  # one set of wrappers, so `is` comparisons between look-ups hold
-        self.producer = {o: n for n in self.nodes for o in n.output}
-        self.consumers: dict[str, list[Any]] = {}
-        for n in self.nodes:
-            for name in n.input:
-                self.consumers.setdefault(name, []).append(n)
-        self.consts = {i.name: i for i in graph.initializer}
-        for n in self.nodes:  # Constant nodes count as initializers for matching
-            if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-                self.consts[n.output[0]] = n.attribute[0].t
-        self._array = numpy_helper.to_array
-        self.graph_outputs = {o.name for o in graph.output}
-
-    def const(self, name: str) -> np.ndarray | None:
-        return self._array(self.consts[name]) if name in self.consts else None
-
-    def only_consumer(self, name: str) -> Any | None:
-        users = self.consumers.get(name, [])
-        return users[0] if len(users) == 1 and name not in self.graph_outputs else None
-
-    def made_by(self, name: str, op_type: str) -> Any | None:
-        node = self.producer.get(name)
-        return node if node is not None and node.op_type == op_type else None
-
+from edgekit.backends.onnx.graph import MS_DOMAIN, GraphIndex, inferred_shapes, prune_dead, reorder_nodes
 
 def _perm(node: Any) -> list[int]:
     return next((list(a.ints) for a in node.attribute if a.name == "perm"), [])
 
 
-def _head_split(g: _Graph, shapes: dict[str, list[Any]], name: str, perm: list[int]) -> tuple[Any, Any, list[int | None]] | None:
+def _head_split(g: GraphIndex, shapes: dict[str, list[Any]], name: str, perm: list[int]) -> tuple[Any, Any, list[int | None]] | None:
     """``name`` = Transpose(Reshape(x, [b, s, heads, d]), perm): (transpose, reshape, [b, s, heads, d]) when it
     matches; b and s are None when the shape is computed at run time (heads and d must be literal)."""
     transpose = g.made_by(name, "Transpose")
@@ -93,7 +53,7 @@ def _head_split(g: _Graph, shapes: dict[str, list[Any]], name: str, perm: list[i
     return transpose, reshape, dims
 
 
-def _shape_vector(g: _Graph, name: str) -> list[int | None] | None:
+def _shape_vector(g: GraphIndex, name: str) -> list[int | None] | None:
     """A shape tensor's entries: a constant, or a Concat of one-element parts (None where a part is computed)."""
     value = g.const(name)
     if value is not None:
@@ -107,7 +67,7 @@ def _shape_vector(g: _Graph, name: str) -> list[int | None] | None:
     return [None if p is None else int(p.reshape(-1)[0]) for p in parts]
 
 
-def _scalar(g: _Graph, node: Any) -> tuple[str, float] | None:
+def _scalar(g: GraphIndex, node: Any) -> tuple[str, float] | None:
     """(other input, value) of a Mul/Div whose one input is a constant scalar."""
     for i, name in enumerate(node.input):
         value = g.const(name)
@@ -118,7 +78,7 @@ def _scalar(g: _Graph, node: Any) -> tuple[str, float] | None:
     return None
 
 
-def _scores(g: _Graph, name: str) -> bool:
+def _scores(g: GraphIndex, name: str) -> bool:
     """Is ``name`` a MatMul output, or one scaled by a constant scalar (the attention scores, not the mask)?"""
     if g.made_by(name, "MatMul") is not None:
         return True
@@ -127,7 +87,7 @@ def _scores(g: _Graph, name: str) -> bool:
     return hit is not None and g.made_by(hit[0], "MatMul") is not None
 
 
-def _match(g: _Graph, shapes: dict[str, list[Any]], softmax: Any) -> dict[str, Any] | None:
+def _match(g: GraphIndex, shapes: dict[str, list[Any]], softmax: Any) -> dict[str, Any] | None:
     """The attention around one Softmax, or None."""
     axis = next((a.i for a in softmax.attribute if a.name == "axis"), -1)
     if axis not in (-1, 3):
@@ -193,12 +153,12 @@ def fuse_attention(model: Any) -> dict[str, int]:
     becomes ``MultiHeadAttention`` with the mask as ``attention_bias``. Returns how many of each were made."""
     from onnx import helper
 
-    g = _Graph(model)
+    g = GraphIndex(model)
     graph = model.graph
     counts = {"Attention": _quantizable_attention(g), "MultiHeadAttention": 0}
     if not any(n.op_type == "Softmax" for n in g.nodes):
         return counts
-    shapes = _shapes(model)
+    shapes = inferred_shapes(model)
     found = [m for m in (_match(g, shapes, n) for n in g.nodes if n.op_type == "Softmax") if m is not None]
     if not found:
         return counts
@@ -239,14 +199,14 @@ def fuse_attention(model: Any) -> dict[str, int]:
         m["out"].input[0] = added[-1].output[0]
         before[m["out"].output[0]] = added
         drop.update(n.output[0] for n in m["removed"])
-    _reorder(graph, before, drop)
-    _prune_dead(graph)
+    reorder_nodes(graph, before, drop)
+    prune_dead(graph)
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return counts
 
 
-def _quantizable_attention(g: _Graph) -> int:
+def _quantizable_attention(g: GraphIndex) -> int:
     """Drop ``qkv_hidden_sizes`` = [h, h, h] from Attention nodes already in the graph (the exporter's optimizer
     writes them for unmasked attention): it only restates the default, and ONNX Runtime's quantizer leaves an
     Attention that carries it in FP32. Returns how many were changed."""
@@ -264,7 +224,7 @@ def _quantizable_attention(g: _Graph) -> int:
     return changed
 
 
-def _as_3d(g: _Graph, shapes: dict[str, list[Any]], name: str, hidden: int | None, dims: list[int | None], graph: Any,
+def _as_3d(g: GraphIndex, shapes: dict[str, list[Any]], name: str, hidden: int | None, dims: list[int | None], graph: Any,
            added: list[Any], prefix: str) -> str | None:
     """``name`` as a [batch, seq, width] tensor: itself when already 3-D (or the 3-D tensor a Reshape flattened it
     from), else a Reshape to [b, s, width] from the head split's literal b and s; None when neither is known.
@@ -289,17 +249,6 @@ def _reshape(graph: Any, added: list[Any], name: str, shape: list[int], prefix: 
     graph.initializer.append(numpy_helper.from_array(np.array(shape, dtype=np.int64), f"{prefix}_shape"))
     added.append(helper.make_node("Reshape", [name, f"{prefix}_shape"], [f"{prefix}_3d"], name=f"{prefix}_reshape"))
     return added[-1].output[0]
-
-
-def _reorder(graph: Any, before: dict[str, list[Any]], drop: set[str]) -> None:
-    """Rebuild the node list: ``before[out]`` goes in front of the node whose first output is ``out``; ``drop`` out."""
-    nodes = []
-    for n in graph.node:
-        nodes += before.get(n.output[0], [])
-        if n.output[0] not in drop:
-            nodes.append(n)
-    del graph.node[:]
-    graph.node.extend(nodes)
 
 
 def _attention_bias(bias: str, shapes: dict[str, list[Any]], seq: int | None, prefix: str, graph: Any, added: list[Any],
@@ -328,7 +277,7 @@ def _attention_bias(bias: str, shapes: dict[str, list[Any]], seq: int | None, pr
 MASKED = -1e4  # a Where branch at or below this is "masked out" (exp underflows to 0 either way)
 
 
-def _mask_index(g: _Graph, bias: str, shapes: dict[str, list[Any]], prefix: str, graph: Any, added: list[Any],
+def _mask_index(g: GraphIndex, bias: str, shapes: dict[str, list[Any]], prefix: str, graph: Any, added: list[Any],
                 masks: dict[str, str]) -> str | None:
     """A [batch, seq, seq] int32 0/1 mask equal to the additive ``bias`` = Where(cond, 0, masked) (or the reverse),
     made from ``cond``; "" when there is no mask; None when ``bias`` is anything else."""
@@ -366,120 +315,7 @@ def _mask_index(g: _Graph, bias: str, shapes: dict[str, list[Any]], prefix: str,
     return masks[bias]
 
 
-def _shapes(model: Any) -> dict[str, list[int | str | None]]:
-    """Every tensor's inferred shape (ints, symbolic names or None), initializers included.
-
-    ONNX Runtime's symbolic shape inference first: it follows shapes computed at run time (Shape -> Concat ->
-    Expand, as the TorchScript exporter writes masks); ONNX's own inference when that fails."""
-    import onnx
-
-    try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
-    except Exception:  # it raises whatever an op handler raises on graphs it does not understand
-        inferred = None
-    if inferred is None:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    out: dict[str, list[int | str | None]] = {}
-    graph = inferred.graph
-    for v in [*graph.input, *graph.value_info, *graph.output]:
-        t = v.type.tensor_type
-        if t.HasField("shape"):
-            out[v.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
-    for i in graph.initializer:
-        out[i.name] = list(i.dims)
-    return out
-
-
-def _same_3d(a: list[Any] | None, b: list[Any]) -> bool:
-    """Same [batch, seq, hidden]: equal literal seq and hidden, and batch equal or run-time on both sides (two
-    symbolic names can differ only in how shape inference named them; a literal batch against a run-time one could
-    be a broadcast)."""
-    if a is None or len(a) != 3 or a[1:] != b[1:]:
-        return False
-    return a[0] == b[0] or (not isinstance(a[0], int) and not isinstance(b[0], int))
-
-
-def layernorm_rows(model: Any) -> int:
-    """Run each residual ``LayerNormalization(Add(a, b))`` over [rows, hidden] instead of [batch, seq, hidden].
-
-    ONNX Runtime fuses a 3-D Add + LayerNormalization into ``SkipLayerNormalization``, whose CPU kernel measured over
-    twice the time of Add + LayerNormalization on the same 128 x 384 data (benchmarks/kernels.py). On 2-D rows the
-    fusion does not apply. Reshapes that only moved a projection's 2-D output to 3-D and back are bypassed, so the
-    residual stream stays 2-D from one projection to the next. Edits ``model`` in place; returns how many were moved."""
-    from onnx import helper, numpy_helper
-
-    g = _Graph(model)
-    shapes = _shapes(model)
-    graph = model.graph
-
-    def static_3d(name: str) -> list[Any] | None:
-        s = shapes.get(name)
-        return s if s is not None and len(s) == 3 and all(isinstance(d, int) and d > 0 for d in s[1:]) else None
-
-    def rows_source(name: str, hidden: int) -> str | None:
-        """The 2-D [rows, hidden] tensor ``name`` was reshaped from, if any."""
-        node = g.made_by(name, "Reshape")
-        if node is None:
-            return None
-        s = shapes.get(node.input[0])
-        return node.input[0] if s is not None and len(s) == 2 and s[1] == hidden else None
-
-    chosen = []
-    for ln in g.nodes:
-        if ln.op_type != "LayerNormalization" or next((a.i for a in ln.attribute if a.name == "axis"), -1) not in (-1, 2):
-            continue
-        add = g.made_by(ln.input[0], "Add")
-        shape = static_3d(ln.input[0])
-        if add is None or shape is None or g.only_consumer(add.output[0]) is not ln:
-            continue
-        if not all(_same_3d(shapes.get(x), shape) for x in add.input):  # no broadcasting ([1, s, h] positions)
-            continue
-        chosen.append((ln, add, shape))
-    if not chosen:
-        return 0
-    rows_of: dict[str, str] = {}  # 3-D tensor -> the same data as [rows, hidden]
-    before: dict[str, list[Any]] = {}
-    drop: set[str] = set()
-    for i, (ln, add, (_, seq, hidden)) in enumerate(chosen):
-        prefix = f"edgekit_rows_{i}"
-        added = []
-        flat_shape = f"{prefix}_flat_shape"
-        graph.initializer.append(numpy_helper.from_array(np.array([-1, hidden], dtype=np.int64), flat_shape))
-        operands = []
-        for j, x in enumerate(add.input):
-            src = rows_of.get(x) or rows_source(x, hidden)
-            if src is None:
-                src = f"{prefix}_in{j}"
-                added.append(helper.make_node("Reshape", [x, flat_shape], [src], name=src))
-            operands.append(src)
-        added.append(helper.make_node("Add", operands, [f"{prefix}_sum"], name=f"{prefix}_add"))
-        ln_rows = helper.make_node("LayerNormalization", [f"{prefix}_sum", *ln.input[1:]], [f"{prefix}_out"],
-                                   name=f"{prefix}_ln")
-        ln_rows.attribute.extend(a for a in ln.attribute if a.name != "axis")
-        ln_rows.attribute.append(helper.make_attribute("axis", -1))
-        added.append(ln_rows)
-        three_d = f"{prefix}_3d_shape"
-        graph.initializer.append(numpy_helper.from_array(np.array([-1, seq, hidden], dtype=np.int64), three_d))
-        # the old LayerNormalization's output keeps its name (later nodes and graph outputs read it), now a Reshape
-        added.append(helper.make_node("Reshape", [ln_rows.output[0], three_d], [ln.output[0]], name=f"{prefix}_back"))
-        rows_of[ln.output[0]] = ln_rows.output[0]
-        before[ln.output[0]] = added
-        drop.update((ln.output[0], add.output[0]))
-    for n in g.nodes:  # consumers that flatten a moved output again read the rows directly
-        if n.op_type == "Reshape" and n.input[0] in rows_of and n.output[0] not in g.graph_outputs:
-            target = g.const(n.input[1])
-            hidden = shapes[n.input[0]][2]
-            if target is not None and target.tolist() == [-1, hidden]:
-                _rename_uses(graph, n.output[0], rows_of[n.input[0]])
-                drop.add(n.output[0])
-    _reorder(graph, before, drop)
-    _prune_dead(graph)
-    return len(chosen)
-
-
-def _projection(g: _Graph, name: str) -> tuple[str, np.ndarray, np.ndarray] | None:
+def _projection(g: GraphIndex, name: str) -> tuple[str, np.ndarray, np.ndarray] | None:
     """(input, weight [in, out], bias [out]) of the constant-weight MatMul/Gemm that makes ``name``, if one does."""
     node = g.producer.get(name)
     if node is not None and node.op_type == "Reshape" and g.only_consumer(node.input[0]) is node:
@@ -502,7 +338,7 @@ def _projection(g: _Graph, name: str) -> tuple[str, np.ndarray, np.ndarray] | No
     return node.input[0], weight, bias
 
 
-def _pack_qkv(g: _Graph, m: dict[str, Any], prefix: str) -> tuple[Any, Any, str] | None:
+def _pack_qkv(g: GraphIndex, m: dict[str, Any], prefix: str) -> tuple[Any, Any, str] | None:
     """One [in, 3 * hidden] weight and bias ([q | k | v] columns) for the Q, K, V projections of a matched
     attention, and their shared input; None when they can't be packed."""
     from onnx import numpy_helper
@@ -519,38 +355,3 @@ def _pack_qkv(g: _Graph, m: dict[str, Any], prefix: str) -> tuple[Any, Any, str]
     bias = np.concatenate([p[2] for p in parts])
     return (numpy_helper.from_array(np.ascontiguousarray(weight), f"{prefix}_qkv_weight"),
             numpy_helper.from_array(np.ascontiguousarray(bias), f"{prefix}_qkv_bias"), parts[0][0])
-
-
-def _rename_uses(graph: Any, old: str, new: str) -> None:
-    """Every node input named ``old`` reads ``new`` instead (``old`` is never a graph output here)."""
-    for n in graph.node:
-        for k, name in enumerate(n.input):
-            if name == old:
-                n.input[k] = new
-
-
-def _names_read(graph: Any) -> set[str]:
-    """Every tensor name a node of ``graph`` reads, subgraphs (If/Loop/Scan bodies) included."""
-    names = set()
-    for n in graph.node:
-        names.update(n.input)
-        for a in n.attribute:
-            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                names |= _names_read(sub)
-    return names
-
-
-def _prune_dead(graph: Any) -> None:
-    """Drop nodes none of whose outputs is read by a node, a subgraph or the graph's outputs, then the initializers
-    nothing reads any more."""
-    while True:
-        used = _names_read(graph) | {o.name for o in graph.output}
-        dead = [k for k, n in enumerate(graph.node) if not any(o in used for o in n.output if o)]
-        if not dead:
-            break
-        for k in reversed(dead):
-            del graph.node[k]
-    declared = {i.name for i in graph.input}  # an initializer listed as a graph input stays (old IR: a default)
-    unread = [k for k, i in enumerate(graph.initializer) if i.name not in used and i.name not in declared]
-    for k in reversed(unread):
-        del graph.initializer[k]

@@ -10,7 +10,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from edgekit.backends.torch_common import first_line, join_path
+from edgekit.backends.torch_ao.common import first_line, join_path
 
 SCOPE = "edgekit_scope"  # node.meta key: the path (relative to the traced module) of the module whose forward made the op
 

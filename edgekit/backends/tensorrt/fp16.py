@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from edgekit.backends.onnx.session import session
 from edgekit.fsutil import atomic_move
 
 log = logging.getLogger(__name__)
@@ -379,8 +380,6 @@ def make_fp16_onnx(src: Path, dst: Path, keep_ops: Sequence[str], keep_nodes: Se
 
 def loads_in_onnxruntime(path: Path) -> None:
     """Raise unless ONNX Runtime loads the ONNX file at ``path`` (graph optimizations off)."""
-    from edgekit.backends.ort import session
-
     session(str(path), 1, optimize=False)
 
 

@@ -1,22 +1,15 @@
-"""torch CPU INT8 targets (fbgemm for x86, qnnpack for ARM): torch.ao post-training quantization, frozen TorchScript.
-
-Every torch.ao call in edgekit lives in this module, so that a PT2E (torchao) implementation can replace it in one
-place (see docs/torch-targets.md). Static mode: FX graph mode (prepare_fx/convert_fx); dynamic mode: quantize_dynamic.
-What does not call torch.ao lives beside it: torch_islands (what torch.fx can trace), torch_integer (integer tensors
-stay float), torch_rewrite (transformer layers for dynamic mode), torch_census (what stayed float), torch_artifact
-(TorchScript file and runner), torch_common (shared helpers).
-"""
+"""The torch.ao backend: post-training quantization (FX graph mode for static, quantize_dynamic for dynamic), the
+float census, and the frozen TorchScript artifact. Every torch.ao call in edgekit lives in this module, so that a PT2E
+(torchao) implementation can replace it in one place (see docs/torch-targets.md)."""
 
 from __future__ import annotations
 
 import copy
 import logging
 import platform
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-import numpy as np
 import torch
 import torch.ao.nn.quantized.dynamic as ao_dynamic
 from torch import Tensor, nn
@@ -27,56 +20,25 @@ from torch.ao.quantization.observer import HistogramObserver, MinMaxObserver
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 from edgekit.backends.base import Availability, Backend, BuildContext, CalibrationSettings, Runner
-from edgekit.backends.torch_artifact import ARTIFACT, TorchAoRunner, serialize, to_torchscript
-from edgekit.backends.torch_census import float_ops
-from edgekit.backends.torch_common import quantized_engine, set_module, torch_warnings_to_log, under
-from edgekit.backends.torch_integer import FloatOp, IntegerOps, find_integer_ops, unwrap_float_ops, wrap_float_ops
-from edgekit.backends.torch_islands import SCOPE, island_inputs, islands, trace_island
-from edgekit.backends.torch_rewrite import rewrite_transformers
+from edgekit.backends.calibration import calibration_feeds
+from edgekit.backends.torch_ao.artifact import ARTIFACT, TorchAoRunner, serialize, to_torchscript
+from edgekit.backends.torch_ao.census import float_ops
+from edgekit.backends.torch_ao.common import quantized_engine, set_module, torch_warnings_to_log, under
+from edgekit.backends.torch_ao.integer import FloatOp, IntegerOps, find_integer_ops, unwrap_float_ops, wrap_float_ops
+from edgekit.backends.torch_ao.islands import SCOPE, island_inputs, islands, trace_island
+from edgekit.backends.torch_ao.recipe import REDUCE_RANGE, TorchAoRecipe
+from edgekit.backends.torch_ao.rewrite import rewrite_transformers
 from edgekit.errors import ProfileError
-from edgekit.tables import check_keys, field_names
 from edgekit.hostinfo import has_int8_dot
 from edgekit.fsutil import atomic_write_bytes
 from edgekit.types import Artifact, ArtifactFile, FeedSource, Reference, SourceModel, TargetProfile, TensorSpec
 
-# importable from here, where they were before the split: the tests and benchmarks/torch_ao_vs_pt2e.py use them
-__all__ = ["PercentileObserver", "TorchAoBackend", "TorchAoRecipe", "TorchAoRunner", "calibration_batches", "quantize_dynamic",
-           "quantize_static", "quantized_engine", "serialize", "to_torchscript"]
-_torch_warnings_to_log = torch_warnings_to_log  # the benchmark's name for it
 
 log = logging.getLogger(__name__)
 
 QUANTIZED_MODULES = ("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized")  # where INT8 modules live
 
-ENGINES = ("fbgemm", "qnnpack")
-MODES = ("static", "dynamic")
-# fbgemm's own qconfig gives activations 7 bits: its AVX2 kernels add pairs of u8 x s8 products in int16.
-REDUCE_RANGE = {"fbgemm": True, "qnnpack": False}
 OBSERVERS = {"minmax": "MinMaxObserver", "entropy": "HistogramObserver (L2-optimal range)", "mse": "HistogramObserver (L2-optimal range)", "percentile": "percentile of a HistogramObserver histogram"}
-
-
-@dataclass(frozen=True)
-class TorchAoRecipe:
-    """The ``[recipe]`` of a ``torch_ao`` profile."""
-
-    engine: str = "fbgemm"  # fbgemm | qnnpack: the quantized engine and its own default qconfig
-    mode: str = "static"  # static (calibrated activations) | dynamic (Linear/LSTM/GRU weights; activations at run time)
-    keep_float: tuple[str, ...] = ()  # module names (as in model.named_modules()) left in float
-
-    @classmethod
-    def parse(cls, profile: TargetProfile) -> "TorchAoRecipe":
-        r = dict(profile.recipe)
-        check_keys(r, field_names(cls), f"target '{profile.name}' [recipe]", ProfileError)
-        keep = r.get("keep_float", ())
-        if not isinstance(keep, (list, tuple)) or not all(isinstance(k, str) and k for k in keep):
-            raise ProfileError(f"target '{profile.name}' recipe keep_float must be a list of module names, got {keep!r}")
-        r["keep_float"] = tuple(keep)
-        recipe = cls(**r)
-        if recipe.engine not in ENGINES:
-            raise ProfileError(f"target '{profile.name}' recipe engine = {recipe.engine!r}; expected one of {ENGINES}")
-        if recipe.mode not in MODES:
-            raise ProfileError(f"target '{profile.name}' recipe mode = {recipe.mode!r}; expected one of {MODES}")
-        return recipe
 
 
 # ----------------------------------------------------------------------------------------- calibration
@@ -243,14 +205,8 @@ def quantize_dynamic(model: Any, engine: str, example: tuple, keep_float: tuple[
 
 def calibration_batches(source: FeedSource, specs: tuple[TensorSpec, ...], settings: CalibrationSettings) -> Iterator[tuple]:
     """The first ``settings.samples`` calibration samples as positional tensors, batched like the other INT8 targets."""
-    static_batch = any(0 not in s.dynamic_axes for s in specs)
-    left = settings.samples
-    for batch in source.batches(1 if static_batch else settings.batch_size):
-        if left <= 0:
-            return
-        args = tuple(torch.from_numpy(np.ascontiguousarray(batch.feed[s.name][:left], dtype=s.dtype)) for s in specs)
-        left -= int(args[0].shape[0])
-        yield args
+    for feed in calibration_feeds(source, specs, settings):
+        yield tuple(torch.from_numpy(feed[s.name]) for s in specs)
 
 
 def _example(ctx: BuildContext) -> tuple:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edgekit.backends.torch_common import as_outputs, first_line, set_module
+from edgekit.backends.torch_ao.common import as_outputs, first_line, set_module
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,204 @@
+"""Static QDQ quantization with ONNX Runtime's ``quantize_static``: the core of ort-int8 and tensorrt-int8.
+
+What edgekit adds to ORT's quantizer (ranges, fill values, FP32 stems, exact 8-bit weights) is measured and decided in
+``qdq_ranges``; this module runs the quantizer with it, with fallbacks for the shape-inference failures some exports
+trigger, and writes the notes the manifest keeps.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from edgekit.backends.base import CalibrationSettings
+from edgekit.backends.onnx import qdq_ranges
+from edgekit.backends.onnx.calibration import FeedCalibrationReader
+from edgekit.backends.onnx.graph import first_line, nodes_of_types, strip_value_info
+from edgekit.backends.onnx.session import session
+from edgekit.fsutil import atomic_move
+from edgekit.types import FeedSource, TensorSpec
+
+log = logging.getLogger(__name__)
+
+QUANT_TYPES = ("int8", "uint8")
+
+
+@dataclass(frozen=True)
+class QdqSettings:
+    """What a static QDQ quantization is asked for; ort-int8's recipe and tensorrt-int8 each give one."""
+
+    activation_type: str = "uint8"
+    weight_type: str = "int8"
+    per_channel: bool = True
+    reduce_range: bool | str = "auto"  # "auto": 7-bit weights only where the host lacks exact INT8 dot products
+    symmetric_activations: bool = False
+    exclude_op_types: tuple[str, ...] = ()
+    # Conv/Gemm/MatMul nodes that read a graph input directly (a CNN's stem) stay FP32: true, false, or "auto" = FP32
+    # unless a pooling op follows the stem (ORT would then run that pool in FP32); see qdq_ranges.py.
+    fp32_input_layers: bool | str = False
+
+
+def resolved_reduce_range(setting: bool | str) -> bool:
+    """``auto`` resolves per host: x86 without VNNI/AMX saturates u8 x s8 products, so weights get 7 bits."""
+    if setting == "auto":
+        from edgekit.hostinfo import has_int8_dot
+
+        return not has_int8_dot()
+    return bool(setting)
+
+
+def qtype(name: str) -> Any:
+    from onnxruntime.quantization import QuantType
+
+    return QuantType.QInt8 if name == "int8" else QuantType.QUInt8
+
+
+def calibrate_method(name: str) -> Any:
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[name]
+
+
+def preprocess(src: Path, dst: Path) -> str:
+    """ORT's quantization pre-processing, degrading gracefully: symbolic shape inference fails on some
+    dynamo exports ("Incomplete symbolic shape inference"), so retry without it, then without any."""
+    from onnxruntime.quantization import quant_pre_process
+
+    attempts = (("full", {}), ("without symbolic shape inference", {"skip_symbolic_shape": True}))
+    failures = []
+    for label, kwargs in attempts:
+        try:
+            quant_pre_process(str(src), str(dst), **kwargs)
+            return f"pre-processed ({label})" + (f"; after: {'; '.join(failures)}" if failures else "")
+        except Exception as exc:  # ORT raises bare Exceptions here
+            failures.append(f"{label} failed ({first_line(exc)})")
+            log.debug("quant_pre_process %s failed: %s", label, exc)
+    dst.write_bytes(src.read_bytes())
+    return f"not pre-processed: {'; '.join(failures)}"
+
+
+def with_fallbacks(src: Path, tmp: Path, attempt: Callable[[Path], None]) -> str:
+    """Run a quantizer; on the shape-inference failures some exports trigger, retry on a cleaned graph."""
+    try:
+        attempt(src)
+        return ""
+    except Exception as exc:  # onnx.shape_inference.InferenceError and others
+        first = first_line(exc)
+        log.debug("quantizer failed on %s: %s", src, exc)
+    cleaned = tmp / "no_value_info.onnx"
+    strip_value_info(src, cleaned)
+    try:
+        attempt(cleaned)
+        return f"first attempt failed ({first}); succeeded after dropping stale value_info"
+    except Exception as exc:
+        second = first_line(exc)
+    optimized = tmp / "ort_basic.onnx"
+    session(str(src), 1, save_to=optimized)
+    attempt(optimized)
+    return f"first attempts failed ({first}; {second}); succeeded on the ORT-basic-optimized graph"
+
+
+def quantize_static_qdq(
+    src: Path, dst: Path, calib: FeedSource, specs: tuple[TensorSpec, ...], settings: CalibrationSettings, qdq: QdqSettings
+) -> dict[str, Any]:
+    """Static QDQ quantization of ``src`` into ``dst`` as ``qdq`` asks, calibrated on the first samples of ``calib``."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat, quantize_static
+
+    reader = FeedCalibrationReader(calib, specs, settings)
+    reduce_range = resolved_reduce_range(qdq.reduce_range)
+    chosen: dict[str, Any] = {}
+
+    def attempt(model: Path) -> None:
+        graph = onnx.load(str(model)).graph
+        fp32_layers = qdq_ranges.fp32_input_layer_names(graph, qdq.fp32_input_layers)
+        overrides: dict[str, Any] = {}
+        levels = 254 if qdq.symmetric_activations and qdq.activation_type == "int8" else 255
+        stats = qdq_ranges.activation_stats(model, graph, reader, (qdq.symmetric_activations, levels)
+                                            if settings.method == "mse" else None)
+        chosen["stats"] = stats
+        cache: dict[str, Any] = {}
+        if settings.method in ("minmax", "mse") and "calibration_cache_path" in inspect.signature(quantize_static).parameters:
+            # the min/max just measured are ORT's MinMax ranges: handing them over skips ORT's calibration pass
+            cache["calibration_cache_path"] = str(model.with_name("edgekit_minmax_cache.json"))
+            qdq_ranges.write_minmax_cache(stats.bounds, stats.fill_tensors, Path(cache["calibration_cache_path"]))
+        chosen["ort_calibration"] = "skipped: edgekit's min/max pass handed over" if cache else "ONNX Runtime's calibrator"
+        overrides.update(qdq_ranges.range_overrides(stats.mse_ranges))  # empty unless method = "mse"
+        if reduce_range and qdq.weight_type == "int8" and qdq.per_channel:
+            exact = qdq_ranges.exact_weight_overrides(graph, fp32_layers)
+            overrides.update(exact)
+            chosen["exact_8bit"] = len(exact)
+        chosen["fp32_layers"] = fp32_layers
+        chosen["has_input_layers"] = bool(qdq_ranges.input_layers(graph))
+        extra: dict[str, Any] = {"ActivationSymmetric": qdq.symmetric_activations, "WeightSymmetric": True}
+        if settings.method == "percentile":
+            extra["CalibPercentile"] = settings.percentile
+        if overrides:
+            extra["TensorQuantOverrides"] = overrides
+        reader.rewind()
+        quantize_static(
+            str(model),
+            str(out),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=qdq.per_channel,
+            reduce_range=reduce_range,
+            activation_type=qtype(qdq.activation_type),
+            weight_type=qtype(qdq.weight_type),
+            calibrate_method=calibrate_method("minmax" if settings.method == "mse" else settings.method),
+            op_types_to_quantize=None,
+            nodes_to_exclude=nodes_of_types(model, qdq.exclude_op_types) + fp32_layers + stats.fill_nodes,
+            extra_options=extra,
+            **cache,
+        )
+
+    with tempfile.TemporaryDirectory(prefix="edgekit-ort-") as tmpdir:
+        tmp = Path(tmpdir)
+        pre = tmp / "pre.onnx"
+        pre_note = preprocess(src, pre)
+        out = tmp / "quant.onnx"
+        fallback = with_fallbacks(pre, tmp, attempt)
+        atomic_move(out, dst)
+    notes = {
+        "preprocess": pre_note,
+        "calibration": {"method": settings.method, "samples": reader.samples_read, "batches": reader.batches_read,
+                        "ort_pass": chosen["ort_calibration"]},
+        "activations": f"{qdq.activation_type} {'symmetric' if qdq.symmetric_activations else 'asymmetric'} per-tensor",
+        "weights": f"{qdq.weight_type} symmetric {'per-channel' if qdq.per_channel else 'per-tensor'}"
+        + range_note(qdq.reduce_range),
+    }
+    if settings.method == "mse":
+        notes["calibration"]["ranges"] = f"MSE-optimal clipping (histogram of {qdq_ranges.BINS} bins) narrowed {len(chosen['stats'].mse_ranges)} tensor range(s)"
+    if chosen.get("exact_8bit"):
+        notes["weights"] += (f"; {chosen['exact_8bit']} layer(s) with 8-bit weights where ONNX Runtime's kernel cannot saturate "
+                             "(depthwise: int8; quantized stem: uint8, u8 x u8)")
+    if qdq.fp32_input_layers is not False:
+        kept = ", ".join(chosen["fp32_layers"]) or "none"
+        if not chosen["has_input_layers"]:
+            kept += " (no Conv/Gemm/MatMul reads a graph input)"
+        elif qdq.fp32_input_layers == "auto" and not chosen["fp32_layers"]:
+            kept += " (a pooling op follows the stem, so it is quantized)"
+        notes["fp32_input_layers"] = f"{qdq.fp32_input_layers}: kept FP32: {kept}"
+    filled = chosen["stats"].fill_tensors
+    if filled:
+        notes["fill_values"] = (f"{len(filled)} tensor(s) reach |x| >= {qdq_ranges.FILL_VALUE:g} "
+                                f"(attention-mask fill values such as -inf or finfo.min), so their "
+                                f"{len(chosen['stats'].fill_nodes)} producer/consumer node(s) stay FP32: "
+                                + ", ".join(filled[:8]) + (" ..." if len(filled) > 8 else ""))
+    if settings.method == "percentile":
+        notes["calibration"]["percentile"] = settings.percentile
+    if fallback:
+        notes["quantizer"] = fallback
+    return notes
+
+
+def range_note(reduce_range: bool | str) -> str:
+    """The weights note's range part for a ``reduce_range`` setting, with the reason when ``auto`` chose 7 bits."""
+    if not resolved_reduce_range(reduce_range):
+        return ", 8-bit range"
+    why = " (reduce_range = auto: this x86 host has no VNNI/AMX, where full-range u8 x s8 products saturate)"
+    return ", 7-bit range" + (why if reduce_range == "auto" else "")

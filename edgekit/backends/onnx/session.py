@@ -1,0 +1,51 @@
+"""The one place edgekit makes an ONNX Runtime session (CPU, fixed threads), and the Runner over it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.backends.base import Runner
+from edgekit.types import Feed, TensorSpec
+
+def session(model: str | bytes, threads: int, optimize: bool = True, save_to: Path | None = None, spinning: bool = True,
+            profile_prefix: str | None = None) -> Any:
+    """An ONNX Runtime CPU session with a fixed thread count (timing is only comparable with threads fixed; 0 is
+    ONNX Runtime's default, one per core, for sessions that only compute).
+
+    ``spinning=False`` stops idle intra-op workers from spin-waiting: needed when several sessions take turns in
+    one process (a benchmark interleaving them), where one session's spinning workers steal the cores of the next.
+    ``profile_prefix``: ONNX Runtime's profiler on, its trace written under that prefix by ``end_profiling()``."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    if save_to is not None:
+        # Offline optimization saved to disk stays portable only at the BASIC level (standard ONNX ops).
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        opts.optimized_model_filepath = str(save_to)
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
+class OrtRunner(Runner):
+    def __init__(self, path: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...], threads: int, spinning: bool = True):
+        super().__init__(inputs, outputs)
+        self.path, self.threads = Path(path), threads
+        self.session = session(str(path), threads, spinning=spinning)
+        self._names = [o.name for o in self.session.get_outputs()]
+
+    def _run(self, feed: Feed) -> list[np.ndarray]:
+        return self.session.run(self._names, feed)

@@ -1,0 +1,74 @@
+"""The ``transformer_fusion`` pass: edgekit's attention and LayerNorm rewrites, then ONNX Runtime's transformer
+optimizer for the rest (Gelu, LayerNormalization), checked numerically against the unfused graph before use.
+
+The rewrites are for speed only: when nothing fuses, fusion fails or changes outputs, the graph stays as it was."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.backends.base import CalibrationSettings
+from edgekit.backends.calibration import calibration_feeds
+from edgekit.backends.onnx.session import session
+from edgekit.backends.ort.passes.attention import fuse_attention
+from edgekit.backends.ort.passes.layernorm_rows import layernorm_rows
+from edgekit.types import FeedSource, TensorSpec
+
+FUSED_OPS = ("Attention", "MultiHeadAttention", "EmbedLayerNormalization", "Gelu", "FastGelu", "BiasGelu",
+             "SkipLayerNormalization", "LayerNormalization")
+
+
+def fuse_transformer(src: Path, dst: Path, check: dict[str, np.ndarray] | None) -> dict[str, Any]:
+    """edgekit's transformer rewrites, then ONNX Runtime's transformer fusions, on ``src`` into ``dst``; checked
+    against ``src`` on ``check`` inputs.
+
+    Returns the note for the manifest; when nothing fuses, fusion fails or changes outputs, ``dst`` is ``src``."""
+    import onnx
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    def keep_unfused(why: str) -> dict[str, Any]:
+        dst.write_bytes(src.read_bytes())
+        return {"applied": False, "why": why}
+
+    quiet = logging.getLogger("onnxruntime.transformers")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "Model producer not matched" and per-pass chatter
+    try:
+        model = onnx.load(str(src))
+        ours = {**fuse_attention(model), "LayerNormalization (rows)": layernorm_rows(model)}
+        options = FusionOptions("bert")
+        options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = False  # slower than Add + LN here
+        fused = optimize_model(model, model_type="bert", num_heads=0, hidden_size=0, opt_level=0,
+                               optimization_options=options)
+        counts = {k: v for k, v in fused.get_fused_operator_statistics().items() if v and k in FUSED_OPS}
+        counts.update({k: v for k, v in ours.items() if v})
+        fused.save_model_to_file(str(dst))
+    except Exception as exc:  # the rewrites and the optimizer raise whatever their passes raise
+        return keep_unfused(f"transformer rewrites failed ({type(exc).__name__}: {str(exc)[:200]}); kept unfused")
+    finally:
+        quiet.setLevel(level)
+    if not any(k != "LayerNormalization" for k in counts):
+        return keep_unfused("no transformer pattern matched")
+    if check is not None:
+        try:
+            runs = [session(str(p), 0).run(None, check) for p in (src, dst)]
+        except Exception as exc:  # a fused kernel that refuses these inputs: ORT raises its own exception types
+            return keep_unfused(f"fused graph failed to run ({type(exc).__name__}: {str(exc)[:200]}); kept unfused")
+        for a, b in zip(*runs):
+            err = float(np.max(np.abs(a.astype(np.float64) - b))) / max(float(np.max(np.abs(a))), 1e-12)
+            if not np.isfinite(err) or err > 1e-3:
+                return keep_unfused(f"fused graph changed outputs (relative max error {err:.2g}); kept unfused")
+    return {"applied": True, "fused": counts}
+
+
+def first_feed(calib: FeedSource | None, specs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray] | None:
+    """The rewrite check's inputs: two calibration samples when the batch axis is dynamic (a rewrite that broke
+    batching would pass at batch 1), else one."""
+    if calib is None:
+        return None
+    return next(calibration_feeds(calib, specs, CalibrationSettings(samples=2, batch_size=2)), None)

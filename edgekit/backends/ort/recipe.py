@@ -1,0 +1,90 @@
+"""The ``[recipe]`` of an ``ort`` profile, parsed once: one dataclass for the three modes, each mode's keys checked."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgekit.backends.onnx.qdq import QUANT_TYPES, QdqSettings, resolved_reduce_range
+from edgekit.errors import ProfileError
+from edgekit.tables import check_keys
+from edgekit.types import TargetProfile
+
+MODES = ("fp32", "static", "dynamic")
+# The keys each mode reads (beside `mode`); a key of another mode is an error naming the mode it belongs to.
+MODE_KEYS = {
+    "fp32": (),
+    "static": ("activation_type", "weight_type", "per_channel", "reduce_range", "symmetric_activations", "exclude_op_types",
+               "fp32_input_layers"),
+    "dynamic": ("weight_type", "per_channel", "reduce_range", "exclude_op_types", "fp32_fallback_sqnr_db",
+                "transformer_fusion", "gelu_approximation", "smooth_alpha", "smooth_below_sqnr_db"),
+}
+
+
+@dataclass(frozen=True)
+class OrtRecipe:
+    """The ``[recipe]`` of an ``ort`` profile."""
+
+    mode: str = "fp32"
+    activation_type: str = "uint8"
+    weight_type: str = "int8"
+    per_channel: bool = True
+    reduce_range: bool | str = "auto"  # "auto": 7-bit weights only where the host lacks exact INT8 dot products
+    symmetric_activations: bool = False
+    exclude_op_types: tuple[str, ...] = ()
+    # dynamic mode: MatMul/Gemm nodes whose input activations would be quantized with a predicted SQNR below this
+    # (measured on calibration data, when the build has any) stay FP32; 0 disables. See ort/matmul_stats.py.
+    fp32_fallback_sqnr_db: float = 0.0
+    # static mode: Conv/Gemm/MatMul nodes that read a graph input directly (a CNN's stem) stay FP32: true, false, or
+    # "auto" = FP32 unless a pooling op follows the stem (ORT would then run that pool in FP32); see onnx/qdq_ranges.py.
+    fp32_input_layers: bool | str = False
+    # dynamic mode, see ort/dynamic.py: ONNX Runtime's transformer fusions before quantizing, and
+    # SmoothQuant-style smoothing (alpha 0 disables) of MatMul inputs predicted under smooth_below_sqnr_db.
+    transformer_fusion: bool = False
+    # dynamic mode: exact (erf) Gelu nodes become FastGelu, the tanh approximation (Optimum's O3 does the same), after
+    # the fusion check; its error is orders of magnitude under INT8's, and the validator's gates measure the result.
+    gelu_approximation: bool = False
+    smooth_alpha: float = 0.0
+    smooth_below_sqnr_db: float = 30.0
+
+    @classmethod
+    def parse(cls, profile: TargetProfile) -> "OrtRecipe":
+        r = dict(profile.recipe)
+        mode = r.get("mode", cls.mode)
+        if mode not in MODES:
+            raise ProfileError(f"target '{profile.name}' recipe mode = {mode!r}; expected one of {MODES}")
+        valid = ("mode", *MODE_KEYS[mode])
+        other_keys = {k for keys in MODE_KEYS.values() for k in keys} - set(valid)
+        owners = {k: [m for m, keys in MODE_KEYS.items() if k in keys] for k in other_keys}
+        elsewhere = {k: " or ".join(f'mode = "{m}"' for m in ms) for k, ms in owners.items()}
+        check_keys(r, valid, f"target '{profile.name}' [recipe] (mode = \"{mode}\")", ProfileError, elsewhere)
+        if "exclude_op_types" in r:
+            r["exclude_op_types"] = tuple(r["exclude_op_types"])
+        recipe = cls(**r)
+        if recipe.mode not in MODES:
+            raise ProfileError(f"target '{profile.name}' recipe mode = {recipe.mode!r}; expected one of {MODES}")
+        if recipe.fp32_input_layers not in (True, False, "auto"):
+            raise ProfileError(f"target '{profile.name}' recipe fp32_input_layers = {recipe.fp32_input_layers!r}; expected true, false or \"auto\"")
+        if recipe.reduce_range not in (True, False, "auto"):
+            raise ProfileError(f"target '{profile.name}' recipe reduce_range = {recipe.reduce_range!r}; expected true, false or \"auto\"")
+        if isinstance(recipe.fp32_fallback_sqnr_db, bool) or not isinstance(recipe.fp32_fallback_sqnr_db, (int, float)) or recipe.fp32_fallback_sqnr_db < 0:
+            raise ProfileError(f"target '{profile.name}' recipe fp32_fallback_sqnr_db = {recipe.fp32_fallback_sqnr_db!r}; expected a number of dB >= 0")
+        if isinstance(recipe.smooth_alpha, bool) or not isinstance(recipe.smooth_alpha, (int, float)) or not 0 <= recipe.smooth_alpha <= 1:
+            raise ProfileError(f"target '{profile.name}' recipe smooth_alpha = {recipe.smooth_alpha!r}; expected a number in [0, 1] (0 disables)")
+        if isinstance(recipe.smooth_below_sqnr_db, bool) or not isinstance(recipe.smooth_below_sqnr_db, (int, float)) or recipe.smooth_below_sqnr_db < 0:
+            raise ProfileError(f"target '{profile.name}' recipe smooth_below_sqnr_db = {recipe.smooth_below_sqnr_db!r}; expected a number of dB >= 0")
+        for key in ("transformer_fusion", "gelu_approximation"):
+            if not isinstance(getattr(recipe, key), bool):
+                raise ProfileError(f"target '{profile.name}' recipe {key} = {getattr(recipe, key)!r}; expected true or false")
+        for key in ("activation_type", "weight_type"):
+            if getattr(recipe, key) not in QUANT_TYPES:
+                raise ProfileError(f"target '{profile.name}' recipe {key} = {getattr(recipe, key)!r}; expected int8 or uint8")
+        return recipe
+
+    def resolved_reduce_range(self) -> bool:
+        """``auto`` resolves per host: x86 without VNNI/AMX saturates u8 x s8 products, so weights get 7 bits."""
+        return resolved_reduce_range(self.reduce_range)
+
+    def qdq(self) -> QdqSettings:
+        """What static mode asks of the shared QDQ quantizer (edgekit/backends/onnx/qdq.py)."""
+        return QdqSettings(self.activation_type, self.weight_type, self.per_channel, self.reduce_range,
+                           self.symmetric_activations, self.exclude_op_types, self.fp32_input_layers)
