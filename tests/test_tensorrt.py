@@ -518,7 +518,7 @@ def test_every_module_imports_with_tensorrt_blocked():
     proc = subprocess.run([sys.executable, "-c", BLOCKED_IMPORTS], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    for module in ("tensorrt", "trt_engine", "trt_fp16", "trt_qdq"):
+    for module in ("tensorrt", "tensorrt.backend", "tensorrt.recipe", "tensorrt.engine", "tensorrt.fp16", "tensorrt.int8"):
         assert f"edgekit.backends.{module}" in result["modules"]
     assert result["failures"] == {}
     assert result["at_import"] == [], "a module imports tensorrt at import time; import it inside functions"
