@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -49,6 +49,12 @@ class TensorSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+def batch_rows(specs: Sequence[TensorSpec], wanted: int) -> int:
+    """How many samples one batch holds: ``wanted`` when every input's axis 0 is dynamic, else 1 (the model takes
+    one sample at a time). The one batching rule of calibration and validation."""
+    return wanted if all(0 in s.dynamic_axes for s in specs) else 1
 
 
 @dataclass(frozen=True)

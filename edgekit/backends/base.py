@@ -1,7 +1,7 @@
 """The backend interface: availability, build an artifact, load it into a runner.
 
-A backend is one module in ``edgekit/backends/`` registered by name in ``BACKENDS``
-(see ``__init__.py``); ``ort.py`` is the smallest real one and its documentation.
+A backend is one folder in ``edgekit/backends/`` with its Backend in ``<name>/backend.py``, registered by name in
+``__init__.py``; ``ort/backend.py`` is the smallest real one and its documentation.
 """
 
 from __future__ import annotations

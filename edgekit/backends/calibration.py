@@ -7,12 +7,12 @@ from typing import Iterator
 import numpy as np
 
 from edgekit.backends.base import CalibrationSettings
-from edgekit.types import Feed, FeedSource, TensorSpec
+from edgekit.types import Feed, FeedSource, TensorSpec, batch_rows
 
 
 def calibration_batch_size(specs: tuple[TensorSpec, ...], settings: CalibrationSettings) -> int:
-    """``settings.batch_size`` when every input's axis 0 is dynamic, else 1 (the model takes one sample at a time)."""
-    return 1 if any(0 not in s.dynamic_axes for s in specs) else settings.batch_size
+    """``settings.batch_size`` when every input's axis 0 is dynamic, else 1 (``types.batch_rows``)."""
+    return batch_rows(specs, settings.batch_size)
 
 
 def calibration_feeds(source: FeedSource, specs: tuple[TensorSpec, ...], settings: CalibrationSettings) -> Iterator[Feed]:

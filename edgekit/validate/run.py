@@ -11,7 +11,7 @@ import numpy as np
 
 from edgekit.backends.base import Runner
 from edgekit.config import DataConfig
-from edgekit.types import Batch, Feed, FeedSource, Metrics, Reference, SourceModel, TensorSpec
+from edgekit.types import Batch, Feed, FeedSource, Metrics, Reference, SourceModel, TensorSpec, batch_rows
 from edgekit.validate.metrics import Accuracy, Comparison
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def validation_data(
     inputs of the declared shapes when there is none."""
     if source is None or cfg is None:
         return synthetic(specs, shapes, synthetic_batches)
-    size = cfg.batch_size if all(0 in s.dynamic_axes for s in specs) else 1
+    size = batch_rows(specs, cfg.batch_size)
     labelled = cfg.labels is not None
     return ValidationData(lambda: source.batches(size), source.description + (f", labels '{cfg.labels}'" if labelled else ""), labelled)
 

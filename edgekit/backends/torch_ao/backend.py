@@ -182,9 +182,8 @@ def quantize_dynamic(model: Any, engine: str, example: tuple, keep_float: tuple[
             spec[name] = None  # a name entry wins over the type entries, for the module and each of its children
     model = ao_quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
     # version 3 calls linear_dynamic without reduce_range=True: 8-bit activations. fbgemm's default is 7-bit, because
-    # its AVX2 kernels add u8 x s8 product pairs in int16 and saturate; with VNNI/AMX they don't. Measured here (AVX2):
-    # MiniLM mean cosine 0.979 (7-bit) -> 0.992 (8-bit), but a TransformerEncoder + LSTM test model 0.99 -> 0.973.
-    # So 8-bit only where exact (qnnpack always; it ignores reduce_range, noisily).
+    # its AVX2 kernels add u8 x s8 product pairs in int16 and saturate; with VNNI/AMX they don't. 8-bit only where
+    # exact (qnnpack always; it ignores reduce_range, noisily): the measurements are in docs/backends.md.
     full_range = engine == "qnnpack" or has_int8_dot()
     for module in model.modules():
         if type(module) is ao_dynamic.Linear and full_range:
