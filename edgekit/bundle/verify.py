@@ -116,20 +116,28 @@ def open_bundle(arg: str | None, scratch: Path) -> Path:
 # ------------------------------------------------------------------------------------------ preflight
 
 
+ARM_PARTS = {"0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
+             "0xd08": "Cortex-A72", "0xd09": "Cortex-A73", "0xd0a": "Cortex-A75", "0xd0b": "Cortex-A76",
+             "0xd0c": "Neoverse-N1", "0xd0d": "Cortex-A77", "0xd40": "Neoverse-V1", "0xd41": "Cortex-A78",
+             "0xd44": "Cortex-X1", "0xd46": "Cortex-A510", "0xd47": "Cortex-A710", "0xd48": "Cortex-X2",
+             "0xd49": "Neoverse-N2", "0xd4f": "Neoverse-V2"}
+
+
 def parse_cpuinfo(text: str) -> dict[str, Any]:
     """CPU model and feature flags from /proc/cpuinfo text (x86 'flags', ARM 'Features')."""
-    model, flags, arch = "", set(), ""
+    found: dict[str, str] = {}
+    flags, arch = set(), ""
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        key = key.strip().lower()
-        if key in ("model name", "hardware", "model") and value.strip() and (key == "model name" or not model):
-            model = value.strip() if key != "model" or not value.strip().isdigit() else model
-        elif key == "flags" and not flags:
+        key, value = key.strip().lower(), value.strip()
+        if key == "flags" and not flags:
             flags, arch = set(value.split()), "x86"
         elif key == "features" and not flags:
             flags, arch = set(value.split()), "arm"
-        elif key == "cpu part" and not model:
-            model = f"ARM CPU part {value.strip()}"
+        elif key in ("model name", "model", "hardware", "cpu part") and value and key not in found:
+            if not (key == "model" and value.isdigit()):  # x86 'model' is a number; a Raspberry Pi's names the board
+                found[key] = ARM_PARTS.get(value, f"ARM CPU part {value}") if key == "cpu part" else value
+    model = next((found[k] for k in ("model name", "model", "cpu part", "hardware") if k in found), "")
     return {"model": model, "flags": sorted(flags), "arch": arch}
 
 
