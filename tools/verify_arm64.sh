@@ -70,13 +70,14 @@ trap unmount_all EXIT
 
 build_root() {
     ensure_tools
-    if [[ ! -f "$ROOT/.edgekit-ready" ]]; then
+    if [[ ! -f "$ROOT/.debootstrap-done" ]]; then
         local mirror partial="$ROOT.partial"
         mirror=$(debian_mirror)
         say "debootstrap arm64 $SUITE from $mirror into $ROOT (once)"
         rm -rf "$partial"
         mkdir -p "$(dirname "$ROOT")"
         debootstrap --arch=arm64 --variant=minbase --include=python3,python3-venv,python3-pip "$SUITE" "$partial" "$mirror" >&2
+        touch "$partial/.debootstrap-done"
         rm -rf "$ROOT" && mv "$partial" "$ROOT"
     fi
     # pip inside the root reaches the package index with the host's CA bundle and resolver
