@@ -290,7 +290,5 @@ def test_onnx_bundles_in_a_venv_with_only_numpy_and_onnxruntime(ort_venv, bundle
 
 @pytest.mark.slow
 def test_torchscript_bundles_with_torch_but_no_edgekit(torch_env, bundles, tmp_path):
-    assert _cannot_import(torch_env, "edgekit", tmp_path) and not _cannot_import(torch_env, "torch", tmp_path)
+    assert _cannot_import(torch_env, "edgekit", tmp_path)  # (torch is there: the first verdict runs it)
     _three_verdicts(torch_env, bundles, "torch-qnnpack", tmp_path)
-    ok = _run(torch_env, bundles / "torch-fbgemm", tmp_path, "--json", str(tmp_path / "fbgemm.json"))
-    assert ok.returncode == 0, ok.stdout + ok.stderr

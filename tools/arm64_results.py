@@ -37,6 +37,13 @@ def rows(out: Path) -> list[dict]:
                 "samples": report["bundle"]["samples"], "wall_s": walls.get((name, cpu), (0, None))[1],
                 "emulated_p50_ms": report["latency"]["p50_ms"],
             })
+    reported = {(r["target"], r["emulated_cpu"]) for r in found}
+    for (name, cpu), (code, wall) in sorted(walls.items()):
+        if (name, cpu) not in reported:  # no report: exit 2 (bad bundle, or the runtime cannot run it); say why
+            log = out / f"{name}@{cpu}.log"
+            why = [ln for ln in log.read_text().splitlines() if ln.startswith("verify.py: error")] if log.is_file() else []
+            found.append({"target": name, "emulated_cpu": cpu, "exit_code": code, "wall_s": wall,
+                          "error": why[-1] if why else "no report written"})
     return found
 
 
@@ -47,12 +54,17 @@ def markdown(found: list[dict], versions: str) -> str:
              f"{found[0]['samples'] if found else '?'}. Emulated latency is meaningless and not shown.", "", head,
              "|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|"]
     for r in found:
+        if "error" in r:
+            lines.append(f"| {r['target']} | {r['emulated_cpu']} | | {r['exit_code']} | {r['error']} |||||| "
+                         f"{'—' if r['wall_s'] is None else round(r['wall_s'])} |")
+            continue
         top1 = "—" if r["arm_vs_x86_top1"] is None else f"{r['arm_vs_x86_top1']:.4f}"
         lines.append(f"| {r['target']} | {r['emulated_cpu']} | {' '.join(r['features']) or 'none'} | {r['exit_code']} | "
                      f"{r['arm_cosine_vs_fp32']:.6f} | {r['x86_cosine_vs_fp32']:.6f} | {r['arm_max_abs_vs_fp32']:.4g} | "
                      f"{r['x86_max_abs_vs_fp32']:.4g} | {r['arm_vs_x86_max_abs']:.4g} | {top1} | "
                      f"{'—' if r['wall_s'] is None else round(r['wall_s'])} |")
-    notes = sorted({f"- {r['target']} @ {r['emulated_cpu']}: {n}" for r in found for n in r["preflight"] + [r["note"]] if n})
+    notes = sorted({f"- {r['target']} @ {r['emulated_cpu']}: {n}" for r in found if "error" not in r
+                    for n in r["preflight"] + [r["note"]] if n})
     return "\n".join(lines + ["", "Preflight and runtime notes:", "", *notes, ""])
 
 

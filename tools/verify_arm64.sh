@@ -58,9 +58,11 @@ ensure_tools() {
 
 mounted=()
 mount_into_root() {
+    # no /sys: with the host's /sys, ONNX Runtime's cpuinfo crashes under qemu-user; without it cpuinfo gives up
+    # ("cpuinfo_initialize failed") and MLAS picks its kernels from getauxval(AT_HWCAP/AT_HWCAP2): the emulated CPU's
     for d in proc dev; do
         if ! mountpoint -q "$ROOT/$d"; then
-            if [[ $d == proc ]]; then mount -t proc proc "$ROOT/proc"; else mount --bind /dev "$ROOT/dev"; fi
+            if [[ $d == proc ]]; then mount -t proc proc "$ROOT/proc"; else mount --bind "/$d" "$ROOT/$d"; fi
             mounted+=("$ROOT/$d")
         fi
     done
@@ -130,10 +132,6 @@ run_bundles() {
         runtime=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['runtime']['name'])" "$bundle/bundle.json")
         if [[ "$runtime" == torch && $have_torch == 0 ]]; then
             say "$name: TorchScript bundle skipped (no aarch64 torch in the root; ARM64_TORCH=1 installs it)"
-            continue
-        fi
-        if [[ "$name" == torch-fbgemm ]]; then
-            say "$name: skipped (fbgemm is an x86-only engine; torch-qnnpack is the ARM artifact)"
             continue
         fi
         cp -r "$bundle" "$ROOT$inside/$name"

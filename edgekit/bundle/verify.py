@@ -5,6 +5,9 @@ library, numpy, and (inside functions) the artifact's runtime: onnxruntime, torc
 
     python verify.py [BUNDLE] [--runs N] [--warmup W] [--threads T] [--json OUT]
 
+One file by design, hence longer than edgekit's other modules: it travels alone, so preflight, runners,
+comparison and report cannot be split into modules of their own.
+
 Exit codes: 0 every output within the bundle's tolerances; 1 outside them (the failing output and numbers are
 printed); 2 a bad bundle (tampered or missing file, malformed bundle.json) or a missing runtime (with the pip line).
 """
