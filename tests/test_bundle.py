@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from conftest import GOOD_CONFIG
 
 from edgekit.bundle import verify
 from edgekit.bundle.merge import read_device_report
@@ -133,6 +134,16 @@ def test_bundle_config_section():
                            ({"targets": ["ort-int8"]}, "not in \\[targets\\] use")):
         with pytest.raises(ConfigError, match=message):
             parse_config({**base, "bundle": table}, Path("/"))
+
+
+@pytest.mark.slow
+def test_a_build_with_a_bundle_section_writes_bundles(sandbox, tmp_path):
+    config = GOOD_CONFIG.replace('use = ["ort-fp32", "ort-int8"]', 'use = ["ort-fp32"]') + "\n[bundle]\nsamples = 4\n"
+    (sandbox / "cfg.toml").write_text(config)
+    assert main(["-q", "build", str(sandbox / "cfg.toml"), "-o", str(sandbox / "out")]) == 0
+    meta = _strict(sandbox / "out" / "bundles" / "ort-fp32" / "bundle.json")
+    assert [s["kind"] for s in meta["golden"]["samples"]].count("validation") == 4
+    assert verify.main([str(sandbox / "out" / "bundles" / "ort-fp32.tar.gz"), "--runs", "2", "--json", str(tmp_path / "r.json")]) == 0
 
 
 # ---------------------------------------------------------------------------------- on the demo build
