@@ -9,7 +9,8 @@
 #
 #   sudo make verify-arm64                      # needs root: apt-get, mount binfmt_misc, debootstrap, chroot
 #   ARM64_ROOT=/srv/arm64 ARM64_CPUS="max cortex-a72" tools/verify_arm64.sh
-#   ARM64_TORCH=1 ...                           # also pip-install aarch64 torch and verify the torch-qnnpack bundle
+#   ARM64_TORCH=1 ...                           # also pip-install aarch64 CPU torch (ARM64_TORCH_INDEX, ARM64_TORCH_SPEC)
+#                                               # and verify the TorchScript bundles
 #   ARM64_STEPS=root ...                        # only build the arm64 root (root | bundles | run, comma-separated)
 #
 # Downloads about 300 MB the first time (the Debian root, numpy and onnxruntime wheels; torch adds ~200 MB).
@@ -96,8 +97,10 @@ build_root() {
         touch "$ROOT/.edgekit-ready"
     fi
     if [[ "${ARM64_TORCH:-0}" == 1 ]] && ! env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin chroot "$ROOT" /opt/venv/bin/python -c "import torch" 2>/dev/null; then
-        say "pip install torch (aarch64 CPU wheel; optional)"
-        "${pip[@]}" torch >&2 || say "aarch64 torch did not install: the torch-qnnpack bundle is skipped"
+        # PyPI's aarch64 torch wheels pull CUDA packages (GBs); PyTorch's CPU index has the CPU-only aarch64 wheel
+        say "pip install ${ARM64_TORCH_SPEC:-torch==2.13.0} from ${ARM64_TORCH_INDEX:-https://download.pytorch.org/whl/cpu} (optional)"
+        "${pip[@]}" --index-url "${ARM64_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}" "${ARM64_TORCH_SPEC:-torch==2.13.0}" >&2 \
+            || say "aarch64 torch did not install: the TorchScript bundles are skipped"
     fi
     env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin chroot "$ROOT" /opt/venv/bin/python -c \
         "import platform, numpy, onnxruntime; print('arm64 root:', platform.machine(), 'numpy', numpy.__version__, 'onnxruntime', onnxruntime.__version__)" >&2
