@@ -194,6 +194,7 @@ def bundle_meta(manifest: Any, name: str, profile: TargetProfile, reference: Ref
         runtime["engine"] = str(profile.recipe.get("engine", ""))
     if profile.backend == "tensorrt":
         runtime["fallback"] = "onnxruntime (graph optimizations off, as the build host's proxy)"
+    # the manifest records no OS: the one bundling (normally the build host) is said
     host = {**manifest.host, "os": platform.platform(), "versions": manifest.versions}
     return {
         "format": verify.FORMAT, "kind": "edgekit-bundle", "target": name, "profile": manifest.profiles[name],

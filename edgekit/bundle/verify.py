@@ -468,8 +468,14 @@ def verify(root: Path, runs: int | None, warmup: int | None, threads: int | None
     names = [s["name"] for s in meta["inputs"]]
     count = inputs[names[0]].shape[0]
     feeds = [{n: np.ascontiguousarray(inputs[n][i], dtype=s["dtype"]) for n, s in zip(names, meta["inputs"])} for i in range(count)]
-    run, runtime, note = load_runner(root, meta, threads, feeds[0])
-    outs = [run(f) for f in feeds]
+    try:
+        run, runtime, note = load_runner(root, meta, threads, feeds[0])
+        outs = [run(f) for f in feeds]
+    except BundleError:
+        raise
+    except Exception as exc:  # the runtime is here but cannot load or run this artifact on this device
+        raise BundleError(f"{meta['runtime']['name']} cannot run {meta['runtime']['artifact']} here: "
+                          f"{type(exc).__name__}: {str(exc)[:300]}") from None
     got = {name: np.stack([o[j] for o in outs]) for j, name in enumerate(meta["outputs"])}
     classification = meta.get("task") == "classification"
     vs_ref = compare(_load_npz(root, golden["expected_reference"]), got, classification)
@@ -539,8 +545,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         out = args.json or (root if Path(scratch) not in root.parents and os.access(root, os.W_OK) else Path.cwd()) / REPORT
         tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(report, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
-        os.replace(tmp, out)
+        try:
+            tmp.write_text(json.dumps(report, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
+            os.replace(tmp, out)
+        except OSError as exc:
+            print(f"verify.py: error: cannot write {out}: {exc.strerror}; pass --json PATH in a writable folder", file=sys.stderr)
+            return 2
     print(render(report))
     print(f"report: {out}")
     return report["exit_code"]
