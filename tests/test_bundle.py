@@ -178,6 +178,16 @@ def test_every_target_is_bundled_self_contained(digits_build, bundles):
             assert sorted(tar.getnames())[0] == name and f"{name}/bundle.json" in tar.getnames()
 
 
+def test_bundle_refuses_a_tampered_build_and_writes_nothing(digits_build, tmp_path, capsys):
+    dist = tmp_path / "dist"
+    shutil.copytree(digits_build.out, dist)
+    with open(dist / "ort-int8" / "model.onnx", "ab") as fh:
+        fh.write(b"\0")
+    assert main(["bundle", str(dist), "-o", str(tmp_path / "b")]) == 2
+    assert "ort-int8/model.onnx was modified after the build" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
 def test_verify_in_process_on_the_build_host(bundles, tmp_path, capsys):
     for name in ("ort-int8", "tensorrt-int8", "torch-qnnpack"):
         out = tmp_path / f"{name}.json"
