@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast install bench clean
+.PHONY: demo test test-fast install bench clean verify-arm64
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ bench: $(STAMP)
 	$(PIP) install --quiet -c constraints.txt -e ".[test,minilm]"
 	$(PY) benchmarks/kernels.py
 	$(PY) benchmarks/run.py
+
+# Every ONNX bundle of the demo verified on ARM64 kernels under qemu-user (docs/devices.md). Not part of `make test`:
+# needs root and downloads about 300 MB once (an arm64 Debian root, aarch64 numpy + onnxruntime wheels).
+verify-arm64: $(STAMP)
+	PYTHON=$(abspath $(PY)) tools/verify_arm64.sh
 
 clean:
 	rm -rf $(VENV) edgekit-demo dist build *.egg-info

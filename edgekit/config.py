@@ -18,7 +18,7 @@ DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "mse")
 EXPORTERS = ("dynamo", "torchscript")
 TASKS = ("classification", "regression", "embedding")
-SECTIONS = ("model", "export", "compress", "calibration", "validation", "train", "targets")
+SECTIONS = ("model", "export", "compress", "calibration", "validation", "train", "targets", "bundle")
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,14 @@ class TargetOverride:
 
 
 @dataclass(frozen=True)
+class BundleConfig:
+    """``[bundle]``: write a device bundle per target (edgekit/bundle/make.py) into ``DIR/bundles`` after the build."""
+
+    samples: int = 32  # validation samples carried as golden inputs (plus the largest/smallest-magnitude ones)
+    targets: tuple[str, ...] = ()  # default: every target with an artifact
+
+
+@dataclass(frozen=True)
 class BuildConfig:
     """The resolved build configuration; relative paths are resolved against the config file's folder."""
 
@@ -87,6 +95,7 @@ class BuildConfig:
     train: DataConfig | None = None
     targets: tuple[str, ...] = ()
     overrides: dict[str, TargetOverride] = field(default_factory=dict)
+    bundle: BundleConfig | None = None
     path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -221,6 +230,16 @@ def _parse_compress(tables: list[Any], raw: dict[str, Any]) -> tuple[Any, ...]:
     return parse_steps(tables, onnx_source=isinstance(source, str) and source.endswith(".onnx"), has_train="train" in raw)
 
 
+def _parse_bundle(t: Any, use: tuple[str, ...]) -> BundleConfig:
+    b = parse_table(BundleConfig, t, "[bundle]")
+    if b.samples < 1:
+        raise ConfigError(f"[bundle] samples must be a positive integer, got {b.samples}")
+    for name in b.targets:
+        if name not in use:
+            raise ConfigError(f"[bundle] targets names '{name}', which is not in [targets] use{did_you_mean(name, use)}")
+    return b
+
+
 def parse_config(raw: dict[str, Any], base: Path, path: Path | None = None) -> BuildConfig:
     """Turn a parsed TOML document into a BuildConfig; paths resolve against ``base``."""
     check_keys(raw, SECTIONS, "the config")
@@ -241,6 +260,7 @@ def parse_config(raw: dict[str, Any], base: Path, path: Path | None = None) -> B
         train=_parse_data(raw["train"], "train", base) if "train" in raw else None,
         targets=use,
         overrides=overrides,
+        bundle=_parse_bundle(raw["bundle"], use) if "bundle" in raw else None,
         path=path,
         raw=raw,
     )
@@ -312,4 +332,6 @@ def resolved_dict(cfg: BuildConfig) -> dict[str, Any]:
             t["profile"] = str(o.profile)
         targets[name] = t
     out["targets"] = targets
+    if cfg.bundle is not None:
+        out["bundle"] = to_table(cfg.bundle)
     return out

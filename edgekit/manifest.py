@@ -128,6 +128,7 @@ class Manifest:
     versions: dict[str, Any] = field(default_factory=library_versions)
     host: dict[str, Any] = field(default_factory=host_info)
     compress: list[dict[str, Any]] = field(default_factory=list)
+    devices: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # target -> device reports merged in
 
     @property
     def exit_code(self) -> int:
@@ -148,6 +149,7 @@ class Manifest:
             "profiles": self.profiles,
             "strict": self.strict,
             "targets": {name: result_to_dict(r) for name, r in self.results.items()},
+            **({"devices": self.devices} if self.devices else {}),
             "exit_code": self.exit_code,
         }
 
@@ -158,7 +160,7 @@ class Manifest:
             references=d.get("references", {}),
             results={n: result_from_dict(n, r) for n, r in d["targets"].items()},
             profiles=d.get("profiles", {}), strict=d.get("strict", False), versions=d["versions"], host=d["host"],
-            compress=d.get("compress", []),
+            compress=d.get("compress", []), devices=d.get("devices", {}),
         )
 
 

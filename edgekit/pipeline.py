@@ -152,6 +152,10 @@ def _build_into(root: Path, p: Plan, options: BuildOptions, progress: Progress) 
     else:
         manifest.validation = {"description": "not validated (--no-validate)", "samples": 0}
     write_outputs(root, manifest)
+    if cfg.bundle is not None:  # device bundles (golden I/O + verify.py), from the files just written
+        from edgekit.bundle.make import write_bundles
+
+        write_bundles(root, root / "bundles", cfg.bundle.targets, cfg.bundle.samples, progress, skip_unbuilt=True)
     return manifest
 
 

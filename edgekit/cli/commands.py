@@ -68,6 +68,13 @@ def cmd_build(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_validate(args: argparse.Namespace, console: Console) -> int:
+    if args.device_report is not None:
+        from edgekit.bundle.merge import merge_device_report
+
+        if args.target or args.data:
+            raise UsageError("--device-report merges one report; it takes no --target or --data")
+        manifest, entry = merge_device_report(args.dir, args.device_report, console)
+        return max(_finish(manifest, args.dir.absolute(), console), 1 if entry["verdict"] == "fail" else 0)
     manifest = revalidate(args.dir, tuple(args.target), args.data, console)
     return _finish(manifest, args.dir.absolute(), console)
 

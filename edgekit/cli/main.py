@@ -26,7 +26,7 @@ marked failed); 2 bad input or usage (one message, nothing written); 3 a target 
 
 # Commands that live in their own module under edgekit/cli/: each defines `add_parser(sub)`, which adds
 # its subparser and sets `run=<function(args, console) -> int>` as the parser's default.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("edgekit.cli.bundle",)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("dir", type=Path, metavar="DIR")
     v.add_argument("--target", action="append", default=[], metavar="NAME", help="only this target (repeatable)")
     v.add_argument("--data", type=Path, metavar="PATH", help="validate on this data instead of the config's [validation] data")
+    v.add_argument("--device-report", type=Path, metavar="FILE", help="merge a device-report.json (from verify.py on the device) into the manifest and report, instead of re-measuring")
 
     t = sub.add_parser("targets", help="list the built-in target profiles; `targets show NAME` prints one",
                        description="List built-in target profiles, or print one resolved profile and whether it runs "

@@ -49,13 +49,28 @@ def summary_rows(manifest: dict[str, Any]) -> list[list[str]]:
             _fmt(ref.get("top1_agreement"), ".4f"),
             _fmt(worst.get("cosine"), ".6f"),
             _fmt(worst.get("sqnr_db"), ".1f"),
-            _fmt(lat.get("p50_ms"), ".3f"),
+            _fmt(lat.get("p50_ms"), ".3f") + "".join(f" ({d})" for d in device_notes(manifest, name)),
             _fmt(lat.get("p90_ms"), ".3f"),
             _fmt(lat.get("speedup_vs_ort_fp32"), ".2f") + ("x" if lat.get("speedup_vs_ort_fp32") else ""),
             _bytes(size.get("bytes")),
             _fmt(size.get("ratio_to_fp32"), ".3f"),
         ])
     return rows
+
+
+def device_notes(manifest: dict[str, Any], name: str, detail: bool = False) -> list[str]:
+    """"measured on <device>: ..." for each device report merged into the manifest for target ``name``."""
+    notes = []
+    for r in manifest.get("devices", {}).get(name, []):
+        lat = r.get("latency", {})
+        p50 = f"p50 {_fmt(lat.get('p50_ms'), '.3f')} ms" + ("" if lat.get("meaningful", True) else " (emulated: meaningless)")
+        if detail:
+            p50 += (f", p90 {_fmt(lat.get('p90_ms'), '.3f')}, p99 {_fmt(lat.get('p99_ms'), '.3f')} ({lat.get('threads')} threads, "
+                    f"{lat.get('runs')} runs, {r.get('runtime', '?')}); worst cosine vs FP32 "
+                    + _fmt(min((o["cosine"] for o in r.get("vs_reference", {}).values()), default=None), ".6f"))
+        verdict = "within tolerance" if r.get("verdict") == "pass" else "OUTSIDE tolerance: " + "; ".join(r.get("failures", []))
+        notes.append(f"measured on {r.get('label', '?')}: {p50}, {verdict}")
+    return notes
 
 
 def reference_rows(manifest: dict[str, Any]) -> list[list[str]]:
@@ -127,6 +142,7 @@ def render_markdown(manifest: dict[str, Any]) -> str:
                 f"mean {lat['mean_ms']:.3f} ± {lat['std_ms']:.3f} ms over {lat['runs']} runs "
                 f"(batch {lat.get('batch')}, {lat.get('threads')} threads, {lat.get('warmup')} warm-up)"
             )
+        lines += [f"- {note}" for note in device_notes(manifest, name, detail=True)]
         for f in t.get("files", []):
             lines.append(f"- file: `{f['path']}` — {f['bytes']} bytes, sha256 `{f['sha256'][:16]}…`")
         for key, note in (t.get("notes") or {}).items():
