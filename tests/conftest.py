@@ -4,11 +4,12 @@ builds that several test files only read, made once per session; the ``slow`` ma
 from __future__ import annotations
 
 import importlib.util
+import fcntl
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import pytest
@@ -176,6 +177,26 @@ class Built(NamedTuple):
         return self.root / "out"
 
 
+def _built_once(tmp_path_factory, name: str, make: Callable[[Path], int]) -> Built:
+    """``make(root)`` once per test run, even with several xdist workers: the first worker builds under a lock in the
+    run's shared temp folder, the others wait for it and read the same folder (tests never write into it)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        root = tmp_path_factory.mktemp(name)
+        code = make(root)
+    else:
+        root = tmp_path_factory.getbasetemp().parent / name
+        with open(root.with_name(name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            done = root / "exit_code"
+            if not done.exists():
+                shutil.rmtree(root, ignore_errors=True)  # a worker that died mid-build left it half-made
+                root.mkdir()
+                done.write_text(str(make(root)))
+            code = int(done.read_text())
+    return Built(root, code, json.loads((root / "out" / "manifest.json").read_text()))
+
+
 @pytest.fixture(scope="session")
 def digits_build(tmp_path_factory) -> Built:
     """``edgekit demo`` (every built-in target) with the CPU flags tools/record_golden.py fixes: the build that
@@ -186,15 +207,18 @@ def digits_build(tmp_path_factory) -> Built:
     from edgekit.cli import main
 
     fixed = _record_golden().FIXED_CPU
-    root = tmp_path_factory.mktemp("digits_build")
-    engine, cpu = torch.backends.quantized.engine, hostinfo.cpu
-    hostinfo.cpu = lambda: dict(fixed)  # as record_golden.golden_build does; restored for the other tests
-    try:
-        code = main(["-q", "demo", "-o", str(root / "out")])
-    finally:
-        hostinfo.cpu = cpu
-    assert torch.backends.quantized.engine == engine, "a build left another quantized engine selected"
-    return Built(root, code, json.loads((root / "out" / "manifest.json").read_text()))
+
+    def make(root: Path) -> int:
+        engine, cpu = torch.backends.quantized.engine, hostinfo.cpu
+        hostinfo.cpu = lambda: dict(fixed)  # as record_golden.golden_build does; restored for the other tests
+        try:
+            code = main(["-q", "demo", "-o", str(root / "out")])
+        finally:
+            hostinfo.cpu = cpu
+        assert torch.backends.quantized.engine == engine, "a build left another quantized engine selected"
+        return code
+
+    return _built_once(tmp_path_factory, "digits_build", make)
 
 
 @pytest.fixture(scope="session")
@@ -202,11 +226,14 @@ def good_build(tmp_path_factory) -> Built:
     """A sandbox with GOOD_CONFIG built into ``out`` once per session (the sandbox model, ort-fp32 + ort-int8)."""
     from edgekit.cli import main
 
-    root = make_sandbox(tmp_path_factory.mktemp("good_build"))
-    (root / "cfg.toml").write_text(GOOD_CONFIG)
-    code = main(["-q", "build", str(root / "cfg.toml"), "-o", str(root / "out")])
-    assert code == 0
-    return Built(root, code, json.loads((root / "out" / "manifest.json").read_text()))
+    def make(root: Path) -> int:
+        make_sandbox(root)
+        (root / "cfg.toml").write_text(GOOD_CONFIG)
+        return main(["-q", "build", str(root / "cfg.toml"), "-o", str(root / "out")])
+
+    built = _built_once(tmp_path_factory, "good_build", make)
+    assert built.code == 0
+    return built
 
 
 @pytest.fixture()
