@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from edgekit.backends.onnx.qdq import QUANT_TYPES, QdqSettings, resolved_reduce_range
 from edgekit.errors import ProfileError
@@ -21,22 +21,14 @@ MODE_KEYS = {
 
 
 @dataclass(frozen=True)
-class OrtRecipe:
-    """The ``[recipe]`` of an ``ort`` profile."""
+class OrtRecipe(QdqSettings):
+    """The ``[recipe]`` of an ``ort`` profile: the static QDQ settings (``QdqSettings``: activation_type, weight_type,
+    per_channel, reduce_range, symmetric_activations, exclude_op_types, fp32_input_layers) and what the other modes add."""
 
     mode: str = "fp32"
-    activation_type: str = "uint8"
-    weight_type: str = "int8"
-    per_channel: bool = True
-    reduce_range: bool | str = "auto"  # "auto": 7-bit weights only where the host lacks exact INT8 dot products
-    symmetric_activations: bool = False
-    exclude_op_types: tuple[str, ...] = ()
     # dynamic mode: MatMul/Gemm nodes whose input activations would be quantized with a predicted SQNR below this
     # (measured on calibration data, when the build has any) stay FP32; 0 disables. See ort/matmul_stats.py.
     fp32_fallback_sqnr_db: float = 0.0
-    # static mode: Conv/Gemm/MatMul nodes that read a graph input directly (a CNN's stem) stay FP32: true, false, or
-    # "auto" = FP32 unless a pooling op follows the stem (ORT would then run that pool in FP32); see onnx/qdq_ranges.py.
-    fp32_input_layers: bool | str = False
     # dynamic mode, see ort/dynamic.py: ONNX Runtime's transformer fusions before quantizing, and
     # SmoothQuant-style smoothing (alpha 0 disables) of MatMul inputs predicted under smooth_below_sqnr_db.
     transformer_fusion: bool = False
@@ -86,5 +78,4 @@ class OrtRecipe:
 
     def qdq(self) -> QdqSettings:
         """What static mode asks of the shared QDQ quantizer (edgekit/backends/onnx/qdq.py)."""
-        return QdqSettings(self.activation_type, self.weight_type, self.per_channel, self.reduce_range,
-                           self.symmetric_activations, self.exclude_op_types, self.fp32_input_layers)
+        return QdqSettings(**{f.name: getattr(self, f.name) for f in fields(QdqSettings)})
