@@ -63,7 +63,7 @@ def resolve_callable(data: str, role: str) -> Callable[[], Any]:
     fn = getattr(module, name, None)
     if fn is None or not callable(fn):
         public = sorted(n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n)))
-        raise DataError(f"{where}: {target} has no function '{name}'; callables there: {', '.join(public[:12]) or 'none'}")
+        raise DataError(f"{where} names no function '{name}' in that {'file' if target.endswith('.py') else 'module'}; callables there: {', '.join(public[:12]) or 'none'}")
     return fn
 
 
