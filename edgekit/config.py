@@ -55,7 +55,8 @@ class ExportConfig:
 @dataclass(frozen=True)
 class ImageSettings:
     """``[calibration.images]`` / ``[validation.images]``: how a folder of images becomes model input (unset: from
-    the model's input shape). resize: shorter side (int) or exact [h, w]; crop: center crop, int or [h, w]."""
+    the model's input shape). resize: shorter side (int) or exact [h, w]; crop: center crop, int or [h, w]; pixels are
+    multiplied by scale, then (x - mean) / std per channel in the order the model takes them (after channels)."""
 
     resize: int | tuple[int, ...] | None = None
     crop: int | tuple[int, ...] | None = None

@@ -75,7 +75,7 @@ class ImageSource(StreamSource):
         layout = cfg.layout or ("NHWC" if s.shape[3] in (1, 3) and s.shape[1] not in (1, 3) else "NCHW")
         channels = s.shape[1] if layout == "NCHW" else s.shape[3]
         h, w = (s.shape[2], s.shape[3]) if layout == "NCHW" else (s.shape[1], s.shape[2])
-        mode = cfg.channels or ("L" if channels == 1 else "RGB")
+        mode = "L" if (cfg.channels or ("L" if channels == 1 else "RGB")) == "L" else "RGB"
         need = 1 if mode == "L" else 3
         if isinstance(channels, int) and channels != need:
             raise DataError(f"{self.description}: input '{s.name}' has {channels} channels ({layout}); images give 1 (L) "
