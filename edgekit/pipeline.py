@@ -229,6 +229,7 @@ def revalidate(root: Path, targets: tuple[str, ...] = (), data: Path | None = No
     reference = Reference.from_dict(manifest.reference, root)
     profiles = {name: profile_from_dict(name, manifest.profiles[name]) for name in chosen}
     validation = open_feed(cfg.validation, reference.inputs, "validation") if cfg.validation else None
+    check_label_classes(validation, source)
     vdata = validation_data(validation, cfg.validation, reference.inputs, shapes)
     sub = dataclasses.replace(manifest, results={n: manifest.results[n] for n in chosen})
     # a compressed build's torch model is not re-made here (training is not re-run): its ONNX reference stands in

@@ -182,3 +182,15 @@ def test_overlap_between_readers_is_counted_on_what_the_model_sees(tmp_path):
     a = open_feed(DataConfig(str(tmp_path / "a")), GRAY, "calibration")
     b = open_feed(DataConfig(str(tmp_path / "a"), samples=4), GRAY, "validation")
     assert overlap(a, b) == 4 and a.fingerprint() != b.fingerprint()
+
+
+def test_an_endless_generator_needs_a_sample_limit(tmp_path, monkeypatch):
+    import edgekit.data.pycall as pycall
+
+    (tmp_path / "endless.py").write_text("import numpy as np\ndef forever():\n    i = 0\n    while True:\n"
+                                         "        i += 1\n        yield {'x': np.full((1, 8, 8), i, np.float32)}\n")
+    monkeypatch.setattr(pycall, "MAX_UNBOUNDED", 50)
+    with pytest.raises(DataError, match=r"endless.py:forever yields more than 50 samples; set samples = N"):
+        open_feed(DataConfig(f"{tmp_path}/endless.py:forever"), GRAY, "calibration")
+    src = open_feed(DataConfig(f"{tmp_path}/endless.py:forever", samples=20), GRAY, "calibration")
+    assert src.count() == 20 and [b.size for b in src.batches(8)] == [8, 8, 4]

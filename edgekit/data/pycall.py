@@ -23,6 +23,8 @@ from edgekit.data.stream import Piece, StreamSource
 from edgekit.errors import DataError
 from edgekit.types import TensorSpec
 
+# Without [section] samples, a generator that never ends would keep the check pass reading forever.
+MAX_UNBOUNDED = 1_000_000
 CALLABLE = re.compile(r"^(?P<target>.+\.py|[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*):(?P<function>[A-Za-z_]\w*)$")
 
 
@@ -98,6 +100,9 @@ class CallableSource(StreamSource):
                 raise DataError(f"{self.data} raised {type(exc).__name__}: {exc} while producing sample {index}") from None
             piece = self._piece(item, index)
             index += piece.size
+            if self.limit is None and index > MAX_UNBOUNDED:
+                raise DataError(f"{self.data} yields more than {MAX_UNBOUNDED} samples; set samples = N in the section "
+                                "to use the first N (an endless generator needs it)")
             yield piece
 
     def _piece(self, item: Any, index: int) -> Piece:
