@@ -18,6 +18,7 @@ DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "mse")
 EXPORTERS = ("dynamo", "torchscript")
 TASKS = ("classification", "regression", "embedding")
+MAX_BATCH = 65536  # a batch is held in memory whole: bounded, so a typo cannot ask for all samples at once
 SECTIONS = ("model", "export", "compress", "calibration", "validation", "train", "targets")
 
 
@@ -219,8 +220,8 @@ def _parse_data(t: Any, section: str, base: Path) -> DataConfig:
         labels = str(_path(labels, base, f"{where} labels"))
     if d.samples is not None and d.samples <= 0:
         raise ConfigError(f"{where} samples must be a positive integer, got {d.samples}")
-    if d.batch_size <= 0:
-        raise ConfigError(f"{where} batch_size must be positive, got {d.batch_size}")
+    if not 0 < d.batch_size <= MAX_BATCH:
+        raise ConfigError(f"{where} batch_size must be in 1..{MAX_BATCH}, got {d.batch_size}")
     _choice(d.method, CALIBRATION_METHODS, f"{where} method")
     if not 50.0 < d.percentile <= 100.0:
         raise ConfigError(f"{where} percentile must be in (50, 100], got {d.percentile}")

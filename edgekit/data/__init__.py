@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edgekit.config import DataConfig
 from edgekit.data.arrays import ArraySource, array_files
-from edgekit.data.checks import regular_file, system_path
+from edgekit.data.checks import exists, regular_file, system_path
 from edgekit.data.images import FOLDER_LABELS, ImageSource, image_files
 from edgekit.data.pycall import CallableSource, is_callable_ref
 from edgekit.data.sanity import check_label_classes, data_warnings, range_mismatch
@@ -36,11 +36,11 @@ def open_source(cfg: DataConfig, specs: tuple[TensorSpec, ...], role: str) -> St
     """The reader for ``cfg.data``, not yet read (``open_feed`` also checks it)."""
     data = cfg.data
     where = f"[{role}] data {data}"
-    if is_callable_ref(data):
+    if is_callable_ref(data) and not exists(Path(data), f"[{role}] data"):
         _unused(cfg, role, "a Python callable", images=True, text=True)
         return CallableSource(data, specs, cfg.labels, cfg.samples, where, role)
     path = Path(data)
-    if not path.exists():
+    if not exists(path, f"[{role}] data"):
         raise DataError(f"{where} does not exist")
     if path.is_dir():
         if system_path(path):

@@ -85,10 +85,10 @@ def conform_labels(labels: np.ndarray, count: int, origin: str, key: str) -> np.
 
 def regular_file(path: Path, what: str) -> Path:
     """``path`` must be a regular, non-empty file (checked before opening: a FIFO would block, a device never end)."""
+    if not exists(path, what):
+        raise DataError(f"{what} {path} does not exist")
     try:
         st = os.stat(path)
-    except FileNotFoundError:
-        raise DataError(f"{what} {path} does not exist") from None
     except OSError as exc:
         raise DataError(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
     if stat.S_ISDIR(st.st_mode):
@@ -102,6 +102,18 @@ def regular_file(path: Path, what: str) -> Path:
     if not os.access(path, os.R_OK):
         raise DataError(f"{what} {path} is not readable (permission denied)")
     return path
+
+
+def exists(path: Path, what: str) -> bool:
+    """``path.exists()`` that turns a name the filesystem cannot hold (too long, a NUL byte) into a DataError."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise DataError(f"{what} {str(path)[:120]}{'...' if len(str(path)) > 120 else ''} is not a usable path: {reason}") from None
+    return True
 
 
 def system_path(path: Path) -> bool:

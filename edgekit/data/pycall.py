@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import os
 import re
 import sys
 from pathlib import Path
@@ -29,8 +30,9 @@ CALLABLE = re.compile(r"^(?P<target>.+\.py|[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*):(?
 
 
 def is_callable_ref(data: str) -> bool:
-    """``data`` names a Python function ('file.py:function' or 'package.module:function') rather than a path."""
-    return CALLABLE.match(data) is not None and not Path(data).exists()
+    """``data`` has the form of a Python function ('file.py:function' or 'package.module:function'); the caller
+    prefers an existing path of that name."""
+    return CALLABLE.match(data) is not None
 
 
 def resolve_callable(data: str, role: str) -> Callable[[], Any]:
@@ -40,7 +42,7 @@ def resolve_callable(data: str, role: str) -> Callable[[], Any]:
     where = f"[{role}] data {data}"
     if target.endswith(".py"):
         path = Path(target)
-        if not path.is_file():
+        if not os.path.isfile(path):
             raise DataError(f"{where}: the file {path} does not exist")
         modname = f"_edgekit_user_data_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
         spec = importlib.util.spec_from_file_location(modname, path)

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from edgekit.config import TextSettings
-from edgekit.data.checks import conform, conform_labels, regular_file
+from edgekit.data.checks import conform, conform_labels, exists, regular_file
 from edgekit.data.stream import Piece, StreamSource
 from edgekit.errors import DataError
 from edgekit.types import TensorSpec
@@ -73,7 +73,7 @@ class _Auto:
 
 def load_tokenizer(settings: TextSettings) -> Any:
     folder = Path(settings.tokenizer)
-    if not folder.is_dir():
+    if not exists(folder, "[text] tokenizer") or not folder.is_dir():
         raise DataError(f"[text] tokenizer {folder} is not a folder; give the folder holding tokenizer.json")
     if settings.max_length <= 0:
         raise DataError(f"[text] max_length must be positive, got {settings.max_length}")
