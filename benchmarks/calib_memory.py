@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -90,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=HERE / "work" / "calib_memory")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "calib_memory.json")
     args = ap.parse_args(argv)
+    from edgekit.hostinfo import cpu
+
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(HERE))
@@ -119,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         "what": "ort-int8 build (no validation) of benchmarks/models.py:resnet18_like at 1x3x224x224, calibrated from "
                 "a folder of JPEG crops of sklearn's sample photographs through edgekit's image reader",
         "command": "python benchmarks/calib_memory.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "host": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                 "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
+        "host": {**cpu(), "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+                 "note": "a shared machine, loaded by other work: times are not comparable across runs, memory is"},
         "runs": rows,
         "peak_ratio_last_vs_first": round(last["build_peak_rss_mb"] / first["build_peak_rss_mb"], 3),
         "ort_int8_phase_peak_ratio_last_vs_first": round(last["ort_int8_phase_peak_rss_mb"] / first["ort_int8_phase_peak_rss_mb"], 3),
