@@ -16,7 +16,7 @@ from typing import Any
 from edgekit.backends import get_backend
 from edgekit.config import BuildConfig, DataConfig, parse_config, resolved_dict
 from edgekit.console import Progress, Silent
-from edgekit.data import check_label_classes, feed_warnings, open_feed, overlap
+from edgekit.data import check_label_classes, feed_warnings, open_feed, overlap, with_data
 from edgekit.errors import ConfigError, TargetUnavailableError, UsageError
 from edgekit.export import make_reference
 from edgekit.jobs import Built, TargetJob, WorkerInputs, build_in_workers, build_target, calibration_settings
@@ -223,7 +223,7 @@ def revalidate(root: Path, targets: tuple[str, ...] = (), data: Path | None = No
         if not data.exists():
             raise UsageError(f"--data {data} does not exist")
         base = cfg.validation or DataConfig(data=str(data))
-        cfg = dataclasses.replace(cfg, validation=dataclasses.replace(base, data=str(data.resolve()), samples=None))
+        cfg = dataclasses.replace(cfg, validation=with_data(base, str(data.resolve())))
     source = load_model(cfg.model)
     shapes = _shapes(cfg, source)
     reference = Reference.from_dict(manifest.reference, root)

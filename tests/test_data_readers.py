@@ -194,3 +194,16 @@ def test_an_endless_generator_needs_a_sample_limit(tmp_path, monkeypatch):
         open_feed(DataConfig(f"{tmp_path}/endless.py:forever"), GRAY, "calibration")
     src = open_feed(DataConfig(f"{tmp_path}/endless.py:forever", samples=20), GRAY, "calibration")
     assert src.count() == 20 and [b.size for b in src.batches(8)] == [8, 8, 4]
+
+
+def test_with_data_keeps_only_the_tables_that_apply(tmp_path):
+    from edgekit.data import with_data
+
+    image_folder(tmp_path / "imgs", classes=2, per_class=1)
+    np.savez(tmp_path / "v.npz", x=np.zeros((2, 1, 8, 8), np.float32))
+    cfg = DataConfig(str(tmp_path / "imgs"), samples=5, labels="folders", images=ImageSettings(resize=8))
+    again = with_data(cfg, str(tmp_path / "imgs"))
+    assert again.images == ImageSettings(resize=8) and again.labels == "folders" and again.samples is None
+    npz = with_data(cfg, str(tmp_path / "v.npz"))
+    assert npz.images is None and npz.labels is None and npz.data == str(tmp_path / "v.npz")
+    assert open_feed(npz, GRAY, "validation").count() == 2

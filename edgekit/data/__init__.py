@@ -11,6 +11,7 @@ model cannot predict.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from edgekit.types import TensorSpec
 log = logging.getLogger(__name__)
 
 __all__ = ["ArraySource", "CallableSource", "ImageSource", "Piece", "StreamSource", "TextSource", "check_label_classes",
-           "feed_warnings", "open_feed", "open_source", "overlap"]
+           "feed_warnings", "open_feed", "open_source", "overlap", "with_data"]
 
 
 def open_source(cfg: DataConfig, specs: tuple[TensorSpec, ...], role: str) -> StreamSource:
@@ -65,6 +66,19 @@ def open_source(cfg: DataConfig, specs: tuple[TensorSpec, ...], role: str) -> St
         return TextSource(path, specs, cfg.text, cfg.labels, cfg.samples, where, role)
     raise DataError(f"{where} is not a .npz/.npy file, a .txt/.jsonl file, a folder of arrays or images, or "
                     "'file.py:function'")
+
+
+def with_data(cfg: DataConfig, data: str) -> DataConfig:
+    """``cfg`` reading ``data`` instead (``edgekit validate --data``): all samples, and only the preprocessing tables
+    that apply to the new data's kind (an image build re-validated on an .npz keeps no [images] table)."""
+    path = Path(data)
+    images = text = False
+    if not is_callable_ref(data) and exists(path, "--data"):
+        images = path.is_dir() and not array_files(path)
+        text = path.suffix in TEXT_SUFFIXES
+    labels = cfg.labels if images or cfg.labels != FOLDER_LABELS else None
+    return dataclasses.replace(cfg, data=data, samples=None, labels=labels, images=cfg.images if images else None,
+                               text=cfg.text if text else None)
 
 
 def _unused(cfg: DataConfig, role: str, what: str, images: bool = False, text: bool = False) -> None:
