@@ -11,7 +11,7 @@ from edgekit.data import open_feed, overlap
 from edgekit.errors import ConfigError, DataError
 from edgekit.types import TensorSpec
 
-from data_files import GENERATORS, image_folder, make_tokenizer
+from data_files import GENERATORS, WORDS, image_folder, make_tokenizer
 
 PIL = pytest.importorskip("PIL", reason="the image reader needs Pillow (the test extra installs it)")
 from PIL import Image  # noqa: E402
@@ -207,3 +207,66 @@ def test_with_data_keeps_only_the_tables_that_apply(tmp_path):
     npz = with_data(cfg, str(tmp_path / "v.npz"))
     assert npz.images is None and npz.labels is None and npz.data == str(tmp_path / "v.npz")
     assert open_feed(npz, GRAY, "validation").count() == 2
+
+
+TEXT_NET = '''
+import torch, torch.nn as nn
+
+class Bag(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.lin, self.out = nn.Embedding(32, 16), nn.Linear(16, 16), nn.Linear(16, 3)
+
+    def forward(self, input_ids, attention_mask):
+        m = attention_mask.unsqueeze(-1).float()
+        return self.out((torch.relu(self.lin(self.emb(input_ids))) * m).sum(1) / m.sum(1).clamp(min=1))
+
+def build():
+    return Bag()
+'''
+
+TEXT_CONFIG = '''
+[model]
+source = "bag.py:build"
+inputs = [ { name = "input_ids", shape = [1, 8], dtype = "int64", dynamic = { 0 = "batch", 1 = "seq" } },
+           { name = "attention_mask", shape = [1, 8], dtype = "int64", dynamic = { 0 = "batch", 1 = "seq" } } ]
+outputs = ["logits"]
+
+[export]
+exporter = "torchscript"
+
+[calibration]
+data = "cal.txt"
+text = { tokenizer = "tok", padding = "none", max_length = 16 }
+
+[validation]
+data = "val.txt"
+text = { tokenizer = "tok", padding = "none", max_length = 16 }
+
+[targets]
+use = ["ort-fp32", "ort-int8"]
+'''
+
+
+@pytest.mark.slow
+def test_unpadded_text_calibrates_and_validates_ort_int8_over_several_lengths(tmp_path, tokenizer, monkeypatch):
+    import json
+
+    from edgekit.cli import main
+
+    rng = np.random.default_rng(0)
+    for name, n in (("cal.txt", 40), ("val.txt", 20)):
+        lines = [" ".join(rng.choice(WORDS[:13], rng.integers(2, 13))) for _ in range(n)]
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+    (tmp_path / "bag.py").write_text(TEXT_NET)
+    (tmp_path / "cfg.toml").write_text(TEXT_CONFIG)
+    monkeypatch.chdir(tmp_path)
+    assert main(["-q", "build", "cfg.toml", "-o", "out"]) == 0
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert m["validation"]["samples"] == 20
+    lengths = {b.feed["input_ids"].shape[1] for b in open_feed(
+        DataConfig(str(tmp_path / "val.txt"), text=TextSettings(str(tokenizer), padding="none")), TEXT, "validation").batches(32)}
+    assert len(lengths) > 3  # the validation really fed several sequence lengths
+    logits = m["targets"]["ort-int8"]["metrics"]["vs_torch"]["outputs"]["logits"]
+    assert logits["samples"] == 20 and logits["cosine"] > 0.99
