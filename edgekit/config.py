@@ -8,7 +8,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from edgekit.errors import ConfigError, did_you_mean
 from edgekit.tables import check_keys, coerce, field_names, parse_table, to_table
@@ -18,6 +18,7 @@ DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "mse")
 EXPORTERS = ("dynamo", "torchscript")
 TASKS = ("classification", "regression", "embedding")
+MAX_BATCH = 65536  # a batch is held in memory whole: bounded, so a typo cannot ask for all samples at once
 SECTIONS = ("model", "export", "compress", "calibration", "validation", "train", "targets", "bundle")
 
 
@@ -53,6 +54,33 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class ImageSettings:
+    """``[calibration.images]`` / ``[validation.images]``: how a folder of images becomes model input (unset: from
+    the model's input shape). resize: shorter side (int) or exact [h, w]; crop: center crop, int or [h, w]; pixels are
+    multiplied by scale, then (x - mean) / std per channel in the order the model takes them (after channels)."""
+
+    resize: int | tuple[int, ...] | None = None
+    crop: int | tuple[int, ...] | None = None
+    scale: float | None = None  # default 1/255 for a float input, 1 for an integer one
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    channels: Literal["RGB", "BGR", "L"] | None = None  # default: L for 1 channel, RGB for 3
+    layout: Literal["NCHW", "NHWC"] | None = None  # default: from the input shape
+    dtype: Literal["float32", "float16", "uint8", "int8"] | None = None  # default: the model input's dtype
+
+
+@dataclass(frozen=True)
+class TextSettings:
+    """``[calibration.text]`` / ``[validation.text]``: how lines of a .txt/.jsonl become transformer inputs."""
+
+    tokenizer: str
+    max_length: int = 128
+    padding: Literal["max_length", "none"] = "max_length"
+    field: str = "text"  # .jsonl: the key holding the text
+    inputs: tuple[str, ...] | None = None  # default: the model inputs among input_ids, attention_mask, token_type_ids
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Where a data set lives and how much of it to use."""
 
@@ -63,6 +91,8 @@ class DataConfig:
     method: str = "minmax"  # calibration only
     percentile: float = 99.999  # calibration only, method = "percentile"
     allow_overlap: bool = False  # validation only
+    images: ImageSettings | None = None
+    text: TextSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -168,8 +198,8 @@ def _parse_model(t: Any, base: Path) -> ModelConfig:
 
 # The keys each data section takes (DataConfig holds the union); [train]'s batch size is each training step's own.
 DATA_KEYS = {
-    "calibration": ("data", "samples", "method", "percentile", "batch_size"),
-    "validation": ("data", "samples", "labels", "batch_size", "allow_overlap"),
+    "calibration": ("data", "samples", "method", "percentile", "batch_size", "images", "text"),
+    "validation": ("data", "samples", "labels", "batch_size", "allow_overlap", "images", "text"),
     "train": ("data", "samples", "labels"),
 }
 
@@ -178,19 +208,33 @@ def _parse_data(t: Any, section: str, base: Path) -> DataConfig:
     where = f"[{section}]"
     t = check_keys(t, DATA_KEYS[section], where)
     if "data" not in t:
-        raise ConfigError(f"{where} needs 'data' (a .npz file, a folder of .npy/.npz, or 'module:function')")
-    d = parse_table(DataConfig, t, where)
+        raise ConfigError(f"{where} needs 'data' (a .npz file, a folder of .npy/.npz or images, a .txt/.jsonl, or "
+                          "'file.py:function' / 'module:function')")
+    subs = {k: t[k] for k in ("images", "text") if k in t}
+    d = parse_table(DataConfig, {k: v for k, v in t.items() if k not in subs}, where)
+    images = parse_table(ImageSettings, subs["images"], f"[{section}.images]") if "images" in subs else None
+    if isinstance(subs.get("text"), dict) and "tokenizer" not in subs["text"]:
+        raise ConfigError(f"[{section}.text] needs 'tokenizer', a folder holding tokenizer.json (a Hugging Face tokenizer)")
+    text = parse_table(TextSettings, subs["text"], f"[{section}.text]") if "text" in subs else None
+    if text is not None:
+        text = dataclasses.replace(text, tokenizer=str(_path(text.tokenizer, base, f"[{section}.text] tokenizer")))
     data = d.data
-    if not (":" in data and not data.endswith((".npz", ".npy")) and "/" not in data):
+    if ".py:" in data:
+        file_part, function = data.rsplit(":", 1)
+        data = f"{_path(file_part, base, f'{where} data')}:{function}"
+    elif not (":" in data and not data.endswith((".npz", ".npy")) and "/" not in data):
         data = str(_path(data, base, f"{where} data"))
+    labels = d.labels
+    if labels is not None and labels.endswith(".csv"):
+        labels = str(_path(labels, base, f"{where} labels"))
     if d.samples is not None and d.samples <= 0:
         raise ConfigError(f"{where} samples must be a positive integer, got {d.samples}")
-    if d.batch_size <= 0:
-        raise ConfigError(f"{where} batch_size must be positive, got {d.batch_size}")
+    if not 0 < d.batch_size <= MAX_BATCH:
+        raise ConfigError(f"{where} batch_size must be in 1..{MAX_BATCH}, got {d.batch_size}")
     _choice(d.method, CALIBRATION_METHODS, f"{where} method")
     if not 50.0 < d.percentile <= 100.0:
         raise ConfigError(f"{where} percentile must be in (50, 100], got {d.percentile}")
-    return dataclasses.replace(d, data=data)
+    return dataclasses.replace(d, data=data, labels=labels, images=images, text=text)
 
 
 def _parse_targets(t: Any, base: Path) -> tuple[tuple[str, ...], dict[str, TargetOverride]]:
@@ -324,6 +368,9 @@ def resolved_dict(cfg: BuildConfig) -> dict[str, Any]:
                 entry["labels"] = d.labels
         if section == "validation" and d.allow_overlap:
             entry["allow_overlap"] = True
+        for key in ("images", "text"):
+            if getattr(d, key) is not None:
+                entry[key] = to_table(getattr(d, key))
         out[section] = entry
     targets: dict[str, Any] = {"use": list(cfg.targets)}
     for name, o in cfg.overrides.items():

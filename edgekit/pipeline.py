@@ -16,7 +16,7 @@ from typing import Any
 from edgekit.backends import get_backend
 from edgekit.config import BuildConfig, DataConfig, parse_config, resolved_dict
 from edgekit.console import Progress, Silent
-from edgekit.data import open_feed, overlap
+from edgekit.data import check_label_classes, feed_warnings, open_feed, overlap, with_data
 from edgekit.errors import ConfigError, TargetUnavailableError, UsageError
 from edgekit.export import make_reference
 from edgekit.jobs import Built, TargetJob, WorkerInputs, build_in_workers, build_target, calibration_settings
@@ -57,6 +57,7 @@ class Plan:
     proxies: set[str] = field(default_factory=set)  # unavailable, but a host proxy is built and measured
     train: FeedSource | None = None  # [train] data, opened only when a [[compress]] step trains
     recipes: dict[str, Any] = field(default_factory=dict)  # each target's recipe, parsed once by its backend
+    data_warnings: list[str] = field(default_factory=list)  # the data sanity checks' findings (report + manifest)
 
 
 # ---------------------------------------------------------------------------------------------- build
@@ -78,6 +79,10 @@ def plan(cfg: BuildConfig, options: BuildOptions, progress: Progress | None = No
     uses_calibration = any(get_backend(p.backend).uses_calibration(p, recipes[n]) for n, p in profiles.items())
     calibration = open_feed(cfg.calibration, source.inputs, "calibration") if cfg.calibration and uses_calibration else None
     validation = open_feed(cfg.validation, source.inputs, "validation") if cfg.validation else None
+    check_label_classes(validation, source)
+    data_warnings = feed_warnings(calibration, validation)
+    for warning in data_warnings:
+        progress.warn(warning)
     if calibration is not None and validation is not None and not cfg.validation.allow_overlap:
         shared = overlap(calibration, validation)
         if shared:
@@ -100,7 +105,7 @@ def plan(cfg: BuildConfig, options: BuildOptions, progress: Progress | None = No
             unavailable[name] = reason
             if avail.proxy:
                 proxies.add(name)
-    return Plan(cfg, profiles, source, shapes, calibration, validation, unavailable, proxies, train, recipes)
+    return Plan(cfg, profiles, source, shapes, calibration, validation, unavailable, proxies, train, recipes, data_warnings)
 
 
 def build(cfg: BuildConfig, options: BuildOptions, progress: Progress | None = None) -> Manifest:
@@ -151,6 +156,8 @@ def _build_into(root: Path, p: Plan, options: BuildOptions, progress: Progress) 
                       cfg.model.task, progress, options.reference_timing)
     else:
         manifest.validation = {"description": "not validated (--no-validate)", "samples": 0}
+    if p.data_warnings:
+        manifest.validation["data_warnings"] = list(p.data_warnings)
     write_outputs(root, manifest)
     if cfg.bundle is not None:  # device bundles (golden I/O + verify.py), from the files just written
         from edgekit.bundle.make import write_bundles
@@ -220,12 +227,13 @@ def revalidate(root: Path, targets: tuple[str, ...] = (), data: Path | None = No
         if not data.exists():
             raise UsageError(f"--data {data} does not exist")
         base = cfg.validation or DataConfig(data=str(data))
-        cfg = dataclasses.replace(cfg, validation=dataclasses.replace(base, data=str(data.resolve()), samples=None))
+        cfg = dataclasses.replace(cfg, validation=with_data(base, str(data.resolve())))
     source = load_model(cfg.model)
     shapes = _shapes(cfg, source)
     reference = Reference.from_dict(manifest.reference, root)
     profiles = {name: profile_from_dict(name, manifest.profiles[name]) for name in chosen}
     validation = open_feed(cfg.validation, reference.inputs, "validation") if cfg.validation else None
+    check_label_classes(validation, source)
     vdata = validation_data(validation, cfg.validation, reference.inputs, shapes)
     sub = dataclasses.replace(manifest, results={n: manifest.results[n] for n in chosen})
     # a compressed build's torch model is not re-made here (training is not re-run): its ONNX reference stands in

@@ -18,6 +18,8 @@ from edgekit.config import DataConfig
 from edgekit.data import open_feed
 from edgekit.types import TensorSpec
 
+from data_files import make_bad_data
+
 TINY_NET = '''
 import torch.nn as nn
 
@@ -100,6 +102,7 @@ def make_sandbox(root: Path) -> Path:
     (root / "not_a_dir").write_text("a file where a directory should be")
     (root / "foreign_out").mkdir(exist_ok=True)
     (root / "foreign_out" / "precious.txt").write_text("not edgekit's")
+    make_bad_data(root)
     return root
 
 

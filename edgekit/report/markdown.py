@@ -109,6 +109,7 @@ def render_markdown(manifest: dict[str, Any]) -> str:
         f"Host: {host.get('cpu', '?')}, {host.get('cores', '?')} cores, ISA {', '.join(host.get('isa', [])) or '?'}",
         f"Validation: {val.get('description', '?')} — {val.get('samples', '?')} samples"
         + (", with labels" if val.get("labelled") else ""),
+        *(f"Data warning: {w}" for w in val.get("data_warnings", [])),
         f"Reference: `{ref.get('file', {}).get('path', '?')}` ({ref.get('exporter', '?')} exporter, opset {ref.get('opset', '?')}); "
         f"{ref.get('simplify_note', '')}",
         "",
