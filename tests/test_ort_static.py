@@ -56,7 +56,7 @@ def _sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
     return float(10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / np.sum((ref - got).astype(np.float64) ** 2)))
 
 
-def _tail_model(path: Path) -> None:
+def _tail_model(path: Path, batch: int | str = 1) -> None:
     """x -> MatMul -> Relu -> MatMul -> y; fed inputs with rare outliers, so every min/max is set by a few values."""
     rng = np.random.default_rng(5)
     w1 = numpy_helper.from_array((rng.standard_normal((32, 256)) / np.sqrt(32)).astype(np.float32), "w1")
@@ -66,8 +66,8 @@ def _tail_model(path: Path) -> None:
         helper.make_node("Relu", ["h"], ["e"], name="relu"),
         helper.make_node("MatMul", ["e", "w2"], ["y"], name="second"),
     ]
-    graph = helper.make_graph(nodes, "tail", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])], [w1, w2])
+    graph = helper.make_graph(nodes, "tail", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 16])], [w1, w2])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(path))
@@ -257,3 +257,41 @@ def test_handing_edgekit_ranges_to_ort_gives_the_artifact_ort_calibration_gives(
     assert len(ours) >= 3 and ours.keys() == theirs.keys()
     for t in ours:
         assert ours[t][1] == theirs[t][1] and abs(ours[t][0] / theirs[t][0] - 1) < 1e-6, (t, ours[t], theirs[t])
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_streaming_histograms_give_ort_one_shot_ranges(tmp_path, monkeypatch, method):
+    """Percentile and entropy ranges come from ONNX Runtime's HistogramCollector fed one batch at a time (memory that
+    does not grow with the samples) instead of ORT's calibrator, which holds every batch until the end: the
+    histograms are ORT's one-shot histograms, so every scale is ORT's."""
+    import inspect
+
+    import edgekit.backends.onnx.qdq as qdq_module
+
+    specs = (TensorSpec("x", ("batch", 32)),)
+    rng = np.random.default_rng(21)
+    calib = calibration_feed(tmp_path / "c.npz", specs, x=_with_outliers(rng, 96))
+    model = tmp_path / "m.onnx"
+    _tail_model(model, batch="batch")
+    settings = CalibrationSettings(method=method, samples=96, batch_size=8)  # 12 batches: the histograms merge
+
+    def build(out: Path) -> tuple[dict, dict]:
+        notes = quantize_static_qdq(model, out, calib, specs, settings, QdqSettings())
+        g = onnx.load(str(out)).graph
+        inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+        return notes, {n.input[0]: float(inits[n.input[1]]) for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] != "w"}
+
+    streamed, ours = build(tmp_path / "streamed.onnx")
+
+    class NoCacheParameter:  # ORT's own calibrator, as on onnxruntime builds without calibration_cache_path
+        @staticmethod
+        def signature(fn):
+            return inspect.Signature()
+
+    monkeypatch.setattr(qdq_module, "inspect", NoCacheParameter)
+    one_shot, theirs = build(tmp_path / "one_shot.onnx")
+    assert streamed["calibration"]["ort_pass"] == f"skipped: edgekit's streaming {method} histograms handed over"
+    assert one_shot["calibration"]["ort_pass"] == "ONNX Runtime's calibrator"
+    assert len(theirs) >= 3 and set(theirs) <= set(ours)
+    for t, scale in theirs.items():  # the same histograms, summed batch by batch: the same scales, bit for bit
+        assert ours[t] == scale, (t, ours[t], scale)

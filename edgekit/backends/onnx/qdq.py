@@ -118,15 +118,21 @@ def quantize_static_qdq(
         fp32_layers = qdq_ranges.fp32_input_layer_names(graph, qdq.fp32_input_layers)
         overrides: dict[str, Any] = {}
         levels = 254 if qdq.symmetric_activations and qdq.activation_type == "int8" else 255
+        handing_over = "calibration_cache_path" in inspect.signature(quantize_static).parameters
+        histogram = settings.method in qdq_ranges.HISTOGRAM_METHODS and handing_over
         stats = qdq_ranges.activation_stats(model, graph, reader, (qdq.symmetric_activations, levels)
-                                            if settings.method == "mse" else None)
+                                            if settings.method == "mse" else None,
+                                            (settings.method, settings.percentile) if histogram else None)
         chosen["stats"] = stats
         cache: dict[str, Any] = {}
-        if settings.method in ("minmax", "mse") and "calibration_cache_path" in inspect.signature(quantize_static).parameters:
-            # the min/max just measured are ORT's MinMax ranges: handing them over skips ORT's calibration pass
+        if handing_over and (settings.method in ("minmax", "mse") or histogram):
+            # the ranges just measured, as ORT's MinMax calibration cache: handing them over skips ORT's calibration
+            # pass (and, for the histogram methods, its memory that grows with the sample count)
             cache["calibration_cache_path"] = str(model.with_name("edgekit_minmax_cache.json"))
-            qdq_ranges.write_minmax_cache(stats.bounds, stats.fill_tensors, Path(cache["calibration_cache_path"]))
-        chosen["ort_calibration"] = "skipped: edgekit's min/max pass handed over" if cache else "ONNX Runtime's calibrator"
+            ranges = stats.histogram_ranges if histogram else stats.bounds
+            qdq_ranges.write_minmax_cache(ranges, stats.fill_tensors, Path(cache["calibration_cache_path"]))
+        chosen["ort_calibration"] = ((f"skipped: edgekit's streaming {settings.method} histograms handed over" if histogram
+                                      else "skipped: edgekit's min/max pass handed over") if cache else "ONNX Runtime's calibrator")
         overrides.update(qdq_ranges.range_overrides(stats.mse_ranges))  # empty unless method = "mse"
         if reduce_range and qdq.weight_type == "int8" and qdq.per_channel:
             exact = qdq_ranges.exact_weight_overrides(graph, fp32_layers)
@@ -149,7 +155,7 @@ def quantize_static_qdq(
             reduce_range=reduce_range,
             activation_type=qtype(qdq.activation_type),
             weight_type=qtype(qdq.weight_type),
-            calibrate_method=calibrate_method("minmax" if settings.method == "mse" else settings.method),
+            calibrate_method=calibrate_method("minmax" if settings.method == "mse" or cache else settings.method),
             op_types_to_quantize=None,
             nodes_to_exclude=nodes_of_types(model, qdq.exclude_op_types) + fp32_layers + stats.fill_nodes,
             extra_options=extra,

@@ -154,15 +154,70 @@ def mse_ranges(tensors: TensorReader, feeds: Any, symmetric: bool, levels: int,
     return out
 
 
+# ONNX Runtime's own histogram settings per method (onnxruntime.quantization.calibrate.create_calibrator's defaults,
+# as quantize_static uses them): bins, symmetric (a histogram of |x|), quantized bins (entropy).
+HISTOGRAM_METHODS = {"percentile": (2048, True, 128), "entropy": (128, False, 128)}
+
+
+def histogram_ranges(tensors: TensorReader, feeds: Any, method: str, percentile: float,
+                     skip: Iterable[str]) -> dict[str, tuple[float, float]]:
+    """Percentile or entropy ranges of every tensor but ``skip``, in two streaming passes over the calibration
+    batches: each tensor's min / max (and min |x|), then its histogram over exactly the bins ONNX Runtime's
+    calibrator would use for all the data at once, summed batch by batch. The histograms are then ORT's one-shot
+    histograms, and ORT's own HistogramCollector turns them into ranges, so the ranges are ORT's; but memory stays
+    one batch's tensors plus a fixed number of bins per tensor, whatever the sample count (ORT's calibrator keeps
+    every batch's intermediate outputs until the end: onnxruntime issue 18893)."""
+    import contextlib
+    import io
+
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    bins, symmetric, quantized_bins = HISTOGRAM_METHODS[method]
+    skipped = set(skip)
+    lo: dict[str, np.floating] = {}
+    hi: dict[str, np.floating] = {}
+    abs_lo: dict[str, np.floating] = {}
+    for feed in feeds.passes():
+        for t, v in tensors(feed).items():
+            if t in skipped or not v.size:
+                continue
+            a, b, m = np.nanmin(v), np.nanmax(v), np.nanmin(np.abs(v))
+            lo[t], hi[t] = (min(lo[t], a), max(hi[t], b)) if t in lo else (a, b)
+            abs_lo[t] = min(abs_lo[t], m) if t in abs_lo else m
+    # the edges ORT computes from the whole data: |x| over [min |x|, max |x|], or x over [-max |x|, max |x|]
+    edges_range = {t: (abs_lo[t], max(abs(lo[t]), abs(hi[t]))) if symmetric else
+                   (-max(abs(lo[t]), abs(hi[t])), max(abs(lo[t]), abs(hi[t]))) for t in lo}
+    counts: dict[str, np.ndarray] = {}
+    edges: dict[str, np.ndarray] = {}
+    for feed in feeds.passes():
+        for t, v in tensors(feed).items():
+            if t in edges_range:
+                h, e = np.histogram(np.abs(v) if symmetric else v, bins=bins, range=edges_range[t])
+                counts[t] = counts[t] + h if t in counts else h
+                edges[t] = e
+    collector = HistogramCollector(method=method, symmetric=symmetric, num_bins=bins, num_quantized_bins=quantized_bins,
+                                   percentile=percentile, scenario="same")
+    for t in counts:
+        e = edges[t].astype(np.float32) if symmetric else edges[t]
+        collector.histogram_dict[t] = (counts[t], e, lo[t], hi[t]) if symmetric else (counts[t], e, lo[t], hi[t], edges_range[t][1])
+    if not collector.histogram_dict:
+        return {}
+    with contextlib.redirect_stdout(io.StringIO()):  # the collector prints its settings
+        result = collector.compute_collection_result()
+    return {t: (float(r[0]), float(r[1])) for t, r in result.items()}
+
+
 @dataclass
 class ActivationStats:
     bounds: dict[str, tuple[float, float]]
     fill_tensors: list[str]
     fill_nodes: list[str]
     mse_ranges: dict[str, tuple[float, float]]
+    histogram_ranges: dict[str, tuple[float, float]]  # method percentile / entropy: edgekit's streaming histograms
 
 
-def activation_stats(src: Path, graph: Any, feeds: Any, mse: tuple[bool, int] | None) -> ActivationStats:
+def activation_stats(src: Path, graph: Any, feeds: Any, mse: tuple[bool, int] | None,
+                     histogram: tuple[str, float] | None = None) -> ActivationStats:
     """What edgekit measures on the calibration data before ORT's own calibration: the fill-value tensors and, with
     ``mse`` = (symmetric, levels), the MSE ranges of the others. Its session with every tensor as an output is
     released on return, so its memory is not held while ORT's calibrator runs."""
@@ -174,7 +229,8 @@ def activation_stats(src: Path, graph: Any, feeds: Any, mse: tuple[bool, int] | 
         skip = set(filled)
         usable = {t: b for t, b in bounds.items() if t not in skip}
         ranges = mse_ranges(tensors, feeds, mse[0], mse[1], usable)
-    return ActivationStats(bounds, filled, nodes, ranges)
+    hist = histogram_ranges(tensors, feeds, histogram[0], histogram[1], filled) if histogram is not None else {}
+    return ActivationStats(bounds, filled, nodes, ranges, hist)
 
 
 def write_minmax_cache(bounds: Mapping[str, tuple[float, float]], skip: Iterable[str], path: Path) -> None:
