@@ -58,8 +58,9 @@ class Entry:
 class Cache:
     """A folder of entries; ``get`` trusts an entry only after every file's sha256 matches its entry.json."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, repair: bool = True):
         self.root = Path(root)
+        self.repair = repair  # remove a corrupt entry when found (False for a dry run, which writes nothing)
 
     def _dir(self, key: str) -> Path:
         return self.root / "objects" / key[:2] / key
@@ -75,12 +76,12 @@ class Cache:
             entry = Entry(key, data["kind"], data["meta"], files, folder / "files")
         except (OSError, ValueError, KeyError, TypeError):
             self._remove(folder)
-            return None, "its cache entry was incomplete (removed)"
+            return None, "its cache entry was incomplete"
         for f in files:
             path = entry.files_dir / f.path
             if not path.is_file() or ArtifactFile.of(path, entry.files_dir) != f:
                 self._remove(folder)
-                return None, f"its cached {f.path} was corrupt (sha256 mismatch, removed)"
+                return None, f"its cached {f.path} was corrupt (sha256 mismatch)"
         return entry, ""
 
     def get(self, key: str) -> Entry | None:
@@ -108,7 +109,8 @@ class Cache:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         entry = self.get(key)
-        assert entry is not None, "a cache entry just written failed its own check"
+        if entry is None:
+            raise OSError(f"the cache entry {key[:12]}… under {self.root} failed its check right after it was written")
         return entry
 
     # the inputs of each pair's last build, for ``--dry-run``'s "which input changed"
@@ -121,9 +123,9 @@ class Cache:
     def record_inputs(self, model: str, target: str, components: dict[str, str]) -> None:
         atomic_write_json(self.root / "inputs" / model / f"{target}.json", components)
 
-    @staticmethod
-    def _remove(folder: Path) -> None:
-        shutil.rmtree(folder, ignore_errors=True)
+    def _remove(self, folder: Path) -> None:
+        if self.repair:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def changed(before: dict[str, str] | None, now: dict[str, str]) -> str:

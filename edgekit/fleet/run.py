@@ -60,8 +60,8 @@ def run_fleet(spec: FleetSpec, options: FleetOptions, progress: Progress | None 
     start = time.perf_counter()
     if options.workers is not None and options.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {options.workers}")
-    out = _check_out(Path(options.out))
-    cache = Cache(options.cache or out / ".cache")
+    out = _check_out(Path(options.out), create=not options.dry_run)
+    cache = Cache(options.cache or out / ".cache", repair=not options.dry_run)
     versions = code_versions()
     models = []
     for b in spec.builds:
@@ -81,12 +81,14 @@ def run_fleet(spec: FleetSpec, options: FleetOptions, progress: Progress | None 
     return FleetRun(records, tasks, lines, fleet)
 
 
-def _check_out(out: Path) -> Path:
+def _check_out(out: Path, create: bool) -> Path:
     out = out.expanduser().absolute()
     if out.exists() and not out.is_dir():
         raise OutputDirError(f"output path {out} is a file; pass a directory with -o")
     if out.is_dir() and any(p for p in out.iterdir() if p.name != ".cache") and not (out / FLEET_MANIFEST).is_file():
         raise OutputDirError(f"output directory {out} holds files that edgekit fleet did not write; choose another -o")
+    if not create:
+        return out
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
