@@ -71,7 +71,8 @@ def client(endpoint: str | None = None) -> Any:
     except ImportError:
         raise UsageError("publishing needs boto3: pip install 'edgekit[fleet]' (or pip install boto3)") from None
     config = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}) if endpoint else None
-    return boto3.client("s3", endpoint_url=endpoint, config=config)
+    # a new session per client: boto3's default session caches the credentials it found first
+    return boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
 
 
 def _key(prefix: str, name: str) -> str:
