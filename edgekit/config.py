@@ -18,7 +18,7 @@ DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "mse")
 EXPORTERS = ("dynamo", "torchscript")
 TASKS = ("classification", "regression", "embedding")
-SECTIONS = ("model", "export", "compress", "calibration", "validation", "train", "targets")
+SECTIONS = ("model", "export", "compress", "calibration", "validation", "train", "targets", "publish")  # [publish]: edgekit.publish
 
 
 @dataclass(frozen=True)

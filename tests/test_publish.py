@@ -160,3 +160,22 @@ def test_publish_refuses_a_tampered_build(s3_server, built_sandbox, capsys):
     assert main(["publish", str(out), f"s3://{BUCKET}/builds/refused", "--endpoint", s3_server]) == 2
     assert "modified after the build" in capsys.readouterr().err
     assert not _keys(s3_server, "builds/refused")
+
+
+@pytest.mark.slow
+def test_build_config_publish_section(s3_server, sandbox):
+    from conftest import GOOD_CONFIG
+
+    (sandbox / "cfg.toml").write_text(GOOD_CONFIG.replace('use = ["ort-fp32", "ort-int8"]', 'use = ["ort-fp32"]')
+                                      + f'\n[publish]\nurl = "s3://{BUCKET}/builds/from-config"\nendpoint = "{s3_server}"\n')
+    assert main(["-q", "build", str(sandbox / "cfg.toml"), "-o", str(sandbox / "out"), "--no-validate"]) == 0
+    assert f"builds/from-config/{INDEX}" in _keys(s3_server, "builds/from-config")
+
+
+def test_build_config_publish_typo_is_exit_2_before_any_work(sandbox, capsys):
+    from conftest import GOOD_CONFIG
+
+    (sandbox / "cfg.toml").write_text(GOOD_CONFIG + '\n[publish]\nurl = "s3://edgekit-test/x"\nendpont = "http://x"\n')
+    assert main(["build", str(sandbox / "cfg.toml"), "-o", str(sandbox / "out")]) == 2
+    assert "unknown key 'endpont' in [publish]; did you mean 'endpoint'?" in capsys.readouterr().err
+    assert not (sandbox / "out").exists()

@@ -77,6 +77,7 @@ def run_fleet(spec: FleetSpec, options: FleetOptions, progress: Progress | None 
     records = []
     for m in models:
         records += _assemble(out, m, cache, outcomes, options.strict)
+    _remove_dropped(out, [b.name for b in spec.builds])
     fleet = write_fleet(out, spec, records, versions, tasks, round(time.perf_counter() - start, 3), options.strict)
     return FleetRun(records, tasks, lines, fleet)
 
@@ -96,6 +97,19 @@ def _check_out(out: Path, create: bool) -> Path:
     if not os.access(out, os.W_OK | os.X_OK):
         raise OutputDirError(f"output directory {out} is not writable; choose another -o")
     return out
+
+
+def _remove_dropped(out: Path, names: list[str]) -> None:
+    """Model folders an earlier run of this fleet wrote for builds the fleet file no longer lists go."""
+    import json
+
+    try:
+        before = json.loads((out / FLEET_MANIFEST).read_text(encoding="utf-8")).get("models", [])
+    except (OSError, ValueError, AttributeError):
+        return
+    for name in before:
+        if isinstance(name, str) and name not in names and (out / name / "manifest.json").is_file():
+            shutil.rmtree(out / name, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------------- Ray
