@@ -229,3 +229,24 @@ def test_bad_fleet_file_is_exit_2_naming_the_key(tmp_path, capsys, text, message
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.count("\n") == 1
     assert not (root / "out").exists()
+
+
+def test_cli_dry_run_then_a_cached_run(first, tmp_path, capsys):
+    root = _copy(first, tmp_path)
+    capsys.readouterr()
+    assert main(["fleet", str(root / "fleet.toml"), "-o", str(root / "out"), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sorted(lines) == sorted(f"{m} x {t}: cached" for m, t in PAIRS)
+    assert main(["fleet", str(root / "fleet.toml"), "-o", str(root / "out")]) == 0
+    out = capsys.readouterr().out
+    assert out.count(" cached") >= 4 and "0 pair(s) rebuilt, 4 from the cache, 0 Ray task(s)" in out
+
+
+def test_workers_below_one_and_a_foreign_output_dir_are_exit_2(first, tmp_path, capsys):
+    root, _ = first
+    assert main(["fleet", str(root / "fleet.toml"), "-o", str(tmp_path / "o"), "--workers", "0"]) == 2
+    assert "--workers must be >= 1" in capsys.readouterr().err
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "precious.txt").write_text("not edgekit's")
+    assert main(["fleet", str(root / "fleet.toml"), "-o", str(tmp_path / "foreign")]) == 2
+    assert "did not write" in capsys.readouterr().err
