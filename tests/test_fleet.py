@@ -250,3 +250,12 @@ def test_workers_below_one_and_a_foreign_output_dir_are_exit_2(first, tmp_path, 
     (tmp_path / "foreign" / "precious.txt").write_text("not edgekit's")
     assert main(["fleet", str(root / "fleet.toml"), "-o", str(tmp_path / "foreign")]) == 2
     assert "did not write" in capsys.readouterr().err
+
+
+def test_publish_takes_a_fleet_folder_without_its_cache(first):
+    from edgekit.publish import local_files
+
+    root, _ = first
+    files = {f.path for f in local_files(root / "out")}
+    assert {"fleet.json", "report.html", "tiny/manifest.json", "mlp/ort-int8/model.onnx"} <= files
+    assert not any(part.startswith(".") for f in files for part in f.split("/"))
