@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast install bench clean
+.PHONY: demo test test-fast install bench bench-fleet clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ bench: $(STAMP)
 	$(PIP) install --quiet -c constraints.txt -e ".[test,minilm]"
 	$(PY) benchmarks/kernels.py
 	$(PY) benchmarks/run.py
+
+bench-fleet: $(STAMP)
+	$(PY) benchmarks/fleet_bench.py
 
 clean:
 	rm -rf $(VENV) edgekit-demo dist build *.egg-info

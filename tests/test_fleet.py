@@ -90,6 +90,9 @@ def make_fleet(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def ray_session():
     """One local Ray for the module (its start is the slowest fixed cost); run_fleet uses it and leaves it running."""
+    import os
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     yield ray
     ray.shutdown()

@@ -124,6 +124,7 @@ def _start_ray(options: FleetOptions) -> tuple[Any, bool]:
     if ray.is_initialized():  # a caller (a notebook, a test) already connected: use its Ray, leave it running
         return ray, False
     address = options.address or os.environ.get("RAY_ADDRESS")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report sent from a build machine unless asked
     quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
     try:
         if address:
