@@ -262,3 +262,21 @@ def test_publish_takes_a_fleet_folder_without_its_cache(first):
     files = {f.path for f in local_files(root / "out")}
     assert {"fleet.json", "report.html", "tiny/manifest.json", "mlp/ort-int8/model.onnx"} <= files
     assert not any(part.startswith(".") for f in files for part in f.split("/"))
+
+
+def test_an_unreachable_ray_address_is_exit_2_at_once(first, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    root = _copy(first, tmp_path)
+    _mlp_weights(root / "mlp.safetensors", seed=2)  # one pair to build, so Ray is needed
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "edgekit", "fleet", str(root / "fleet.toml"), "-o", str(root / "out"),
+                           "--address", f"127.0.0.1:{port}"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and f"cannot reach Ray at 127.0.0.1:{port}" in proc.stderr

@@ -125,6 +125,8 @@ def _start_ray(options: FleetOptions) -> tuple[Any, bool]:
         return ray, False
     address = options.address or os.environ.get("RAY_ADDRESS")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report sent from a build machine unless asked
+    if address:
+        _check_reachable(address)
     quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
     try:
         if address:
@@ -135,6 +137,21 @@ def _start_ray(options: FleetOptions) -> tuple[Any, bool]:
         where = f"at {address}" if address else "locally"
         raise UsageError(f"cannot start or reach Ray {where}: {str(exc).splitlines()[0][:200]}; check --address") from None
     return ray, True
+
+
+def _check_reachable(address: str) -> None:
+    """Ray retries an unreachable address for minutes: a refused or silent host:port is exit 2 at once."""
+    import socket
+
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():  # "auto" and other forms Ray resolves itself
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise UsageError(f"cannot reach Ray at {address} ({exc.strerror or exc}); start the cluster (ray start --head) "
+                         "or fix --address / RAY_ADDRESS") from None
 
 
 Submit = Callable[[], Any]
