@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast install bench clean verify-arm64
+.PHONY: demo test test-fast install bench bench-fleet clean verify-arm64
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ bench: $(STAMP)
 # needs root and downloads about 300 MB once (an arm64 Debian root, aarch64 numpy + onnxruntime wheels).
 verify-arm64: $(STAMP)
 	PYTHON=$(abspath $(PY)) tools/verify_arm64.sh
+
+bench-fleet: $(STAMP)
+	$(PY) benchmarks/fleet_bench.py
 
 clean:
 	rm -rf $(VENV) edgekit-demo dist build *.egg-info

@@ -19,7 +19,7 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "mse")
 EXPORTERS = ("dynamo", "torchscript")
 TASKS = ("classification", "regression", "embedding")
 MAX_BATCH = 65536  # a batch is held in memory whole: bounded, so a typo cannot ask for all samples at once
-SECTIONS = ("model", "export", "compress", "calibration", "validation", "train", "targets", "bundle")
+SECTIONS = ("model", "export", "compress", "calibration", "validation", "train", "targets", "bundle", "publish")  # [publish]: edgekit.publish
 
 
 @dataclass(frozen=True)

@@ -62,9 +62,18 @@ def cmd_build(args: argparse.Namespace, console: Console) -> int:
     if args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     cfg = load_config(args.config)
+    from edgekit.publish import parse_publish  # [publish]: checked before the build, used after it
+
+    target = parse_publish(cfg.raw["publish"], "[publish]") if "publish" in cfg.raw else None
     options = BuildOptions(out=args.out, targets=tuple(args.target), validate=not args.no_validate, strict=args.strict, jobs=args.jobs)
     manifest = build(cfg, options, console)
-    return _finish(manifest, args.out.absolute(), console)
+    code = _finish(manifest, args.out.absolute(), console)
+    if target is not None:
+        from edgekit.publish import publish
+
+        index = publish(args.out, target.url, target.endpoint)
+        console.result(f"published {len(index['files'])} file(s) to {target.url.rstrip('/')}/index.json")
+    return code
 
 
 def cmd_validate(args: argparse.Namespace, console: Console) -> int:
