@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from edgekit import strictjson
 
 
 _UMASK = os.umask(0)
@@ -34,7 +35,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    """``obj`` as strict JSON (edgekit.strictjson: no NaN/Infinity) at ``path``."""
+    atomic_write_text(path, strictjson.dumps(obj, default=_jsonable, indent=2, sort_keys=True) + "\n")
 
 
 def atomic_move(src: Path, dst: Path) -> None:

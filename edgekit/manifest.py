@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgekit import strictjson
 from edgekit.errors import EdgekitError, TamperError
 from edgekit.fsutil import atomic_write_json, atomic_write_text
 from edgekit.model import file_sha256
@@ -167,7 +168,7 @@ def read_manifest(root: Path) -> Manifest:
     if not path.is_file():
         raise EdgekitError(f"{root} has no {MANIFEST}; is it an edgekit output directory (edgekit build ... -o DIR)?")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = strictjson.restore(json.loads(path.read_text(encoding="utf-8")))
         return Manifest.from_dict(data)
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise TamperError(f"{path} is not a valid edgekit manifest ({type(exc).__name__}: {exc}); rebuild with edgekit build") from None
