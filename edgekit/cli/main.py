@@ -67,10 +67,14 @@ def _parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="re-check an output directory: sha256 first, then re-measure",
                        description="Check that every artifact in DIR still has the sha256 its manifest vouches for "
-                       "(a tampered file is an error), then re-run the validator and rewrite manifest and report.")
+                       "(a tampered file is an error), then re-run the validator against the ONNX reference in DIR and rewrite manifest "
+                       "and report. Code named by the manifest is run only with --against-torch.")
     v.add_argument("dir", type=Path, metavar="DIR")
     v.add_argument("--target", action="append", default=[], metavar="NAME", help="only this target (repeatable)")
-    v.add_argument("--data", type=Path, metavar="PATH", help="validate on this data instead of the config's [validation] data")
+    v.add_argument("--data", type=Path, metavar="PATH", help="validate on this data instead of the config's [validation] "
+                   "data; recorded in DIR/validations/<name>-<hash>/, beside the build's own record")
+    v.add_argument("--against-torch", action="store_true", help="also re-run the torch model the manifest's config names "
+                   "(imports and runs that Python file; by default only the ONNX reference inside DIR is used)")
 
     t = sub.add_parser("targets", help="list the built-in target profiles; `targets show NAME` prints one",
                        description="List built-in target profiles, or print one resolved profile and whether it runs "
