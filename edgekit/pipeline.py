@@ -229,8 +229,9 @@ def revalidate(root: Path, targets: tuple[str, ...] = (), data: Path | None = No
     if against_torch:
         if cfg.compress:  # a compressed build's torch model is not re-made here (training is not re-run)
             raise UsageError("--against-torch: this build ran [[compress]]; its torch model is not re-made by validate")
+        changed_inputs(manifest, weights=cfg.model.weights)
         torch_source = load_model(cfg.model)
-        changed_inputs(manifest, torch_source.fingerprint, cfg.model.weights)
+        changed_inputs(manifest, model=torch_source.fingerprint)
     shapes = {i.name: i.shape for i in cfg.model.inputs} or {s.name: s.example_shape() for s in reference.inputs}
     vcfg = cfg.validation
     if data is not None:

@@ -143,16 +143,16 @@ def changed_inputs(manifest: Manifest, model: str | None = None, weights: Path |
     from edgekit.model import file_sha256
 
     recorded = manifest.inputs
-    if model is not None and recorded.get("model") not in (None, model):
-        raise ModelError(f"the model {manifest.config.get('model', {}).get('source')} changed since the build (its "
-                         "fingerprint differs from the manifest's inputs.model); the artifacts are unchanged but were "
-                         "built from the old model: rebuild with edgekit build")
     if weights is not None and recorded.get("weights") is not None:
         check_regular_file(weights, "weights file", error=WeightsError)
         if file_sha256(weights) != recorded["weights"]:
             raise WeightsError(f"weights file {weights} changed since the build (sha256 differs from the manifest's "
                                "inputs.weights); the artifacts are unchanged but were built from the old weights: "
                                "rebuild with edgekit build")
+    if model is not None and recorded.get("model") not in (None, model):
+        raise ModelError(f"the model {manifest.config.get('model', {}).get('source')} changed since the build (its "
+                         "fingerprint differs from the manifest's inputs.model); the artifacts are unchanged but were "
+                         "built from the old model: rebuild with edgekit build")
     if validation is not None and recorded.get("validation") not in (None, validation):
         data = manifest.config.get("validation", {}).get("data")
         raise DataError(f"validation data {data} changed since the build (its fingerprint differs from the manifest's "
