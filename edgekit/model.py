@@ -36,6 +36,8 @@ def _call_factory(module: Any, factory: str, where: str) -> Any:
         raise ModelError(f"{where} has no callable '{factory}'; callables there: {', '.join(public[:12]) or 'none'}")
     try:
         model = fn()
+    except SystemExit as exc:
+        raise ModelError(f"model factory {where}:{factory} called sys.exit({exc.code!r}); return the model instead") from None
     except Exception as exc:  # the user's code: any failure is theirs to fix, reported in one line
         raise ModelError(f"model factory {where}:{factory} raised {type(exc).__name__}: {exc}") from exc
     import torch
@@ -56,6 +58,10 @@ def _import_file(path: Path) -> Any:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
+    except SystemExit as exc:  # the file runs as a script when imported: its exit must not end edgekit
+        sys.modules.pop(name, None)
+        raise ModelError(f"model file {path} called sys.exit({exc.code!r}) while being imported; put the script part "
+                         "under `if __name__ == \"__main__\":`") from None
     except Exception as exc:
         sys.modules.pop(name, None)
         raise ModelError(f"importing model file {path} failed: {type(exc).__name__}: {exc}") from exc
@@ -65,6 +71,9 @@ def _import_file(path: Path) -> Any:
 def _import_module(dotted: str) -> Any:
     try:
         return importlib.import_module(dotted)
+    except SystemExit as exc:
+        raise ModelError(f"module '{dotted}' called sys.exit({exc.code!r}) while being imported; put the script part "
+                         "under `if __name__ == \"__main__\":`") from None
     except ModuleNotFoundError as exc:
         raise ModelError(f"cannot import module '{dotted}': {exc}; is it installed or on PYTHONPATH?") from exc
     except Exception as exc:

@@ -21,13 +21,41 @@ def check_output_dir(out: Path) -> Path:
     while not parent.exists():
         parent = parent.parent
     if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK | os.X_OK)):
-        raise OutputDirError(f"output directory {out} is not writable; choose another -o")
+        readonly = bool(os.statvfs(parent).f_flag & os.ST_RDONLY)
+        why = "is on a read-only filesystem" if readonly else "is not writable"
+        raise OutputDirError(f"output directory {out} {why}; choose another -o")
     return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover(out: Path) -> None:
+    """Folders a killed build (SIGKILL, power loss) left beside ``out``: an earlier build moved aside goes back
+    when ``out`` is missing, staging folders are removed. Folders of builds still running are left alone."""
+    if not out.parent.is_dir():
+        return
+    for entry in out.parent.glob(f".{out.name}.edgekit-*-*"):
+        kind, _, pid = entry.name[len(out.name) + 10:].partition("-")
+        if not pid.isdigit() or _alive(int(pid)) or kind not in ("partial", "old"):
+            continue
+        if kind == "old" and not out.exists():
+            os.replace(entry, out)
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def make_staging(out: Path) -> Path:
     """An empty folder next to ``out`` that the build writes into."""
     try:
+        recover(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = out.parent / f".{out.name}.edgekit-partial-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
@@ -43,6 +71,11 @@ def promote(staging: Path, out: Path) -> None:
     if out.exists():
         old = out.parent / f".{out.name}.edgekit-old-{os.getpid()}"
         os.replace(out, old)
-    os.replace(staging, out)
+    try:
+        os.replace(staging, out)
+    except OSError:
+        if old is not None and not out.exists():
+            os.replace(old, out)  # the earlier build back in place, whole
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

@@ -20,6 +20,7 @@ from edgekit.console import Progress, Silent
 from edgekit.data import open_feed, overlap
 from edgekit.errors import ConfigError, TargetUnavailableError, UsageError
 from edgekit.export import make_reference
+from edgekit.faults import deferred, raise_if_signalled, write_fault
 from edgekit.jobs import Built, TargetJob, WorkerInputs, build_in_workers, build_target, calibration_settings
 from edgekit.fsutil import check_regular_file
 from edgekit.manifest import (Manifest, input_hashes, library_versions, profile_from_dict, validation_record_dir,
@@ -117,12 +118,21 @@ def build(cfg: BuildConfig, options: BuildOptions, progress: Progress | None = N
     if earlier is not None:
         check_inputs(earlier, _inputs(p), tuple(p.profiles))
         progress.note(f"keeping the earlier build's {', '.join(earlier.kept)} in {out} (sha256 re-checked)")
-    staging = make_staging(out)
+    staging: Path | None = None
     try:
+        with deferred():  # a signal cannot leave a staging folder that nobody removes
+            staging = make_staging(out)
         manifest = _build_into(staging, p, options, progress, earlier)
-        promote(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        raise_if_signalled()
+        with deferred():  # the earlier build is either intact or replaced whole
+            promote(staging, out)
+    except BaseException as exc:
+        if staging is not None:
+            with deferred():
+                shutil.rmtree(staging, ignore_errors=True)
+        fault = write_fault(exc, out, staging) if isinstance(exc, Exception) else None
+        if fault is not None:
+            raise fault from None
         raise
     return manifest
 

@@ -60,6 +60,7 @@ def make_sandbox(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "net.py").write_text(TINY_NET)
     (root / "syntax_error.py").write_text("def build(:\n")
+    (root / "exits.py").write_text("import sys\nsys.exit(0)\n")  # a script, not a model file
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("_sandbox_net", root / "net.py")

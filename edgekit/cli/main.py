@@ -10,6 +10,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
+from edgekit import faults
 from edgekit.console import Console
 from edgekit.errors import EdgekitError
 
@@ -110,10 +111,22 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code. User errors print one line; --debug adds the traceback."""
+    entry = argv is None  # the process's own command line: the process ends when main returns
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     console = Console(quiet="-q" in argv or "--quiet" in argv)
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    handlers = faults.install()  # SIGINT/SIGTERM raise, so the build cleans up; restored when main returns
+    try:
+        code = _run(argv, console, debug)
+    finally:
+        faults.restore(handlers, exiting=entry)
+    if entry and code in (130, 143):
+        faults.exit_now(code)  # CPython may still die by SIGINT at exit after a caught Ctrl-C: end with our code
+    return code
+
+
+def _run(argv: list[str], console: Console, debug: bool) -> int:
     try:
         args = _parser().parse_args(argv)
         if args.command is None:
@@ -129,10 +142,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         console.error(str(exc))
         return exc.exit_code
-    except KeyboardInterrupt:
-        console.error("interrupted; nothing half-written was kept")
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C (130) or SIGTERM (faults.Terminated, 143)
+        console.error(f"{'terminated' if isinstance(exc, faults.Terminated) else 'interrupted'}; nothing half-written was kept")
+        return getattr(exc, "exit_code", 130)
     except Exception as exc:  # a bug in edgekit: still one line, with the way to see more
+        fault = faults.write_fault(exc, Path(getattr(exc, "filename", None) or Path.cwd()))
+        if fault is not None:  # a full disk or read-only folder met outside a build (report, targets --write)
+            console.error(str(fault))
+            return fault.exit_code
         if debug:
             traceback.print_exc()
         console.error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback, and report it)")
