@@ -10,9 +10,27 @@ from edgekit.errors import OutputDirError
 from edgekit.manifest import MANIFEST
 
 
+STAGING_EXTRA = len(".edgekit-partial-") + 1 + 10  # the staging folder's name: "." + name + this + a pid
+
+
+def _name_max(path: Path) -> int:
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    try:
+        return os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
 def check_output_dir(out: Path) -> Path:
     """The absolute output path, after checking it is a writable directory edgekit may overwrite."""
     out = out.expanduser().absolute()
+    limit = _name_max(out)
+    long = next((part for part in out.parts if len(part.encode()) > limit), None)
+    if long is not None or len(out.name.encode()) + STAGING_EXTRA > limit:
+        raise OutputDirError(f"output directory name {(long or out.name)[:40]}... is too long for the filesystem "
+                             f"(at most {limit - STAGING_EXTRA} bytes for the folder's own name); choose a shorter -o")
     if out.exists() and not out.is_dir():
         raise OutputDirError(f"output path {out} is a file; pass a directory with -o")
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():

@@ -18,7 +18,7 @@ from edgekit.carry import Earlier, carry_into, check_inputs, earlier_targets, re
 from edgekit.config import BuildConfig, DataConfig, parse_config, resolved_dict
 from edgekit.console import Progress, Silent
 from edgekit.data import open_feed, overlap
-from edgekit.errors import ConfigError, TargetUnavailableError, UsageError
+from edgekit.errors import ConfigError, ProfileError, TargetUnavailableError, UsageError
 from edgekit.export import make_reference
 from edgekit.faults import deferred, raise_if_signalled, write_fault
 from edgekit.jobs import Built, TargetJob, WorkerInputs, build_in_workers, build_target, calibration_settings
@@ -28,6 +28,7 @@ from edgekit.manifest import (Manifest, input_hashes, library_versions, profile_
 from edgekit.model import load_model
 from edgekit.outdir import check_output_dir, make_staging, promote
 from edgekit.profiles import load_profile, profile_to_dict
+from edgekit.tables import check_field_types
 from edgekit.readback import changed_inputs, load_build, verify_build
 from edgekit.types import FeedSource, Reference, SourceModel, TargetProfile, TargetResult
 from edgekit.validate.measure import ReferenceTiming, measure
@@ -72,6 +73,8 @@ def plan(cfg: BuildConfig, options: BuildOptions, progress: Progress | None = No
     chosen = _select_targets(cfg, options.targets)
     profiles = {name: load_profile(name, cfg.overrides.get(name)) for name in chosen}
     recipes = {name: get_backend(p.backend).parse_recipe(p) for name, p in profiles.items()}
+    for name, recipe in recipes.items():  # a value of the wrong type (per_channel = "yes") names its key
+        check_field_types(recipe, f"target '{name}' [recipe]", ProfileError)
     progress.step(f"loading model {cfg.model.source}")
     source = load_model(cfg.model)
     shapes = _shapes(cfg, source)

@@ -113,3 +113,14 @@ def _literal(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return f'"{value}"' if isinstance(value, str) else repr(value)
+
+
+def check_field_types(settings: Any, where: str, error: type[EdgekitError] = ConfigError) -> None:
+    """Check every field of an already-built settings dataclass against its type hint (a parser that built it
+    with ``cls(**table)`` checked the keys only): ``per_channel = "yes"`` for a ``bool`` is an error naming the key."""
+    if not dataclasses.is_dataclass(settings) or isinstance(settings, type):
+        return
+    hints = typing.get_type_hints(type(settings))
+    for f in dataclasses.fields(settings):
+        if f.name in hints:
+            coerce(getattr(settings, f.name), hints[f.name], f"{where} {f.name}", error)
