@@ -53,7 +53,8 @@ class Console:
 
     def error(self, text: str) -> None:
         self._close_line()
-        print(f"error: {text}", file=self.err, flush=True)
+        one_line = " ".join(part.strip() for part in str(text).splitlines() if part.strip())  # an error is one line
+        print(f"error: {one_line}", file=self.err, flush=True)
 
     # Progress ------------------------------------------------------------------------------------
     def step(self, text: str) -> None:

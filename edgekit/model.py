@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.config import ModelConfig
-from edgekit.errors import ConfigError, ModelError, WeightsError
+from edgekit.errors import ConfigError, ModelError, WeightsError, shown
 from edgekit.fsutil import check_regular_file
 from edgekit.types import SourceModel, TensorSpec
 
@@ -93,7 +93,7 @@ def read_state_dict(path: Path) -> dict[str, Any]:
         try:
             state = load_file(str(path))
         except (SafetensorError, OSError, ValueError, RuntimeError, OverflowError, TypeError) as exc:
-            raise WeightsError(f"weights file {path} is not a readable safetensors file: {str(exc)[:200]}") from None
+            raise WeightsError(f"weights file {path} is not a readable safetensors file: {shown(exc, 200)}") from None
         if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
             raise WeightsError(f"weights file {path} does not hold a state_dict (a mapping of names to tensors)")
         return state
@@ -150,7 +150,7 @@ def onnx_specs(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[str, ...]]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError and others for a corrupt file
-        raise ModelError(f"{path} is not a readable ONNX model: {type(exc).__name__}: {str(exc)[:200]}") from None
+        raise ModelError(f"{path} is not a readable ONNX model: {type(exc).__name__}: {shown(exc, 200)}") from None
     if not model.graph.node:
         raise ModelError(f"{path} is not a readable ONNX model: it has no graph nodes")
     inits = {i.name for i in model.graph.initializer}
@@ -160,12 +160,12 @@ def onnx_specs(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[str, ...]]:
             continue
         t = vi.type.tensor_type
         if not vi.type.HasField("tensor_type"):
-            raise ModelError(f"ONNX model {path}: input '{vi.name}' is not a tensor; edgekit takes tensor inputs")
+            raise ModelError(f"ONNX model {path}: input '{shown(vi.name)}' is not a tensor; edgekit takes tensor inputs")
         dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or f"d{i}") for i, d in enumerate(t.shape.dim))
         try:
             dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
         except (KeyError, ValueError, TypeError):
-            raise ModelError(f"ONNX model {path}: input '{vi.name}' has an undefined or unknown element type "
+            raise ModelError(f"ONNX model {path}: input '{shown(vi.name)}' has an undefined or unknown element type "
                              f"({t.elem_type}); re-export the model") from None
         specs.append(TensorSpec(vi.name, dims, dtype))
     return tuple(specs), tuple(o.name for o in model.graph.output)
