@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.config import ExportConfig
+from edgekit.console import silenced_fds
 from edgekit.errors import ModelError
 from edgekit.faults import interrupted_by, raise_if_signalled, write_fault
 from edgekit.fsutil import atomic_write_bytes
@@ -49,9 +50,12 @@ def _quiet():
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        with warnings.catch_warnings(), silenced_fds() as native, contextlib.redirect_stdout(sink), \
+                contextlib.redirect_stderr(sink):
             warnings.simplefilter("ignore")
             yield sink
+        if native and native[0].strip():
+            log.debug("native library output:\n%s", native[0])
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)

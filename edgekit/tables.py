@@ -122,5 +122,17 @@ def check_field_types(settings: Any, where: str, error: type[EdgekitError] = Con
         return
     hints = typing.get_type_hints(type(settings))
     for f in dataclasses.fields(settings):
-        if f.name in hints:
+        if f.name in hints and _checkable(hints[f.name]):
             coerce(getattr(settings, f.name), hints[f.name], f"{where} {f.name}", error)
+
+
+def _checkable(hint: Any) -> bool:
+    """Whether ``coerce`` knows every part of ``hint`` (scalars, Literal, unions and tuples of them)."""
+    if hint in (bool, int, float, str, type(None)):
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return True
+    if isinstance(hint, types.UnionType) or origin is typing.Union or origin is tuple:
+        return all(_checkable(a) for a in args if a is not Ellipsis)
+    return False

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
 from edgekit import faults
-from edgekit.console import Console
+from edgekit.console import Console, route_library_logs, unroute_library_logs
 from edgekit.errors import EdgekitError
 
 DESCRIPTION = """\
@@ -115,12 +114,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     console = Console(quiet="-q" in argv or "--quiet" in argv)
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    library = route_library_logs(debug)  # library warnings counted, not printed mid-table
     handlers = faults.install()  # SIGINT/SIGTERM raise, so the build cleans up; restored when main returns
     try:
         code = _run(argv, console, debug)
     finally:
         faults.restore(handlers, exiting=entry)
+        unroute_library_logs(library)
+    if library is not None and library.summary():
+        console.note(library.summary())
     if entry and code in (130, 143):
         faults.exit_now(code)  # CPython may still die by SIGINT at exit after a caught Ctrl-C: end with our code
     return code
