@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -84,16 +85,26 @@ def make_staging(out: Path) -> Path:
 
 
 def promote(staging: Path, out: Path) -> None:
-    """Replace ``out`` with the finished staging folder; an earlier build there is removed only after."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.edgekit-old-{os.getpid()}"
-        os.replace(out, old)
-    try:
-        os.replace(staging, out)
-    except OSError:
-        if old is not None and not out.exists():
-            os.replace(old, out)  # the earlier build back in place, whole
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Replace ``out`` with the finished staging folder; an earlier build there is removed only after. Another
+    build finishing into ``out`` at the same moment is replaced too (the last one to finish wins, whole)."""
+    old = out.parent / f".{out.name}.edgekit-old-{os.getpid()}"
+    for attempt in range(3):
+        moved = False
+        if out.exists():
+            try:
+                os.replace(out, old)
+                moved = True
+            except FileNotFoundError:  # another build moved it aside first
+                pass
+        try:
+            os.replace(staging, out)
+            break
+        except OSError as exc:
+            if moved and not out.exists():
+                os.replace(old, out)  # the earlier build back in place, whole
+                moved = False
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or attempt == 2:
+                raise
+        finally:
+            if moved:
+                shutil.rmtree(old, ignore_errors=True)

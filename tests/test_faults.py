@@ -137,3 +137,17 @@ def test_a_signal_inside_deferred_is_raised_when_the_block_ends():
         assert reached_end, "the signal cut the deferred block short"
     finally:
         faults.restore(previous)
+
+
+@pytest.mark.slow
+def test_two_builds_into_one_folder_at_once_end_in_one_whole_build(built_sandbox):
+    """Two `edgekit build` processes into the same -o over an earlier build: both end cleanly (0), and the folder
+    holds one whole, verified build with nothing left beside it."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, "-m", "edgekit", "-q", "build", str(built_sandbox / "cfg.toml"), "-o", str(built_sandbox / "out")]
+    procs = [subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    for code, err in results:
+        assert code == 0, err
+        assert "Traceback" not in err and "internal error" not in err, err
+    assert set(assert_vouched(built_sandbox / "out")["targets"]) == {"ort-fp32", "ort-int8"}
