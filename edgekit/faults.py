@@ -49,11 +49,11 @@ def install() -> Any:
 
 
 def restore(previous: Any, exiting: bool = False) -> None:
-    """The handlers ``install`` replaced. ``exiting`` (the process ends next) after a signal: ignore SIGINT/SIGTERM
-    instead, so a signal still pending (or sent again) cannot turn the clean exit code into a death by signal."""
+    """The handlers ``install`` replaced. ``exiting`` (the process ends next, its work done): ignore SIGINT/SIGTERM
+    instead, so a signal still pending or sent now cannot turn the exit code into a death by signal."""
     if previous is None or threading.current_thread() is not threading.main_thread():
         return
-    if exiting and _received:
+    if exiting:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         return
