@@ -80,6 +80,9 @@ def check_structure(root: Path, data: Any, manifest: Path) -> None:
             raise _bad(manifest, f"reference.inputs[{i}] must be {{name, shape, dtype}}")
     if not ref["outputs"] or not all(isinstance(o, str) for o in ref["outputs"]):
         raise _bad(manifest, "reference.outputs must be a non-empty list of names")
+    for key, kind in (("profiles", dict), ("references", dict), ("compress", list), ("strict", bool)):
+        if key in data and not isinstance(data[key], kind):
+            raise _bad(manifest, f"'{key}' is {type(data[key]).__name__}, expected {kind.__name__}")
     profiles = data.get("profiles", {})
     seen: dict[str, str] = {}
     for name, t in data["targets"].items():

@@ -68,7 +68,12 @@ def _not_object(m):
     m["targets"]["ort-int8"]["notes"] = ["x"]
 
 
+def _profiles_null(m):  # found by tests/fuzz/test_fuzz_manifest.py (AttributeError before)
+    m["profiles"] = None
+
+
 TAMPERINGS = [
+    (_profiles_null, "'profiles' is NoneType, expected dict"),
     (_empty_files, "target 'ort-int8' is passed but lists no files"),
     (_escape, "'../../x.onnx' points outside the build folder"),
     (_absolute, "'/etc/hostname' points outside the build folder"),
