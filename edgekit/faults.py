@@ -53,6 +53,8 @@ def restore(previous: Any, exiting: bool = False) -> None:
     instead, so a signal still pending or sent now cannot turn the exit code into a death by signal."""
     if previous is None or threading.current_thread() is not threading.main_thread():
         return
+    _received.clear()  # what this command saw is handled; a later library call must not raise it again
+    _pending.clear()
     if exiting:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import GOOD_CONFIG, ROOT
 from edgekit.cli import main
-from test_keep_builds import _snapshot, assert_vouched
+from test_keep_builds import snapshot, assert_vouched
 
 INTERRUPTING_NET = '''
 import os, signal

@@ -25,14 +25,14 @@ def assert_vouched(out: Path) -> dict:
     return m
 
 
-def _snapshot(out: Path) -> dict[str, str]:
+def snapshot(out: Path) -> dict[str, str]:
     return {str(p.relative_to(out)): _sha(p) for p in sorted(out.rglob("*")) if p.is_file()}
 
 
 def test_a_target_rebuild_keeps_the_other_targets_and_report_html(built_sandbox, capsys):
     out, cfg = built_sandbox / "out", built_sandbox / "cfg.toml"
     assert main(["-q", "report", str(out), "--html"]) == 0
-    int8 = _snapshot(out / "ort-int8")
+    int8 = snapshot(out / "ort-int8")
     fp32_before = json.loads((out / "manifest.json").read_text())["targets"]["ort-fp32"]["files"]
     capsys.readouterr()
 
@@ -42,7 +42,7 @@ def test_a_target_rebuild_keeps_the_other_targets_and_report_html(built_sandbox,
     m = assert_vouched(out)
     assert set(m["targets"]) == {"ort-fp32", "ort-int8"}
     assert m["targets"]["ort-int8"]["status"] == "passed"
-    assert _snapshot(out / "ort-int8") == int8  # kept byte for byte
+    assert snapshot(out / "ort-int8") == int8  # kept byte for byte
     assert m["targets"]["ort-fp32"]["files"] == fp32_before  # rebuilt, same bytes (deterministic export)
     html = (out / "report.html").read_text()
     assert "ort-int8" in html and "ort-fp32" in html
@@ -53,13 +53,13 @@ def test_a_target_rebuild_over_a_tampered_other_target_refuses_and_changes_nothi
     out, cfg = built_sandbox / "out", built_sandbox / "cfg.toml"
     art = out / "ort-int8" / "model.onnx"
     art.write_bytes(art.read_bytes()[:-1] + b"\x00")
-    before = _snapshot(out)
+    before = snapshot(out)
 
     code = main(["build", str(cfg), "--target", "ort-fp32", "-o", str(out)])
 
     err = capsys.readouterr().err
     assert code == 2 and "ort-int8/model.onnx was modified" in err and "omit --target" in err, err
-    assert _snapshot(out) == before
+    assert snapshot(out) == before
     assert not list(out.parent.glob(".out.edgekit-*"))
 
 
@@ -72,13 +72,13 @@ def test_a_target_rebuild_from_other_weights_refuses(built_sandbox, capsys):
     from safetensors.torch import save_file
 
     save_file(state, str(built_sandbox / "w.safetensors"))
-    before = _snapshot(out)
+    before = snapshot(out)
 
     code = main(["build", str(cfg), "--target", "ort-fp32", "-o", str(out)])
 
     err = capsys.readouterr().err
     assert code == 2 and "weights differs" in err and "omit --target" in err, err
-    assert _snapshot(out) == before
+    assert snapshot(out) == before
     assert_vouched(out)
 
 
@@ -86,12 +86,12 @@ def test_validate_on_other_data_writes_beside_the_record(built_sandbox):
     import numpy as np
 
     out = built_sandbox / "out"
-    before = _snapshot(out)
+    before = snapshot(out)
     np.savez(built_sandbox / "other.npz", x=np.load(built_sandbox / "val.npz")["x"][:6], y=np.zeros(6, np.int64))
 
     assert main(["-q", "validate", str(out), "--data", str(built_sandbox / "other.npz")]) == 0
 
-    after = _snapshot(out)
+    after = snapshot(out)
     new = {k for k in after if k not in before}
     assert {k: after[k] for k in before} == before  # manifest, metrics, report: untouched
     assert {Path(k).name for k in new} == {"validation.json", "report.md"}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edgekit.cli import main
-from test_keep_builds import _snapshot, assert_vouched
+from test_keep_builds import snapshot, assert_vouched
 
 
 def _edit(out: Path, change) -> None:
@@ -21,13 +21,13 @@ def _edit(out: Path, change) -> None:
 
 
 def _run_refused(argv: list[str], out: Path, capsys, expect: str) -> None:
-    before = _snapshot(out)
+    before = snapshot(out)
     code = main(argv)
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert code == 2, err
     assert len(err) == 1 and err[0].startswith("error: ") and expect in err[0], err
     assert "internal error" not in err[0]
-    assert _snapshot(out) == before, "a refused validate changed the folder"
+    assert snapshot(out) == before, "a refused validate changed the folder"
 
 
 @pytest.fixture()
