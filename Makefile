@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast install bench bench-fleet clean verify-arm64
+.PHONY: demo test test-fast fuzz install bench bench-fleet clean verify-arm64
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,15 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
+
+# The fuzz campaigns of tests/fuzz/ with many more examples than `make test` runs (30-60 each, derandomized);
+# every campaign must end without an internal error, hang or accepted bad input. Seed and count are printed.
+FUZZ_EXAMPLES ?= 2000
+FUZZ_SEED     ?= 20261203
+fuzz: $(STAMP)
+	@echo "fuzz: $(FUZZ_EXAMPLES) examples per campaign, seed $(FUZZ_SEED)"
+	EDGEKIT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/fuzz \
+		--hypothesis-seed=$(FUZZ_SEED) --hypothesis-show-statistics --durations=0
 
 bench: $(STAMP)
 	$(PIP) install --quiet -c constraints.txt -e ".[test,minilm]"

@@ -50,11 +50,15 @@ def build(
 
 
 def revalidate(
-    out: str | Path, targets: Iterable[str] = (), data: str | Path | None = None, progress: Any = None
+    out: str | Path, targets: Iterable[str] = (), data: str | Path | None = None, progress: Any = None,
+    against_torch: bool = False,
 ) -> Manifest:
     """Check every artifact's sha256 in the build folder ``out`` (TamperError if one changed), then measure the
-    artifacts again (on ``data`` instead of the config's [validation] data, when given) and rewrite the manifest."""
-    return pipeline.revalidate(Path(out), tuple(targets), Path(data) if data is not None else None, _progress(progress))
+    artifacts again against the ONNX reference in ``out`` and rewrite the manifest; on ``data`` instead of the
+    config's [validation] data, when given, recorded in ``out/validations/`` beside the build's record.
+    ``against_torch`` also runs the torch model the manifest names (it imports that Python file)."""
+    return pipeline.revalidate(Path(out), tuple(targets), Path(data) if data is not None else None, _progress(progress),
+                               against_torch=against_torch)
 
 
 def with_overrides(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edgekit.errors import ConfigError, did_you_mean
+from edgekit.fsutil import check_regular_file
+from edgekit.resources import targets_dir
 from edgekit.tables import check_keys, coerce, field_names, parse_table, to_table
 from edgekit.types import TensorSpec
 
@@ -18,8 +21,13 @@ DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "mse")
 EXPORTERS = ("dynamo", "torchscript")
 TASKS = ("classification", "regression", "embedding")
-MAX_BATCH = 65536  # a batch is held in memory whole: bounded, so a typo cannot ask for all samples at once
 SECTIONS = ("model", "export", "compress", "calibration", "validation", "train", "targets", "bundle", "publish")  # [publish]: edgekit.publish
+# Bounds on what a config may ask for (docs/limits.md): beyond them a build only runs out of memory or time.
+MAX_RANK = 8
+MAX_INPUT_ELEMENTS = 1 << 24  # one declared input shape: 16,777,216 elements (64 MiB of float32)
+MAX_SAMPLES = 10_000_000
+MAX_BATCH = 65_536
+MAX_CONFIG_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -150,6 +158,10 @@ def _parse_input(item: Any, i: int) -> InputConfig:
     shape = coerce(t["shape"], list, f"{where}.shape")
     if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
         raise ConfigError(f"{where}.shape must be a list of positive integers, got {shape!r}")
+    if len(shape) > MAX_RANK or math.prod(shape) > MAX_INPUT_ELEMENTS:
+        raise ConfigError(f"{where}.shape = {shape} is above the limit of {MAX_RANK} dimensions and "
+                          f"{MAX_INPUT_ELEMENTS:,} elements (docs/limits.md); declare the example shape of one "
+                          "sample or a small batch")
     dtype = _choice(t.get("dtype", "float32"), DTYPES, f"{where}.dtype")
     dynamic: dict[int, str] = {}
     for axis, name in coerce(t.get("dynamic", {}), dict, f"{where}.dynamic").items():
@@ -227,10 +239,10 @@ def _parse_data(t: Any, section: str, base: Path) -> DataConfig:
     labels = d.labels
     if labels is not None and labels.endswith(".csv"):
         labels = str(_path(labels, base, f"{where} labels"))
-    if d.samples is not None and d.samples <= 0:
-        raise ConfigError(f"{where} samples must be a positive integer, got {d.samples}")
+    if d.samples is not None and not 0 < d.samples <= MAX_SAMPLES:
+        raise ConfigError(f"{where} samples must be a positive integer up to {MAX_SAMPLES:,} (docs/limits.md), got {d.samples}")
     if not 0 < d.batch_size <= MAX_BATCH:
-        raise ConfigError(f"{where} batch_size must be in 1..{MAX_BATCH}, got {d.batch_size}")
+        raise ConfigError(f"{where} batch_size must be a positive integer up to {MAX_BATCH:,} (docs/limits.md), got {d.batch_size}")
     _choice(d.method, CALIBRATION_METHODS, f"{where} method")
     if not 50.0 < d.percentile <= 100.0:
         raise ConfigError(f"{where} percentile must be in (50, 100], got {d.percentile}")
@@ -245,9 +257,17 @@ def _parse_targets(t: Any, base: Path) -> tuple[tuple[str, ...], dict[str, Targe
     use = coerce(use, tuple[str, ...], "[targets] use")
     if not use:
         raise ConfigError("[targets] use is empty; name at least one target (`edgekit targets` lists them)")
-    if len(set(use)) != len(use):
-        raise ConfigError(f"[targets] use names a target twice: {list(use)}")
+    twice = next((n for i, n in enumerate(use) if n in use[:i]), None)
+    if twice is not None:
+        raise ConfigError(f"[targets] use names a target twice: '{twice}' in {list(use)}; list each target once")
     overrides: dict[str, TargetOverride] = {}
+    builtin = sorted(p.stem for p in targets_dir().glob("*.toml"))
+    own = {n for n, table in t.items() if isinstance(table, dict) and "profile" in table}
+    for i, name in enumerate(use):
+        if name not in builtin and name not in own:
+            raise ConfigError(f"[targets] use[{i}]: unknown target '{name}'{did_you_mean(name, builtin, '')} (built-in "
+                              f"targets: {', '.join(builtin)}; a target of your own needs [targets.{name}] profile = "
+                              "\"FILE.toml\")")
     for name, table in t.items():
         if name == "use":
             continue
@@ -321,14 +341,15 @@ def load_config(config: str | Path | Mapping[str, Any] | BuildConfig, base: str 
     if not isinstance(config, (str, Path)):
         raise ConfigError(f"a config is a TOML file path, a dict of its tables or a BuildConfig, got {type(config).__name__}")
     path = Path(config)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+    check_regular_file(path, "config file", max_bytes=MAX_CONFIG_BYTES, error=ConfigError)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not a UTF-8 text file") from None
+    except RecursionError:
+        raise ConfigError(f"{path} nests tables or arrays too deeply to be a build config") from None
     return parse_config(raw, path.resolve().parent, path.resolve())
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import tempfile
 import time
-from typing import Protocol, TextIO
+from collections import Counter
+from typing import Iterator, Protocol, TextIO
 
 
 class Progress(Protocol):
@@ -53,7 +56,8 @@ class Console:
 
     def error(self, text: str) -> None:
         self._close_line()
-        print(f"error: {text}", file=self.err, flush=True)
+        one_line = " ".join(part.strip() for part in str(text).splitlines() if part.strip())  # an error is one line
+        print(f"error: {one_line}", file=self.err, flush=True)
 
     # Progress ------------------------------------------------------------------------------------
     def step(self, text: str) -> None:
@@ -97,3 +101,84 @@ class Silent:
 
     def warn(self, text: str) -> None:
         logging.getLogger("edgekit").warning(text)
+
+
+class LibraryLog(logging.Handler):
+    """Warnings that libraries log (onnxruntime's quantizer on the root logger, numpy/torch ``warnings`` through
+    ``logging.captureWarnings``) are counted here instead of printed between edgekit's lines; ``summary()`` is one
+    note for the end of the command. edgekit's own loggers pass through to the terminal handler."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.counts: Counter[str] = Counter()
+        self.first: dict[str, str] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        name = "warnings" if record.name == "py.warnings" else record.name
+        self.counts[name] += 1
+        self.first.setdefault(name, " ".join(record.getMessage().split())[:120])
+
+    def summary(self) -> str:
+        if not self.counts:
+            return ""
+        parts = [f"{name} x{n} (first: {self.first[name]})" for name, n in self.counts.most_common(3)]
+        return f"{sum(self.counts.values())} library warning(s) hidden: {'; '.join(parts)}; --debug shows them"
+
+
+def _ours(record: logging.LogRecord) -> bool:
+    return record.name == "edgekit" or record.name.startswith("edgekit.")
+
+
+def route_library_logs(debug: bool) -> LibraryLog | None:
+    """Without --debug, library warnings go to a LibraryLog (returned) and never to the terminal; edgekit's own
+    log lines and every line in --debug are printed as before."""
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if debug:
+        return None
+    logging.captureWarnings(True)
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if not isinstance(handler, LibraryLog) and not getattr(handler, "_edgekit_filtered", False):
+            handler.addFilter(_ours)
+            handler._edgekit_filtered = True  # type: ignore[attr-defined]
+    collector = LibraryLog()
+    collector.addFilter(lambda r: not _ours(r))
+    root.addHandler(collector)
+    return collector
+
+
+def unroute_library_logs(collector: LibraryLog | None) -> None:
+    if collector is not None:
+        logging.getLogger().removeHandler(collector)
+        logging.captureWarnings(False)
+
+
+@contextlib.contextmanager
+def silenced_fds() -> Iterator[list[str]]:
+    """stdout and stderr at the file-descriptor level go to a temp file for the block (C++ libraries such as
+    onnxsim and torch print there, past Python's sys.stdout); the captured text is in the yielded list after."""
+    captured: list[str] = []
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = [os.dup(1), os.dup(2)]
+    except (OSError, ValueError):  # no real descriptors (an embedding host): nothing to silence
+        yield captured
+        return
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield captured
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            captured.append(sink.read().decode("utf-8", "replace"))

@@ -69,4 +69,13 @@ def did_you_mean(word: object, choices: Iterable[str], otherwise: str = "") -> s
     import difflib
 
     near = difflib.get_close_matches(str(word), list(choices), n=1)
-    return f"; did you mean '{near[0]}'?" if near else otherwise
+    return f"; did you mean '{shown(near[0])}'?" if near else otherwise
+
+
+def shown(word: object, limit: int = 80) -> str:
+    """``word`` as a message shows it: control characters escaped (a key holding a newline stays one line), long
+    values cut."""
+    text = str(word)
+    if not text.isprintable():
+        text = text.encode("unicode_escape", "backslashreplace").decode("ascii")
+    return text if len(text) <= limit else text[:limit] + "…"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -13,7 +14,9 @@ from typing import Any
 import numpy as np
 
 from edgekit.config import ExportConfig
+from edgekit.console import silenced_fds
 from edgekit.errors import ModelError
+from edgekit.faults import interrupted_by, raise_if_signalled, write_fault
 from edgekit.fsutil import atomic_write_bytes
 from edgekit.types import Reference, SourceModel, TensorSpec
 
@@ -47,9 +50,12 @@ def _quiet():
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        with warnings.catch_warnings(), silenced_fds() as native, contextlib.redirect_stdout(sink), \
+                contextlib.redirect_stderr(sink):
             warnings.simplefilter("ignore")
             yield sink
+        if native and native[0].strip():
+            log.debug("native library output:\n%s", native[0])
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
@@ -79,6 +85,9 @@ def export_torch(source: SourceModel, shapes: dict[str, tuple[int, ...]], cfg: E
         outputs = _output_names(module, args, source.outputs)
     except ModelError:
         raise
+    except SystemExit as exc:
+        raise ModelError(f"the model's forward() called sys.exit({exc.code!r}) on the declared [model] inputs; "
+                         "remove the exit from the model code") from None
     except Exception as exc:
         raise ModelError(f"the model fails on the declared [model] inputs: {type(exc).__name__}: {str(exc)[:300]}") from exc
     dims: dict[str, Any] = {}
@@ -112,16 +121,44 @@ def export_torch(source: SourceModel, shapes: dict[str, tuple[int, ...]], cfg: E
                 opset_version=cfg.opset,
                 **kwargs,
             )
+        except SystemExit as exc:  # the user's forward() called sys.exit
+            raise ModelError(f"the model's forward() called sys.exit({exc.code!r}) during the ONNX export; "
+                             "remove the exit from the model code") from None
         except Exception as exc:
-            detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             log.debug("exporter output:\n%s", sink.getvalue())
+            interrupt = interrupted_by(exc)  # Ctrl-C inside the exporter, re-raised as the exporter's own error
+            if interrupt is not None:
+                raise interrupt from None
+            fault = write_fault(exc, path.parent)
+            if fault is not None:
+                raise fault from None
+            detail = error_detail(exc)
             raise ModelError(
                 f"ONNX export ({cfg.exporter} exporter) failed: {detail}; try [export] exporter = "
                 f"\"{'torchscript' if dynamo else 'dynamo'}\" or simplify the model's forward()"
             ) from exc
+    raise_if_signalled()  # an exporter that swallowed Ctrl-C and went on
     if dynamo:
         rename_outputs(path, outputs)
     return outputs
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def error_detail(exc: BaseException, limit: int = 300) -> str:
+    """One readable line for an exporter's error: ANSI colour codes removed, and the root cause's first line
+    added to the outer error's (torch wraps the reason a few levels down)."""
+    def first(e: BaseException) -> str:
+        lines = [ln.strip() for ln in _ANSI.sub("", str(e)).splitlines() if ln.strip()]
+        return lines[0] if lines else type(e).__name__
+
+    root, seen = exc, {id(exc)}
+    while (nxt := root.__cause__ or root.__context__) is not None and id(nxt) not in seen:
+        root = nxt
+        seen.add(id(nxt))
+    text = first(exc) if root is exc else f"{first(exc)} (cause: {type(root).__name__}: {first(root)})"
+    return text[:limit]
 
 
 def rename_outputs(path: Path, names: tuple[str, ...]) -> None:
@@ -216,7 +253,8 @@ def make_reference(source: SourceModel, shapes: dict[str, tuple[int, ...]], cfg:
     try:
         onnx.checker.check_model(model, full_check=False)
     except onnx.checker.ValidationError as exc:
-        raise ModelError(f"the exported ONNX model fails onnx.checker: {str(exc).splitlines()[0][:300]}") from None
+        what = "the exported ONNX model" if source.is_torch else f"the ONNX model {source.onnx_path}"
+        raise ModelError(f"{what} fails onnx.checker: {str(exc).splitlines()[0][:300]}") from None
     if cfg.simplify:
         model, simplified, note = simplify(model, source.inputs, shapes)
     else:

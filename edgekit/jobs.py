@@ -7,6 +7,8 @@ artifacts are byte for byte the same.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import multiprocessing
 import time
@@ -16,7 +18,9 @@ from pathlib import Path
 
 from edgekit.backends import BuildContext, CalibrationSettings, get_backend
 from edgekit.config import DataConfig, ModelConfig
+from edgekit.console import silenced_fds
 from edgekit.errors import EdgekitError
+from edgekit.faults import write_fault
 from edgekit.types import Artifact, FeedSource, Reference, SourceModel, TargetProfile
 
 log = logging.getLogger(__name__)
@@ -67,12 +71,21 @@ def build_target(job: TargetJob, source: SourceModel, calibration: FeedSource | 
     ctx = BuildContext(job.profile, job.reference, source, job.target_dir, job.root, calibration, job.settings,
                        shapes=job.shapes, recipe=recipe)
     try:
-        artifact = backend.build(ctx)
+        # libraries print to stdout (onnxruntime's "failed in shape inference") and C++ code to the descriptors:
+        # kept out of the terminal, in the debug log
+        with silenced_fds() as native, contextlib.redirect_stdout(io.StringIO()) as printed:
+            artifact = backend.build(ctx)
     except EdgekitError:
         raise
     except Exception as exc:  # the other targets go on
+        fault = write_fault(exc, job.root)
+        if fault is not None:  # a full disk or read-only folder is the build's problem, not this target's
+            raise fault from None
         log.debug("building %s failed", job.profile.name, exc_info=True)
         return Built(job.profile.name, None, f"build failed: {type(exc).__name__}: {str(exc)[:400]}", 0.0)
+    for text in (printed.getvalue(), *native):
+        if text.strip():
+            log.debug("output of building %s:\n%s", job.profile.name, text)
     return Built(job.profile.name, artifact, "", round(time.perf_counter() - start, 3))
 
 

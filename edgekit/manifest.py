@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgekit import strictjson
 from edgekit.errors import EdgekitError, TamperError
 from edgekit.fsutil import atomic_write_json, atomic_write_text
 from edgekit.model import file_sha256
@@ -169,9 +170,9 @@ def read_manifest(root: Path) -> Manifest:
     if not path.is_file():
         raise EdgekitError(f"{root} has no {MANIFEST}; is it an edgekit output directory (edgekit build ... -o DIR)?")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = strictjson.restore(json.loads(path.read_text(encoding="utf-8")))
         return Manifest.from_dict(data)
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, UnicodeDecodeError, RecursionError) as exc:
         raise TamperError(f"{path} is not a valid edgekit manifest ({type(exc).__name__}: {exc}); rebuild with edgekit build") from None
 
 
@@ -197,3 +198,23 @@ def write_outputs(root: Path, manifest: Manifest) -> None:
         atomic_write_json(root / name / "metrics.json", {"target": name, **result_to_dict(result)})
     atomic_write_json(root / MANIFEST, data)
     atomic_write_text(root / "report.md", render_markdown(json.loads(json.dumps(data, default=str))))
+
+
+VALIDATIONS = "validations"
+
+
+def validation_record_dir(root: Path, data: Path, fingerprint: str) -> Path:
+    """Where a re-validation on other data is recorded: ``root/validations/<data name>-<fingerprint[:8]>``."""
+    import re
+
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(data).stem)[:64] or "data"
+    return root / VALIDATIONS / (f"{stem}-{fingerprint[:8]}" if fingerprint else stem)
+
+
+def write_validation_record(record: Path, manifest: Manifest, data: str) -> None:
+    """A re-validation's results (``validation.json``: the measured targets, the data and its references) and its
+    report, in ``record``; the build's manifest.json is not touched."""
+    d = manifest.to_dict()
+    d["validated_on"] = data
+    atomic_write_json(record / "validation.json", d)
+    atomic_write_text(record / "report.md", render_markdown(json.loads(json.dumps(d, default=str))))

@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.config import ModelConfig
-from edgekit.errors import ConfigError, ModelError, WeightsError
+from edgekit.errors import ConfigError, ModelError, WeightsError, shown
+from edgekit.fsutil import check_regular_file
 from edgekit.types import SourceModel, TensorSpec
 
 log = logging.getLogger(__name__)
 
 EXAMPLES = ("digits",)
+MAX_SOURCE_BYTES = 64 << 20  # a model's Python file; anything larger is not source code
 
 
 def file_sha256(path: Path) -> str:
@@ -36,6 +38,8 @@ def _call_factory(module: Any, factory: str, where: str) -> Any:
         raise ModelError(f"{where} has no callable '{factory}'; callables there: {', '.join(public[:12]) or 'none'}")
     try:
         model = fn()
+    except SystemExit as exc:
+        raise ModelError(f"model factory {where}:{factory} called sys.exit({exc.code!r}); return the model instead") from None
     except Exception as exc:  # the user's code: any failure is theirs to fix, reported in one line
         raise ModelError(f"model factory {where}:{factory} raised {type(exc).__name__}: {exc}") from exc
     import torch
@@ -46,8 +50,7 @@ def _call_factory(module: Any, factory: str, where: str) -> Any:
 
 
 def _import_file(path: Path) -> Any:
-    if not path.is_file():
-        raise ModelError(f"model file {path} does not exist")
+    check_regular_file(path, "model file", max_bytes=MAX_SOURCE_BYTES, error=ModelError)
     name = f"_edgekit_user_model_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
@@ -56,6 +59,10 @@ def _import_file(path: Path) -> Any:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
+    except SystemExit as exc:  # the file runs as a script when imported: its exit must not end edgekit
+        sys.modules.pop(name, None)
+        raise ModelError(f"model file {path} called sys.exit({exc.code!r}) while being imported; put the script part "
+                         "under `if __name__ == \"__main__\":`") from None
     except Exception as exc:
         sys.modules.pop(name, None)
         raise ModelError(f"importing model file {path} failed: {type(exc).__name__}: {exc}") from exc
@@ -65,6 +72,9 @@ def _import_file(path: Path) -> Any:
 def _import_module(dotted: str) -> Any:
     try:
         return importlib.import_module(dotted)
+    except SystemExit as exc:
+        raise ModelError(f"module '{dotted}' called sys.exit({exc.code!r}) while being imported; put the script part "
+                         "under `if __name__ == \"__main__\":`") from None
     except ModuleNotFoundError as exc:
         raise ModelError(f"cannot import module '{dotted}': {exc}; is it installed or on PYTHONPATH?") from exc
     except Exception as exc:
@@ -75,16 +85,18 @@ def read_state_dict(path: Path) -> dict[str, Any]:
     """Read weights from .safetensors, or a torch state_dict with ``weights_only=True`` (never unpickles code)."""
     import torch
 
-    if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist")
+    check_regular_file(path, "weights file", error=WeightsError)
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise WeightsError(f"weights file {path} is not a readable safetensors file: {exc}") from None
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError, RuntimeError, OverflowError, TypeError) as exc:
+            raise WeightsError(f"weights file {path} is not a readable safetensors file: {shown(exc, 200)}") from None
+        if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+            raise WeightsError(f"weights file {path} does not hold a state_dict (a mapping of names to tensors)")
+        return state
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -96,11 +108,14 @@ def read_state_dict(path: Path) -> dict[str, Any]:
             f"weights file {path} was refused: loading it would execute code or build arbitrary objects "
             f"({culprit[:160]}); save a plain state_dict (torch.save(model.state_dict(), ...)) or use .safetensors"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise WeightsError(f"weights file {path} is not a readable torch file: {str(exc).splitlines()[0][:200]}") from None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError, TypeError,
+            AttributeError, OverflowError, MemoryError, UnicodeDecodeError, NotImplementedError) as exc:
+        # torch.load on damaged bytes raises many kinds; all mean the same to the user
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise WeightsError(f"weights file {path} is not a readable torch file ({type(exc).__name__}: {first})") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         raise WeightsError(f"weights file {path} does not hold a state_dict (a mapping of names to tensors)")
     return obj
 
@@ -135,7 +150,7 @@ def onnx_specs(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[str, ...]]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError and others for a corrupt file
-        raise ModelError(f"{path} is not a readable ONNX model: {type(exc).__name__}: {str(exc)[:200]}") from None
+        raise ModelError(f"{path} is not a readable ONNX model: {type(exc).__name__}: {shown(exc, 200)}") from None
     if not model.graph.node:
         raise ModelError(f"{path} is not a readable ONNX model: it has no graph nodes")
     inits = {i.name for i in model.graph.initializer}
@@ -144,9 +159,37 @@ def onnx_specs(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[str, ...]]:
         if vi.name in inits:
             continue
         t = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            raise ModelError(f"ONNX model {path}: input '{shown(vi.name)}' is not a tensor; edgekit takes tensor inputs")
         dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or f"d{i}") for i, d in enumerate(t.shape.dim))
-        specs.append(TensorSpec(vi.name, dims, onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name))
+        try:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+        except (KeyError, ValueError, TypeError):
+            raise ModelError(f"ONNX model {path}: input '{shown(vi.name)}' has an undefined or unknown element type "
+                             f"({t.elem_type}); re-export the model") from None
+        specs.append(TensorSpec(vi.name, dims, dtype))
     return tuple(specs), tuple(o.name for o in model.graph.output)
+
+
+def check_onnx(path: Path) -> None:
+    """The user's ONNX file passes onnx.checker and loads in ONNX Runtime; else ModelError naming the file (an
+    unknown opset, a bad element type and damaged bytes all end here, before any work)."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=False)
+    except Exception as exc:  # ValidationError, and the C++ checker's other kinds
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:240]
+        raise ModelError(f"ONNX model {path} fails onnx.checker: {first}; re-export it") from None
+    import onnxruntime as ort
+
+    try:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT's Fail/InvalidGraph/NotImplemented
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:240]
+        raise ModelError(f"ONNX model {path} does not load in ONNX Runtime: {first}") from None
 
 
 def _example(name: str) -> tuple[Any, Path]:
@@ -178,9 +221,11 @@ def load_model(cfg: ModelConfig) -> SourceModel:
     source = cfg.source
     if source.endswith(".onnx"):
         path = Path(source)
-        if not path.is_file():
+        if not path.exists():
             raise ModelError(f"ONNX model {path} does not exist")
+        check_regular_file(path, "ONNX model", error=ModelError)
         inputs, outputs = onnx_specs(path)
+        check_onnx(path)
         if cfg.inputs:
             declared = {i.name: i for i in cfg.inputs}
             unknown = [n for n in declared if n not in {s.name for s in inputs}]

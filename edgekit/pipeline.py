@@ -14,18 +14,23 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.backends import get_backend
+from edgekit.carry import Earlier, carry_into, check_inputs, earlier_targets, rerender_html
 from edgekit.config import BuildConfig, DataConfig, parse_config, resolved_dict
 from edgekit.console import Progress, Silent
 from edgekit.data import check_label_classes, feed_warnings, open_feed, overlap, with_data
-from edgekit.errors import ConfigError, TargetUnavailableError, UsageError
+from edgekit.errors import ConfigError, ProfileError, TargetUnavailableError, UsageError
 from edgekit.export import make_reference
+from edgekit.faults import deferred, raise_if_signalled, write_fault
 from edgekit.jobs import Built, TargetJob, WorkerInputs, build_in_workers, build_target, calibration_settings
-from edgekit.manifest import (Manifest, input_hashes, library_versions, profile_from_dict, read_manifest, verify_files,
-                              write_outputs)
+from edgekit.fsutil import check_regular_file
+from edgekit.manifest import (Manifest, input_hashes, library_versions, profile_from_dict, validation_record_dir,
+                              write_outputs, write_validation_record)
 from edgekit.model import load_model
 from edgekit.outdir import check_output_dir, make_staging, promote
 from edgekit.profiles import load_profile, profile_to_dict
-from edgekit.types import ArtifactFile, FeedSource, Reference, SourceModel, TargetProfile, TargetResult
+from edgekit.tables import check_field_types
+from edgekit.readback import changed_inputs, load_build, verify_build
+from edgekit.types import FeedSource, Reference, SourceModel, TargetProfile, TargetResult
 from edgekit.validate.measure import ReferenceTiming, measure
 from edgekit.validate.run import ValidationData, validation_data
 from edgekit.validate.verdict import target_status
@@ -69,6 +74,8 @@ def plan(cfg: BuildConfig, options: BuildOptions, progress: Progress | None = No
     chosen = _select_targets(cfg, options.targets)
     profiles = {name: load_profile(name, cfg.overrides.get(name)) for name in chosen}
     recipes = {name: get_backend(p.backend).parse_recipe(p) for name, p in profiles.items()}
+    for name, recipe in recipes.items():  # a value of the wrong type (per_channel = "yes") names its key
+        check_field_types(recipe, f"target '{name}' [recipe]", ProfileError)
     progress.step(f"loading model {cfg.model.source}")
     source = load_model(cfg.model)
     shapes = _shapes(cfg, source)
@@ -115,19 +122,31 @@ def build(cfg: BuildConfig, options: BuildOptions, progress: Progress | None = N
         raise UsageError(f"--jobs must be >= 1, got {options.jobs}")
     out = check_output_dir(Path(options.out))
     p = plan(cfg, options, progress)
-    staging = make_staging(out)
+    earlier = earlier_targets(out, tuple(p.profiles), partial=bool(options.targets))
+    if earlier is not None:
+        check_inputs(earlier, _inputs(p), tuple(p.profiles))
+        progress.note(f"keeping the earlier build's {', '.join(earlier.kept)} in {out} (sha256 re-checked)")
+    staging: Path | None = None
     try:
-        manifest = _build_into(staging, p, options, progress)
-        promote(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        with deferred():  # a signal cannot leave a staging folder that nobody removes
+            staging = make_staging(out)
+        manifest = _build_into(staging, p, options, progress, earlier)
+        raise_if_signalled()
+        with deferred():  # the earlier build is either intact or replaced whole
+            promote(staging, out)
+    except BaseException as exc:
+        if staging is not None:
+            with deferred():
+                shutil.rmtree(staging, ignore_errors=True)
+        fault = write_fault(exc, out, staging) if isinstance(exc, Exception) else None
+        if fault is not None:
+            raise fault from None
         raise
     return manifest
 
 
-def _build_into(root: Path, p: Plan, options: BuildOptions, progress: Progress) -> Manifest:
+def _build_into(root: Path, p: Plan, options: BuildOptions, progress: Progress, earlier: Earlier | None = None) -> Manifest:
     cfg, source = p.cfg, p.source
-    original = source
     compress_log: list[dict[str, Any]] = []
     if cfg.compress:
         from edgekit.compress.run import run_compress
@@ -140,8 +159,7 @@ def _build_into(root: Path, p: Plan, options: BuildOptions, progress: Progress) 
     results = _build_targets(root, p, reference, source, options.jobs, progress)
     manifest = Manifest(
         config=resolved_dict(cfg),
-        inputs=input_hashes(original.fingerprint, cfg.model.weights,
-                            {"calibration": p.calibration, "validation": p.validation, "train": p.train}, p.profiles),
+        inputs=_inputs(p),
         reference=reference.to_dict(root),
         validation={},
         references={},
@@ -158,12 +176,22 @@ def _build_into(root: Path, p: Plan, options: BuildOptions, progress: Progress) 
         manifest.validation = {"description": "not validated (--no-validate)", "samples": 0}
     if p.data_warnings:
         manifest.validation["data_warnings"] = list(p.data_warnings)
+    if earlier is not None:
+        carry_into(root, manifest, earlier, tuple(p.profiles))
     write_outputs(root, manifest)
+    if earlier is not None:
+        rerender_html(root, manifest)
     if cfg.bundle is not None:  # device bundles (golden I/O + verify.py), from the files just written
         from edgekit.bundle.make import write_bundles
 
         write_bundles(root, root / "bundles", cfg.bundle.targets, cfg.bundle.samples, progress, skip_unbuilt=True)
     return manifest
+
+
+def _inputs(p: Plan) -> dict[str, Any]:
+    """The manifest's ``inputs`` of this plan: the (uncompressed) model, weights, every data section, profiles."""
+    return input_hashes(p.source.fingerprint, p.cfg.model.weights,
+                        {"calibration": p.calibration, "validation": p.validation, "train": p.train}, p.profiles)
 
 
 def _build_targets(root: Path, p: Plan, reference: Reference, source: SourceModel, jobs: int, progress: Progress) -> dict[str, TargetResult]:
@@ -205,43 +233,56 @@ def _build_targets(root: Path, p: Plan, reference: Reference, source: SourceMode
 
 
 def revalidate(root: Path, targets: tuple[str, ...] = (), data: Path | None = None, progress: Progress | None = None,
-               timing: ReferenceTiming = ReferenceTiming()) -> Manifest:
-    """Re-check every sha256 of a built directory, then re-run the validator and rewrite manifest and report."""
+               timing: ReferenceTiming = ReferenceTiming(), against_torch: bool = False) -> Manifest:
+    """Check the build folder's manifest (structure, paths inside the folder) and every sha256, then measure the
+    artifacts again against the ONNX reference inside the folder and rewrite manifest and report. With ``data`` the
+    record goes beside the build's own, into validations/<data>-<hash>/ (the build's record is left as it is).
+    ``against_torch`` also re-runs the torch model the config names: it imports and runs that Python file."""
     progress = progress or Silent()
     root = Path(root)
-    if not root.is_dir():
-        raise UsageError(f"{root} is not a directory; pass the output directory of edgekit build")
-    manifest = read_manifest(root)
-    verify_files(root, [ArtifactFile(**manifest.reference["file"])])
+    manifest = load_build(root)
     unknown = [t for t in targets if t not in manifest.results]
     if unknown:
         raise UsageError(f"--target {unknown[0]!r} is not in this build; it has: {', '.join(manifest.results)}")
     chosen = targets or tuple(manifest.results)
-    for name in chosen:
-        r = manifest.results[name]
-        if r.artifact is not None:
-            verify_files(root, list(r.artifact.files))
+    verify_build(root, manifest, chosen)
     progress.step("sha256 of every artifact matches the manifest")
     cfg = parse_config(manifest.config, Path("/"))
+    reference = Reference.from_dict(manifest.reference, root)
+    torch_source = None
+    if against_torch:
+        if cfg.compress:  # a compressed build's torch model is not re-made here (training is not re-run)
+            raise UsageError("--against-torch: this build ran [[compress]]; its torch model is not re-made by validate")
+        changed_inputs(manifest, weights=cfg.model.weights)
+        torch_source = load_model(cfg.model)
+        changed_inputs(manifest, model=torch_source.fingerprint)
+    shapes = {i.name: i.shape for i in cfg.model.inputs} or {s.name: s.example_shape() for s in reference.inputs}
+    vcfg = cfg.validation
     if data is not None:
         if not data.exists():
             raise UsageError(f"--data {data} does not exist")
-        base = cfg.validation or DataConfig(data=str(data))
-        cfg = dataclasses.replace(cfg, validation=with_data(base, str(data.resolve())))
-    source = load_model(cfg.model)
-    shapes = _shapes(cfg, source)
-    reference = Reference.from_dict(manifest.reference, root)
+        check_regular_file(data, "--data", error=UsageError) if not data.is_dir() else None
+        vcfg = with_data(vcfg or DataConfig(data=str(data)), str(data.resolve()))
+    validation = open_feed(vcfg, reference.inputs, "validation") if vcfg else None
+    if data is None and validation is not None:
+        changed_inputs(manifest, validation=validation.fingerprint())
+    if torch_source is not None:  # without the torch model, a label check needs the model's class count: skipped
+        check_label_classes(validation, torch_source)
+    vdata = validation_data(validation, vcfg, reference.inputs, shapes)
     profiles = {name: profile_from_dict(name, manifest.profiles[name]) for name in chosen}
-    validation = open_feed(cfg.validation, reference.inputs, "validation") if cfg.validation else None
-    check_label_classes(validation, source)
-    vdata = validation_data(validation, cfg.validation, reference.inputs, shapes)
-    sub = dataclasses.replace(manifest, results={n: manifest.results[n] for n in chosen})
-    # a compressed build's torch model is not re-made here (training is not re-run): its ONNX reference stands in
-    torch_source = source if source.is_torch and not cfg.compress else None
+    sub = dataclasses.replace(manifest, results={n: dataclasses.replace(manifest.results[n]) for n in chosen})
     _measure_into(root, sub, reference, torch_source, profiles, vdata, shapes, cfg.model.task, progress, timing)
+    sub.versions = library_versions()
+    sub.validation["against"] = ("the torch model and the ONNX reference" if torch_source is not None else
+                                 "the ONNX reference in this folder (the torch model is re-run with --against-torch)")
+    if data is not None:
+        record = validation_record_dir(root, data, validation.fingerprint() if validation is not None else "")
+        sub.validation["record"] = str(record.relative_to(root))
+        write_validation_record(record, sub, str(data.resolve()))
+        progress.note(f"validation on {data} written to {record} (the build's own record is unchanged)")
+        return sub
     manifest.results.update(sub.results)
-    manifest.validation, manifest.references = sub.validation, sub.references
-    manifest.versions = library_versions()
+    manifest.validation, manifest.references, manifest.versions = sub.validation, sub.references, sub.versions
     write_outputs(root, manifest)
     return manifest
 

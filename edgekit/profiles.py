@@ -12,6 +12,7 @@ from typing import Any
 from edgekit.backends import names
 from edgekit.config import TargetOverride
 from edgekit.errors import ProfileError, did_you_mean
+from edgekit.fsutil import check_regular_file
 from edgekit.resources import targets_dir
 from edgekit.tables import check_keys, coerce, parse_table
 from edgekit.types import Gates, RuntimeSettings, TargetProfile
@@ -24,9 +25,19 @@ def builtin_names() -> list[str]:
     return sorted(p.stem for p in targets_dir().glob("*.toml"))
 
 
+# [runtime] bounds (docs/limits.md): beyond them a build would run for hours or oversubscribe any host.
+MAX_THREADS = 256
+MAX_WARMUP = 10_000
+MAX_RUNS = 100_000
+
+
 def _checked_runtime(runtime: RuntimeSettings, where: str) -> RuntimeSettings:
     if runtime.threads < 1 or runtime.runs < 1 or runtime.warmup < 0:
         raise ProfileError(f"{where}: threads and runs must be >= 1, warmup >= 0")
+    for key, bound in (("threads", MAX_THREADS), ("warmup", MAX_WARMUP), ("runs", MAX_RUNS)):
+        if getattr(runtime, key) > bound:
+            raise ProfileError(f"{where}: {key} = {getattr(runtime, key)} is above the limit of {bound:,} "
+                               "(docs/limits.md); use a smaller value")
     return runtime
 
 
@@ -72,8 +83,7 @@ def _read(path: Path, name: str) -> dict[str, Any]:
 def load_profile(name: str, override: TargetOverride | None = None) -> TargetProfile:
     """A built-in profile by name (or the user's profile file from the override), with overrides applied."""
     if override is not None and override.profile is not None:
-        if not override.profile.is_file():
-            raise ProfileError(f"[targets.{name}] profile file {override.profile} does not exist")
+        check_regular_file(override.profile, f"[targets.{name}] profile file", max_bytes=1 << 20, error=ProfileError)
         profile = parse_profile(name, _read(override.profile, name), str(override.profile))
     else:
         path = targets_dir() / f"{name}.toml"

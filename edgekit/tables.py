@@ -12,7 +12,7 @@ import types
 import typing
 from typing import Any, Iterable, Literal, TypeVar
 
-from edgekit.errors import ConfigError, EdgekitError, did_you_mean
+from edgekit.errors import ConfigError, EdgekitError, did_you_mean, shown
 
 T = TypeVar("T")
 
@@ -22,9 +22,9 @@ def unknown_key(key: str, valid: Iterable[str], where: str, error: type[EdgekitE
     """The error for a key nobody defined, naming the nearest valid one (or where the key does belong)."""
     valid = tuple(valid)
     if elsewhere and key in elsewhere:
-        return error(f"key '{key}' in {where} belongs to {elsewhere[key]}; valid keys here: {', '.join(valid)}")
+        return error(f"key '{shown(key)}' in {where} belongs to {elsewhere[key]}; valid keys here: {', '.join(valid)}")
     hint = did_you_mean(key, valid, f"; valid keys: {', '.join(valid)}")
-    return error(f"unknown key '{key}' in {where}{hint}")
+    return error(f"unknown key '{shown(key)}' in {where}{hint}")
 
 
 def check_keys(table: Any, valid: Iterable[str], where: str, error: type[EdgekitError] = ConfigError,
@@ -112,4 +112,27 @@ def _name(kind: Any) -> str:
 def _literal(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    return f'"{value}"' if isinstance(value, str) else repr(value)
+    return f'"{shown(value)}"' if isinstance(value, str) else shown(repr(value))
+
+
+def check_field_types(settings: Any, where: str, error: type[EdgekitError] = ConfigError) -> None:
+    """Check every field of an already-built settings dataclass against its type hint (a parser that built it
+    with ``cls(**table)`` checked the keys only): ``per_channel = "yes"`` for a ``bool`` is an error naming the key."""
+    if not dataclasses.is_dataclass(settings) or isinstance(settings, type):
+        return
+    hints = typing.get_type_hints(type(settings))
+    for f in dataclasses.fields(settings):
+        if f.name in hints and _checkable(hints[f.name]):
+            coerce(getattr(settings, f.name), hints[f.name], f"{where} {f.name}", error)
+
+
+def _checkable(hint: Any) -> bool:
+    """Whether ``coerce`` knows every part of ``hint`` (scalars, Literal, unions and tuples of them)."""
+    if hint in (bool, int, float, str, type(None)):
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return True
+    if isinstance(hint, types.UnionType) or origin is typing.Union or origin is tuple:
+        return all(_checkable(a) for a in args if a is not Ellipsis)
+    return False

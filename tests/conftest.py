@@ -56,6 +56,19 @@ class Evil:
         return (os.mkdir, (self.marker,))
 
 
+def _small_onnx(opset: int = 17, elem_type: int = 1, name: str = "x") -> bytes:
+    """x @ w for an 8x8 input (the sandbox's shape, flattened), as ONNX bytes."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((64, 4), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Flatten", [name], ["f"]), helper.make_node("MatMul", ["f", "w"], ["logits"])],
+                              "g", [helper.make_tensor_value_info(name, elem_type, ["batch", 1, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
 def make_sandbox(root: Path) -> Path:
     import torch
     from safetensors.torch import save_file
@@ -63,6 +76,7 @@ def make_sandbox(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "net.py").write_text(TINY_NET)
     (root / "syntax_error.py").write_text("def build(:\n")
+    (root / "exits.py").write_text("import sys\nsys.exit(0)\n")  # a script, not a model file
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("_sandbox_net", root / "net.py")
@@ -80,6 +94,8 @@ def make_sandbox(root: Path) -> Path:
     (root / "corrupt.safetensors").write_bytes(b"\x00garbage" * 10)
     (root / "corrupt.pt").write_bytes(b"not a zip file at all")
     (root / "corrupt.onnx").write_bytes(b"\x08\x07garbage onnx")
+    (root / "opset99.onnx").write_bytes(_small_onnx(opset=99))  # well-formed bytes that lie (fuzz regressions)
+    (root / "undefined_type.onnx").write_bytes(_small_onnx(elem_type=0, name="x\nline two"))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((48, 1, 8, 8)).astype(np.float32)
     np.savez(root / "calib.npz", x=x[:24])

@@ -126,9 +126,14 @@ def test_validate_with_other_data_and_target(built, capsys):
     code = main(["-q", "validate", str(sandbox / "other"), "--target", "ort-int8", "--data", str(sandbox / "inf.npz")])
     assert code == 2 and "NaN/Inf" in capsys.readouterr().err
     np.savez(sandbox / "val2.npz", x=np.load(sandbox / "val.npz")["x"][:10], y=np.zeros(10, np.int64))
+    before = (sandbox / "other" / "manifest.json").read_bytes()
     assert main(["-q", "validate", str(sandbox / "other"), "--target", "ort-int8", "--data", str(sandbox / "val2.npz")]) == 0
-    m = json.loads((sandbox / "other" / "manifest.json").read_text())
-    assert m["validation"]["samples"] == 10
+    assert (sandbox / "other" / "manifest.json").read_bytes() == before  # the build's own record is not overwritten
+    [record] = (sandbox / "other" / "validations").iterdir()
+    assert record.name.startswith("val2-")
+    m = json.loads((record / "validation.json").read_text())
+    assert m["validation"]["samples"] == 10 and list(m["targets"]) == ["ort-int8"]
+    assert m["validated_on"] == str(sandbox / "val2.npz") and (record / "report.md").is_file()
     assert main(["-q", "validate", str(sandbox / "other"), "--target", "nope"]) == 2
 
 
@@ -181,9 +186,11 @@ def test_no_validation_data_uses_synthetic_inputs_and_says_so(sandbox):
 
 
 def test_rebuild_replaces_an_earlier_build(sandbox):
+    """A whole build (no --target) replaces the earlier one whole; a --target rebuild keeps the rest
+    (tests/test_keep_builds.py)."""
     assert _build(sandbox)[0] == 0
     (sandbox / "out" / "ort-int8" / "stale.txt").write_text("old")
-    code, m = _build(sandbox, extra=("--target", "ort-fp32"))
+    code, m = _build(sandbox, GOOD_CONFIG.replace('use = ["ort-fp32", "ort-int8"]', 'use = ["ort-fp32"]'))
     assert code == 0 and list(m["targets"]) == ["ort-fp32"]
     assert not (sandbox / "out" / "ort-int8").exists()
 

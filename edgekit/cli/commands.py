@@ -10,9 +10,10 @@ from typing import Any
 from edgekit.config import load_config, parse_config
 from edgekit.console import Console
 from edgekit.errors import UsageError
-from edgekit.manifest import Manifest, read_manifest
+from edgekit.manifest import Manifest
 from edgekit.pipeline import BuildOptions, build, revalidate
 from edgekit.fsutil import atomic_write_text
+from edgekit.readback import load_build
 from edgekit.profiles import builtin_names, load_profile, profile_to_dict, profile_to_toml
 from edgekit.report import render_html, render_markdown, text_table
 from edgekit.resources import calibration_dir
@@ -35,7 +36,7 @@ def demo_config() -> dict[str, Any]:
     }
 
 
-def _finish(manifest: Manifest, out: Path, console: Console) -> int:
+def _finish(manifest: Manifest, out: Path, console: Console, record: str = "") -> int:
     for step in manifest.compress:  # what compression did, before the table that measures its result
         before, after = step.get("before", {}), step.get("after", {})
         console.result(
@@ -48,7 +49,10 @@ def _finish(manifest: Manifest, out: Path, console: Console) -> int:
     for name, r in manifest.results.items():
         if r.status in ("failed", "error", "unavailable"):
             console.note(f"{name}: {r.status}: {r.reason}")
-    console.result(f"\nreport: {out / 'report.md'}\nmanifest: {out / 'manifest.json'}")
+    if record:  # a re-validation on other data, recorded beside the build's own record
+        console.result(f"\nreport: {out / record / 'report.md'}\nvalidation record: {out / record / 'validation.json'}")
+    else:
+        console.result(f"\nreport: {out / 'report.md'}\nmanifest: {out / 'manifest.json'}")
     return manifest.exit_code
 
 
@@ -80,12 +84,12 @@ def cmd_validate(args: argparse.Namespace, console: Console) -> int:
     if args.device_report is not None:
         from edgekit.bundle.merge import merge_device_report
 
-        if args.target or args.data:
-            raise UsageError("--device-report merges one report; it takes no --target or --data")
+        if args.target or args.data or args.against_torch:
+            raise UsageError("--device-report merges one report; it takes no --target, --data or --against-torch")
         manifest, entry = merge_device_report(args.dir, args.device_report, console)
         return max(_finish(manifest, args.dir.absolute(), console), 1 if entry["verdict"] == "fail" else 0)
-    manifest = revalidate(args.dir, tuple(args.target), args.data, console)
-    return _finish(manifest, args.dir.absolute(), console)
+    manifest = revalidate(args.dir, tuple(args.target), args.data, console, against_torch=args.against_torch)
+    return _finish(manifest, args.dir.absolute(), console, record=manifest.validation.get("record", ""))
 
 
 def cmd_targets(args: argparse.Namespace, console: Console) -> int:
@@ -131,7 +135,7 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
-    manifest = json.loads(json.dumps(read_manifest(args.dir).to_dict(), default=str))
+    manifest = json.loads(json.dumps(load_build(args.dir).to_dict(), default=str))
     atomic_write_text(args.dir / "report.md", render_markdown(manifest))
     console.result(text_table(manifest))
     console.result(f"\nreport: {args.dir / 'report.md'}")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
-from edgekit.console import Console
+from edgekit import faults
+from edgekit.console import Console, route_library_logs, unroute_library_logs
 from edgekit.errors import EdgekitError
 
 DESCRIPTION = """\
@@ -67,10 +67,14 @@ def _parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="re-check an output directory: sha256 first, then re-measure",
                        description="Check that every artifact in DIR still has the sha256 its manifest vouches for "
-                       "(a tampered file is an error), then re-run the validator and rewrite manifest and report.")
+                       "(a tampered file is an error), then re-run the validator against the ONNX reference in DIR and rewrite manifest "
+                       "and report. Code named by the manifest is run only with --against-torch.")
     v.add_argument("dir", type=Path, metavar="DIR")
     v.add_argument("--target", action="append", default=[], metavar="NAME", help="only this target (repeatable)")
-    v.add_argument("--data", type=Path, metavar="PATH", help="validate on this data instead of the config's [validation] data")
+    v.add_argument("--data", type=Path, metavar="PATH", help="validate on this data instead of the config's [validation] "
+                   "data; recorded in DIR/validations/<name>-<hash>/, beside the build's own record")
+    v.add_argument("--against-torch", action="store_true", help="also re-run the torch model the manifest's config names "
+                   "(imports and runs that Python file; by default only the ONNX reference inside DIR is used)")
     v.add_argument("--device-report", type=Path, metavar="FILE", help="merge a device-report.json (from verify.py on the device) into the manifest and report, instead of re-measuring")
 
     t = sub.add_parser("targets", help="list the built-in target profiles; `targets show NAME` prints one",
@@ -107,10 +111,25 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code. User errors print one line; --debug adds the traceback."""
+    entry = argv is None  # the process's own command line: the process ends when main returns
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     console = Console(quiet="-q" in argv or "--quiet" in argv)
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    library = route_library_logs(debug)  # library warnings counted, not printed mid-table
+    handlers = faults.install()  # SIGINT/SIGTERM raise, so the build cleans up; restored when main returns
+    try:
+        code = _run(argv, console, debug)
+    finally:
+        faults.restore(handlers, exiting=entry)
+        unroute_library_logs(library)
+    if library is not None and library.summary():
+        console.note(library.summary())
+    if entry and code in (130, 143):
+        faults.exit_now(code)  # CPython may still die by SIGINT at exit after a caught Ctrl-C: end with our code
+    return code
+
+
+def _run(argv: list[str], console: Console, debug: bool) -> int:
     try:
         args = _parser().parse_args(argv)
         if args.command is None:
@@ -126,10 +145,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         console.error(str(exc))
         return exc.exit_code
-    except KeyboardInterrupt:
-        console.error("interrupted; nothing half-written was kept")
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C (130) or SIGTERM (faults.Terminated, 143)
+        console.error(f"{'terminated' if isinstance(exc, faults.Terminated) else 'interrupted'}; nothing half-written was kept")
+        return getattr(exc, "exit_code", 130)
     except Exception as exc:  # a bug in edgekit: still one line, with the way to see more
+        fault = faults.write_fault(exc, Path(getattr(exc, "filename", None) or Path.cwd()))
+        if fault is not None:  # a full disk or read-only folder met outside a build (report, targets --write)
+            console.error(str(fault))
+            return fault.exit_code
         if debug:
             traceback.print_exc()
         console.error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback, and report it)")

@@ -65,6 +65,7 @@ class ValidationData:
     batches: Callable[[], Iterator[Batch]]
     description: str
     labelled: bool
+    samples: int | None = None  # how many samples the batches hold, when known (the progress bar's total)
 
 
 def synthetic(specs: tuple[TensorSpec, ...], shapes: dict[str, tuple[int, ...]], count: int = 32) -> ValidationData:
@@ -74,7 +75,8 @@ def synthetic(specs: tuple[TensorSpec, ...], shapes: dict[str, tuple[int, ...]],
         for i in range(count):
             yield Batch(example_inputs(specs, shapes, seed=1000 + i))
 
-    return ValidationData(batches, f"{count} synthetic random batches (no [validation] data given)", False)
+    per_batch = next(iter(shapes.values()), (1,))[0] if shapes else 1
+    return ValidationData(batches, f"{count} synthetic random batches (no [validation] data given)", False, count * per_batch)
 
 
 def validation_data(
@@ -87,7 +89,9 @@ def validation_data(
         return synthetic(specs, shapes, synthetic_batches)
     size = batch_rows(specs, cfg.batch_size)
     labelled = cfg.labels is not None
-    return ValidationData(lambda: source.batches(size), source.description + (f", labels '{cfg.labels}'" if labelled else ""), labelled)
+    count = getattr(source, "count", None)
+    return ValidationData(lambda: source.batches(size), source.description + (f", labels '{cfg.labels}'" if labelled else ""),
+                          labelled, count() if callable(count) else None)
 
 
 def observe(
@@ -112,6 +116,7 @@ def observe(
         for name in names
     }
     done = 0
+    total = total or data.samples
     for batch in data.batches():
         ref_t = torch_ref.run(batch.feed) if torch_ref is not None else None
         ref_o = onnx_ref.run(batch.feed)
@@ -135,7 +140,7 @@ def observe(
                 m.accuracy.update(out[outputs[0]], batch.labels)
         done += batch.size
         if progress is not None:
-            progress("validation", done, total or done)
+            progress("validation", done, max(total or done, done))
     if torch_ref is None:
         del observed["torch-fp32"]
     return observed
