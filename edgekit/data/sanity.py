@@ -144,7 +144,7 @@ def check_label_classes(source: Any, model: Any) -> None:
         return
     try:
         classes = classes_of(model, first.feed)
-    except Exception:  # the model's own errors surface, with context, at export
+    except (Exception, SystemExit):  # the model's own errors (a sys.exit too) surface, with context, at export
         return
     high = source.label_range[1]
     if classes is not None and high >= classes:
