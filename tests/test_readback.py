@@ -90,6 +90,8 @@ def test_a_tampered_manifest_is_refused(out, capsys, change, expect):
     _edit(out, change)
     _run_refused(["validate", str(out)], out, capsys, expect)
     _run_refused(["report", str(out)], out, capsys, expect)
+    _run_refused(["bundle", str(out), "-o", str(out.parent / "bundles")], out, capsys, expect)
+    assert not (out.parent / "bundles").exists()  # nothing half-written
     (out / "manifest.json").write_text(json.dumps(original))
     assert_vouched(out)
 

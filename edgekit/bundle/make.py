@@ -24,7 +24,8 @@ from edgekit.console import Progress, Silent
 from edgekit.data import open_feed
 from edgekit.errors import UsageError
 from edgekit.fsutil import atomic_write_bytes, atomic_write_text
-from edgekit.manifest import profile_from_dict, read_manifest, verify_files
+from edgekit.manifest import profile_from_dict, verify_files
+from edgekit.readback import load_build
 from edgekit.types import ArtifactFile, Feed, Reference, TargetProfile, TargetResult
 from edgekit.validate.run import reference_runner, validation_data
 
@@ -57,7 +58,7 @@ def write_bundles(root: Path, out: Path | None = None, targets: tuple[str, ...] 
         raise UsageError(f"{root} is not a directory; pass the output directory of edgekit build")
     if samples < 1:
         raise UsageError(f"bundle samples must be >= 1, got {samples}")
-    manifest = read_manifest(root)
+    manifest = load_build(root)  # structure and paths checked: a build folder is input
     unknown = [t for t in targets if t not in manifest.results]
     if unknown:
         raise UsageError(f"--target {unknown[0]!r} is not in this build; it has: {', '.join(manifest.results)}")

@@ -10,7 +10,8 @@ from typing import Any
 
 from edgekit.console import Progress, Silent
 from edgekit.errors import DataError, TamperError, UsageError
-from edgekit.manifest import Manifest, read_manifest, verify_files, write_outputs
+from edgekit.manifest import Manifest, verify_files, write_outputs
+from edgekit.readback import load_build
 
 MAX_TEXT = 300  # longest string kept from a device report (they end up in report.md)
 NUMBER, TEXT, FLAG, COUNT = "a number", "a string", "true or false", "an integer"
@@ -109,7 +110,7 @@ def merge_device_report(root: Path, report_path: Path, progress: Progress | None
     root = Path(root)
     if not root.is_dir():
         raise UsageError(f"{root} is not a directory; pass the output directory of edgekit build")
-    manifest = read_manifest(root)
+    manifest = load_build(root)  # structure and paths checked: a build folder is input
     entry = read_device_report(report_path)
     target = entry["target"]
     if target not in manifest.results or manifest.results[target].artifact is None:
