@@ -98,6 +98,7 @@ class DataConfig:
     batch_size: int = 32
     method: str = "minmax"  # calibration only
     percentile: float = 99.999  # calibration only, method = "percentile"
+    cache: str | bool | None = None  # calibration only: the statistics cache folder; false: none; unset: the default
     allow_overlap: bool = False  # validation only
     images: ImageSettings | None = None
     text: TextSettings | None = None
@@ -210,7 +211,7 @@ def _parse_model(t: Any, base: Path) -> ModelConfig:
 
 # The keys each data section takes (DataConfig holds the union); [train]'s batch size is each training step's own.
 DATA_KEYS = {
-    "calibration": ("data", "samples", "method", "percentile", "batch_size", "images", "text"),
+    "calibration": ("data", "samples", "method", "percentile", "batch_size", "images", "text", "cache"),
     "validation": ("data", "samples", "labels", "batch_size", "allow_overlap", "images", "text"),
     "train": ("data", "samples", "labels"),
 }
@@ -246,7 +247,13 @@ def _parse_data(t: Any, section: str, base: Path) -> DataConfig:
     _choice(d.method, CALIBRATION_METHODS, f"{where} method")
     if not 50.0 < d.percentile <= 100.0:
         raise ConfigError(f"{where} percentile must be in (50, 100], got {d.percentile}")
-    return dataclasses.replace(d, data=data, labels=labels, images=images, text=text)
+    cache = d.cache
+    if isinstance(cache, str):
+        if not cache.strip():
+            raise ConfigError(f'{where} cache is empty: give a folder, or false (or "none") for no statistics cache')
+        if cache.strip().lower() != "none":
+            cache = str(base / Path(cache).expanduser())  # an absolute path stays as it is
+    return dataclasses.replace(d, data=data, labels=labels, images=images, text=text, cache=cache)
 
 
 def _parse_targets(t: Any, base: Path) -> tuple[tuple[str, ...], dict[str, TargetOverride]]:

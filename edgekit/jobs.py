@@ -58,10 +58,14 @@ class WorkerInputs:
 
 
 def calibration_settings(cfg: DataConfig | None) -> CalibrationSettings:
-    """The [calibration] section's settings every INT8 target shares (defaults without one)."""
+    """The [calibration] section's settings every INT8 target shares (defaults without one), with the statistics
+    cache folder its ``cache`` (or ``--calibration-cache``) names."""
     if cfg is None:
         return CalibrationSettings()
-    return CalibrationSettings(method=cfg.method, samples=cfg.samples or 256, percentile=cfg.percentile, batch_size=cfg.batch_size)
+    from edgekit.backends.onnx.stats_cache import resolve_dir
+
+    return CalibrationSettings(method=cfg.method, samples=cfg.samples or 256, percentile=cfg.percentile, batch_size=cfg.batch_size,
+                               cache_dir=resolve_dir(cfg.cache))
 
 
 def build_target(job: TargetJob, source: SourceModel, calibration: FeedSource | None, recipe: object = None) -> Built:

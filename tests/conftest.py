@@ -175,6 +175,10 @@ def calib_x32(tmp_path: Path):
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# No build of the suite reads or fills the user's calibration statistics cache (~/.cache/edgekit/calibration): a
+# test that means to use one names its folder (tests/test_calibration_cache.py)
+os.environ.setdefault("EDGEKIT_CALIBRATION_CACHE", "none")
+
 
 def _record_golden():
     """tools/record_golden.py as a module: the golden build's CPU flags come from one place."""

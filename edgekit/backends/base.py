@@ -35,6 +35,8 @@ class CalibrationSettings:
     samples: int = 256
     percentile: float = 99.999
     batch_size: int = 32
+    cache_dir: str = ""  # the activation statistics cache (backends/onnx/stats_cache.py); "": none. Not a setting:
+    # where statistics are kept changes no result, so no key includes it
 
 
 @dataclass

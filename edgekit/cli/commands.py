@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,12 @@ def cmd_build(args: argparse.Namespace, console: Console) -> int:
     if args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     cfg = load_config(args.config)
+    if args.calibration_cache is not None and cfg.calibration is not None:  # the command line over [calibration] cache
+        chosen = args.calibration_cache
+        if not chosen.strip():
+            raise UsageError("--calibration-cache is empty: give a folder, or none for no statistics cache")
+        cache = False if chosen.strip().lower() == "none" else str(Path(chosen).expanduser().absolute())
+        cfg = dataclasses.replace(cfg, calibration=dataclasses.replace(cfg.calibration, cache=cache))
     from edgekit.publish import parse_publish  # [publish]: checked before the build, used after it
 
     target = parse_publish(cfg.raw["publish"], "[publish]") if "publish" in cfg.raw else None

@@ -64,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--jobs", type=int, default=1, metavar="N", help="build targets in N worker processes (artifacts byte-identical to --jobs 1; a build with [[compress]] builds one at a time)")
     b.add_argument("--no-validate", action="store_true", help="build artifacts without measuring them")
     b.add_argument("--strict", action="store_true", help="exit 3 before any work if a target cannot run on this host")
+    b.add_argument("--calibration-cache", metavar="DIR", help="keep the INT8 calibration statistics in DIR, keyed by "
+                   "the graph, the calibration data and settings: the INT8 targets of one build and later builds of "
+                   "the same inputs reuse them, verified by sha256 (artifacts byte-identical); 'none' disables "
+                   "(default: [calibration] cache, else $EDGEKIT_CALIBRATION_CACHE, else "
+                   "$XDG_CACHE_HOME/edgekit/calibration or ~/.cache/edgekit/calibration; docs/data.md)")
 
     v = sub.add_parser("validate", help="re-check an output directory: sha256 first, then re-measure",
                        description="Check that every artifact in DIR still has the sha256 its manifest vouches for "

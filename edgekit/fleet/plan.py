@@ -124,7 +124,8 @@ def plan_model(build: FleetBuild, cache: Cache, versions: dict[str, str], timing
         uses = cfg.calibration is not None and backend.uses_calibration(profile, p.recipes[name])
         art = {**components, "profile": digest(profile_to_dict(profile)),
                "calibration data": calibration if uses else "none",
-               "calibration settings": digest(dataclasses.asdict(calibration_settings(cfg.calibration))) if uses else "none"}
+               "calibration settings": digest({k: v for k, v in dataclasses.asdict(calibration_settings(cfg.calibration)).items()
+                                                         if k != "cache_dir"}) if uses else "none"}
         v = cfg.validation
         full = {**art, "validation data": validation,
                 "validation settings": digest([v.samples, v.labels, v.batch_size] if v else None),

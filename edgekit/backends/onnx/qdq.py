@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgekit.backends.base import CalibrationSettings
-from edgekit.backends.onnx import qdq_ranges
+from edgekit.backends.onnx import qdq_ranges, stats_cache
 from edgekit.backends.onnx.calibration import FeedCalibrationReader
 from edgekit.backends.onnx.graph import first_line, nodes_of_types, strip_value_info
 from edgekit.backends.onnx.session import session
@@ -120,10 +120,11 @@ def quantize_static_qdq(
         levels = 254 if qdq.symmetric_activations and qdq.activation_type == "int8" else 255
         handing_over = "calibration_cache_path" in inspect.signature(quantize_static).parameters
         histogram = settings.method in qdq_ranges.HISTOGRAM_METHODS and handing_over
-        stats = qdq_ranges.activation_stats(model, graph, reader, (qdq.symmetric_activations, levels)
-                                            if settings.method == "mse" else None,
-                                            (settings.method, settings.percentile) if histogram else None)
-        chosen["stats"] = stats
+        got = collected_stats(model, graph, reader, settings, (qdq.symmetric_activations, levels)
+                              if settings.method == "mse" else None,
+                              (settings.method, settings.percentile) if histogram else None)
+        stats = got.stats
+        chosen["stats"], chosen["collected"] = stats, got
         cache: dict[str, Any] = {}
         if handing_over and (settings.method in ("minmax", "mse") or histogram):
             # the ranges just measured, as ORT's MinMax calibration cache: handing them over skips ORT's calibration
@@ -171,8 +172,9 @@ def quantize_static_qdq(
         atomic_move(out, dst)
     notes = {
         "preprocess": pre_note,
-        "calibration": {"method": settings.method, "samples": reader.samples_read, "batches": reader.batches_read,
-                        "ort_pass": chosen["ort_calibration"]},
+        "calibration": {"method": settings.method, "samples": chosen["collected"].samples,
+                        "batches": chosen["collected"].batches, "ort_pass": chosen["ort_calibration"]},
+        "calibration_statistics": chosen["collected"].note,
         "activations": f"{qdq.activation_type} {'symmetric' if qdq.symmetric_activations else 'asymmetric'} per-tensor",
         "weights": f"{qdq.weight_type} symmetric {'per-channel' if qdq.per_channel else 'per-tensor'}"
         + range_note(qdq.reduce_range),
@@ -199,7 +201,25 @@ def quantize_static_qdq(
         notes["calibration"]["percentile"] = settings.percentile
     if fallback:
         notes["quantizer"] = fallback
+    if chosen["collected"].warning:
+        notes["warning"] = chosen["collected"].warning
     return notes
+
+
+def collected_stats(model: Path, graph: Any, reader: FeedCalibrationReader, settings: CalibrationSettings,
+                    mse: tuple[bool, int] | None, histogram: tuple[str, float] | None) -> stats_cache.Collected:
+    """``qdq_ranges.activation_stats`` through the statistics cache in ``settings.cache_dir`` ("": none), keyed by
+    the exact graph, the data's fingerprint and every setting the statistics depend on."""
+    def collect() -> tuple[qdq_ranges.ActivationStats, int, int]:
+        stats = qdq_ranges.activation_stats(model, graph, reader, mse, histogram)
+        return stats, reader.samples_read, reader.batches_read
+
+    if not settings.cache_dir:
+        return stats_cache.cached_stats("", {}, collect)
+    measured = {"method": settings.method, "percentile": settings.percentile, "samples": settings.samples,
+                "batch_size": reader.batch_size, "mse": mse, "histogram": histogram}
+    parts = stats_cache.key_parts(stats_cache.graph_sha256(model, graph), reader.source.fingerprint(), measured)
+    return stats_cache.cached_stats(settings.cache_dir, parts, collect)
 
 
 def range_note(reduce_range: bool | str) -> str:

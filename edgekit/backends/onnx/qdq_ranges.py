@@ -27,6 +27,7 @@ from edgekit.backends.onnx.graph import TensorReader, tensor_reader
 COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 POOLS = ("MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool", "LpPool")
 BINS = 2048
+PASSES = {"activation_stats": 0}  # statistics passes run in this process (tests count cache hits with it)
 FILL_VALUE = 1e4  # an activation reaching this magnitude holds fill values (masks), not a range 8 bits can cover
 
 
@@ -221,6 +222,7 @@ def activation_stats(src: Path, graph: Any, feeds: Any, mse: tuple[bool, int] | 
     """What edgekit measures on the calibration data before ORT's own calibration: the fill-value tensors and, with
     ``mse`` = (symmetric, levels), the MSE ranges of the others. Its session with every tensor as an output is
     released on return, so its memory is not held while ORT's calibrator runs."""
+    PASSES["activation_stats"] += 1
     tensors = tensor_reader(src)
     bounds = tensor_bounds(tensors, feeds)
     filled, nodes = fill_value_nodes(graph, bounds)

@@ -143,7 +143,7 @@ class TensorRTBackend(Backend):
                 "Q/DQ run as written (fake-quant in FP32, like TensorRT's exact int32 accumulation)"
             ) + "; ONNX Runtime graph optimizations off; latency is ONNX Runtime CPU's, not the GPU's"
             return Artifact(ctx.profile.name, tuple(files), notes, measured_on=notes["measured_on"],
-                            proxy=f"{HOST_PROXY}; {notes['engine']}")
+                            proxy=f"{HOST_PROXY}; {notes['engine']}", warnings=(notes["warning"],) if "warning" in notes else ())
         calibration = None
         if recipe.calibrator == "entropy" and ctx.calibration is not None:
             cache = Path(recipe.calibration_cache).expanduser() if recipe.calibration_cache else ctx.target_dir / "calibration.cache"
@@ -155,7 +155,8 @@ class TensorRTBackend(Backend):
         files.append(ArtifactFile.of(engine_path, ctx.root))
         if calibration is not None and calibration.cache.parent == ctx.target_dir:
             files.append(ArtifactFile.of(calibration.cache, ctx.root))
-        return Artifact(ctx.profile.name, tuple(files), notes, measured_on=str(notes.get("measured_on", "")))
+        return Artifact(ctx.profile.name, tuple(files), notes, measured_on=str(notes.get("measured_on", "")),
+                        warnings=(notes["warning"],) if "warning" in notes else ())
 
     def load(self, artifact: Artifact, root: Path, profile: TargetProfile, reference: Reference) -> Runner:
         engine = next((f for f in artifact.files if f.path.endswith(".engine")), None)
