@@ -21,6 +21,10 @@ from typing import Any
 
 import numpy as np
 
+# `python benchmarks/subproc.py` puts benchmarks/ first on sys.path, where benchmarks/kernels.py would shadow the PyPI
+# package `kernels` that transformers 5 imports (ImportError building MiniLM); nothing here imports a sibling module
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 
 def _rss_mb() -> float:
     try:

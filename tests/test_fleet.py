@@ -171,6 +171,10 @@ def test_corrupt_cache_entry_is_rebuilt_byte_identical(first, tmp_path):
     built = {(p.model, p.target) for p in done.pairs if p.steps["artifact"] == "built"}
     assert built == {("mlp", "ort-int8")} and done.tasks == 1
     assert _artifacts(root / "out") == before
+    # the rebuild read the activation statistics the first run left in the fleet's cache (OUT/.cache/calibration)
+    entry = _strict_json(root / "out" / ".cache" / "objects" / key[:2] / key / "entry.json")
+    assert entry["meta"]["artifact"]["notes"]["calibration_statistics"].startswith("cache hit ")
+    assert len(list((root / "out" / ".cache" / "calibration").glob("*.json"))) == 2  # one per model
 
 
 def test_changed_weights_rebuild_exactly_that_models_pairs(first, tmp_path):

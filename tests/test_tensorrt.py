@@ -405,6 +405,7 @@ def test_int8_uses_the_shared_calibration_settings(digits):
     _, _, m = digits
     assert m["targets"]["tensorrt-int8"]["notes"]["calibration"] == {
         "method": "minmax", "samples": 256, "batches": 8, "ort_pass": "skipped: edgekit's min/max pass handed over"}
+    assert m["targets"]["tensorrt-int8"]["notes"]["calibration_statistics"] == "collected (256 samples); no cache"
 
 
 # ------------------------------------------------------------------------------ profiles and recipes

@@ -12,6 +12,7 @@ the CPU that records or replays it.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -30,6 +31,7 @@ def golden_build(out: Path) -> dict:
     from edgekit.pipeline import BuildOptions, build
 
     hostinfo.cpu = lambda: dict(FIXED_CPU)  # noqa: E731 - replay must see the same flags
+    os.environ["EDGEKIT_CALIBRATION_CACHE"] = "none"  # every INT8 target collects its statistics, as tests/conftest.py
     build(parse_config(demo_config(), Path.cwd()), BuildOptions(out=out))
     return json.loads((out / "manifest.json").read_text())
 

@@ -9,6 +9,7 @@ folder per model, the fleet manifest and its report.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import shutil
@@ -172,7 +173,7 @@ def _run_on_ray(models: list[ModelPlan], cache: Cache, options: FleetOptions, ou
         def queue_pairs(m: ModelPlan) -> None:
             for pair in m.pairs:
                 if pair.needs_task:
-                    job = PairJob(_inputs(m), m.plan.profiles[pair.target], pair.unavailable,
+                    job = PairJob(_inputs(m, cache), m.plan.profiles[pair.target], pair.unavailable,
                                   pair.artifact.meta["artifact"] if pair.artifact else None, True, options.timing)
                     files = pair.artifact.read() if pair.artifact else None
                     ready.append(("pair", (m, pair), lambda job=job, ref=prepared[m.name], files=files:
@@ -180,7 +181,7 @@ def _run_on_ray(models: list[ModelPlan], cache: Cache, options: FleetOptions, ou
 
         for m in models:
             if m.needs_prepare:
-                ready.append(("prepare", m, lambda m=m: prepare.remote(_inputs(m))))
+                ready.append(("prepare", m, lambda m=m: prepare.remote(_inputs(m, cache))))
             elif any(p.needs_task for p in m.pairs):
                 prepared[m.name] = ray.put({"reference": m.reference.meta["reference"], "files": m.reference.read()})
                 queue_pairs(m)
@@ -225,8 +226,13 @@ def _run_on_ray(models: list[ModelPlan], cache: Cache, options: FleetOptions, ou
             ray.shutdown()
 
 
-def _inputs(m: ModelPlan) -> ModelInputs:
-    return ModelInputs(m.name, m.build.cfg, m.plan.source.fingerprint, m.plan.shapes)
+def _inputs(m: ModelPlan, cache: Cache) -> ModelInputs:
+    """A model's task inputs; its INT8 target tasks share one calibration statistics cache in the fleet's cache
+    (CACHE/calibration, unless the build's [calibration] cache names another), so one collects and the others hit."""
+    cfg = m.build.cfg
+    if cfg.calibration is not None and cfg.calibration.cache is None:
+        cfg = dataclasses.replace(cfg, calibration=dataclasses.replace(cfg.calibration, cache=str(cache.root.absolute() / "calibration")))
+    return ModelInputs(m.name, cfg, m.plan.source.fingerprint, m.plan.shapes)
 
 
 def _task_error(exc: BaseException) -> str:
