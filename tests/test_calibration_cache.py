@@ -160,3 +160,29 @@ def test_cli_option_none_and_empty(tmp_path, capsys):
     assert manifest["targets"]["ort-int8"]["notes"]["calibration_statistics"].endswith("no cache")
     assert main(["-q", "build", str(cfg), "-o", str(tmp_path / "out"), "--no-validate", "--calibration-cache", str(tmp_path / "d")]) == 0
     assert not (tmp_path / "c").exists() and len(list((tmp_path / "d").glob("*.json"))) == 1  # the option over the config
+
+
+# ------------------------------------------------------------------------ the statistics pass in bounded memory
+
+
+def test_a_large_batch_is_measured_in_slices_with_the_same_values(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgekit.backends.onnx.graph import tensor_reader
+
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"), helper.make_node("Relu", ["h"], ["y"], name="relu")],
+                              "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    reader = tensor_reader(tmp_path / "m.onnx")
+    x = np.random.default_rng(1).normal(size=(10, 4)).astype(np.float32)
+    whole = reader({"x": x})
+    assert [len(r["y"]) for r in reader.runs({"x": x})] == [10]  # within the budget: run whole, as it comes
+    reader.budget, reader.rows = sum(v.nbytes for v in reader({"x": x[:1]}).values()) * 3, None
+    runs = list(reader.runs({"x": x}))
+    assert [len(r["y"]) for r in runs] == [3, 3, 3, 1]
+    for t, v in whole.items():
+        np.testing.assert_allclose(np.concatenate([r[t] for r in runs]), v, rtol=1e-6, atol=0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -153,11 +153,40 @@ def float_tensors(model: Any) -> list[str]:
     return [t for t in dict.fromkeys(names) if types.get(t) == onnx.TensorProto.FLOAT]
 
 
-TensorReader = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+STATS_BUDGET = 256 << 20  # bytes of tensors one statistics run may return; a larger batch is run in slices
+
+
+class TensorReader:
+    """One session over a graph with every float tensor made an output. ``runs(feed)`` yields them for a batch a
+    slice of samples at a time, so that one run returns at most ``budget`` bytes (a transformer's intermediates for a
+    whole batch are gigabytes: MiniLM at 32 x 128 tokens, about 3 GB). Min, max and histogram counts summed over the
+    slices are those of the whole batch; a batch whose tensors fit the budget is run whole, as it comes."""
+
+    def __init__(self, sess: Any, wanted: list[str], budget: int = STATS_BUDGET):
+        self.sess, self.wanted, self.budget = sess, wanted, budget
+        self.rows: int | None = None  # samples per run, from the bytes one sample's tensors take
+
+    def __call__(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.wanted, self.sess.run(self.wanted, dict(feed))))
+
+    def runs(self, feed: Mapping[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        arrays = list(feed.values())
+        n = arrays[0].shape[0] if arrays and arrays[0].ndim else 0
+        if n < 2 or any(a.ndim == 0 or a.shape[0] != n for a in arrays):
+            yield self(feed)
+            return
+        if self.rows is None:  # one sample, measured once: the slice size for every batch of every pass
+            one = sum(v.nbytes for v in self({k: v[:1] for k, v in feed.items()}).values())
+            self.rows = max(1, self.budget // max(1, one))
+        if n <= self.rows:
+            yield self(feed)
+            return
+        for i in range(0, n, self.rows):
+            yield self({k: v[i:i + self.rows] for k, v in feed.items()})
 
 
 def tensor_reader(src: Path) -> TensorReader:
-    """One session over ``src`` with every float tensor made an output: feed -> {tensor name: value}."""
+    """One session over ``src`` with every float tensor made an output (``TensorReader``)."""
     import onnx
 
     model = onnx.load(str(src))
@@ -168,4 +197,4 @@ def tensor_reader(src: Path) -> TensorReader:
             model.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
     sess = session(model.SerializeToString(), 2)
     wanted = [o.name for o in sess.get_outputs() if o.name in set(names)]
-    return lambda feed: dict(zip(wanted, sess.run(wanted, dict(feed))))
+    return TensorReader(sess, wanted)

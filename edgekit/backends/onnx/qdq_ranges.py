@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -114,15 +114,23 @@ def best_range(hist: np.ndarray, lo: float, hi: float, levels: int, symmetric: b
     return (-best_hi, best_hi) if symmetric else (float(edges[starts[i]]), best_hi)
 
 
+def tensor_values(tensors: TensorReader, feeds: Any) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, value) of every tensor over one pass of the calibration batches (a rewindable reader), each batch a
+    slice of samples at a time when its tensors exceed ``TensorReader``'s budget (graph.py): exact for min, max and
+    summed histogram counts, and the pass holds one slice's tensors, not a whole batch's."""
+    for feed in feeds.passes():
+        for run in tensors.runs(feed):
+            yield from run.items()
+
+
 def tensor_bounds(tensors: TensorReader, feeds: Any) -> dict[str, tuple[float, float]]:
     """(min, max) of every tensor ``tensors`` returns over the calibration feeds (a rewindable reader), each range
     widened to hold 0. One pass that keeps two numbers per tensor."""
     bounds: dict[str, tuple[float, float]] = {}
-    for feed in feeds.passes():
-        for t, v in tensors(feed).items():
-            if v.size:
-                lo, hi = bounds.get(t, (0.0, 0.0))
-                bounds[t] = (min(lo, float(v.min())), max(hi, float(v.max())))
+    for t, v in tensor_values(tensors, feeds):
+        if v.size:
+            lo, hi = bounds.get(t, (0.0, 0.0))
+            bounds[t] = (min(lo, float(v.min())), max(hi, float(v.max())))
     return bounds
 
 
@@ -143,10 +151,9 @@ def mse_ranges(tensors: TensorReader, feeds: Any, symmetric: bool, levels: int,
     lo = {t: 0.0 if symmetric else a for t, (a, b) in bounds.items()}
     hi = {t: max(-a, b) if symmetric else b for t, (a, b) in bounds.items()}
     hists = {t: np.zeros(BINS) for t in bounds if hi[t] > lo[t]}
-    for feed in feeds.passes():
-        for t, v in tensors(feed).items():
-            if t in hists:
-                hists[t] += np.histogram(np.abs(v) if symmetric else v, bins=BINS, range=(lo[t], hi[t]))[0]
+    for t, v in tensor_values(tensors, feeds):
+        if t in hists:
+            hists[t] += np.histogram(np.abs(v) if symmetric else v, bins=BINS, range=(lo[t], hi[t]))[0]
     out = {}
     for t, h in hists.items():
         a, b = best_range(h, lo[t], hi[t], levels, symmetric)
@@ -178,24 +185,22 @@ def histogram_ranges(tensors: TensorReader, feeds: Any, method: str, percentile:
     lo: dict[str, np.floating] = {}
     hi: dict[str, np.floating] = {}
     abs_lo: dict[str, np.floating] = {}
-    for feed in feeds.passes():
-        for t, v in tensors(feed).items():
-            if t in skipped or not v.size:
-                continue
-            a, b, m = np.nanmin(v), np.nanmax(v), np.nanmin(np.abs(v))
-            lo[t], hi[t] = (min(lo[t], a), max(hi[t], b)) if t in lo else (a, b)
-            abs_lo[t] = min(abs_lo[t], m) if t in abs_lo else m
+    for t, v in tensor_values(tensors, feeds):
+        if t in skipped or not v.size:
+            continue
+        a, b, m = np.nanmin(v), np.nanmax(v), np.nanmin(np.abs(v))
+        lo[t], hi[t] = (min(lo[t], a), max(hi[t], b)) if t in lo else (a, b)
+        abs_lo[t] = min(abs_lo[t], m) if t in abs_lo else m
     # the edges ORT computes from the whole data: |x| over [min |x|, max |x|], or x over [-max |x|, max |x|]
     edges_range = {t: (abs_lo[t], max(abs(lo[t]), abs(hi[t]))) if symmetric else
                    (-max(abs(lo[t]), abs(hi[t])), max(abs(lo[t]), abs(hi[t]))) for t in lo}
     counts: dict[str, np.ndarray] = {}
     edges: dict[str, np.ndarray] = {}
-    for feed in feeds.passes():
-        for t, v in tensors(feed).items():
-            if t in edges_range:
-                h, e = np.histogram(np.abs(v) if symmetric else v, bins=bins, range=edges_range[t])
-                counts[t] = counts[t] + h if t in counts else h
-                edges[t] = e
+    for t, v in tensor_values(tensors, feeds):
+        if t in edges_range:
+            h, e = np.histogram(np.abs(v) if symmetric else v, bins=bins, range=edges_range[t])
+            counts[t] = counts[t] + h if t in counts else h
+            edges[t] = e
     collector = HistogramCollector(method=method, symmetric=symmetric, num_bins=bins, num_quantized_bins=quantized_bins,
                                    percentile=percentile, scenario="same")
     for t in counts:
