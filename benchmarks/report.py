@@ -234,6 +234,43 @@ def _bar_keys(runs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     return [(m, c) for m, cs in latest.items() for c in cs if "faster" in c["bar"] or "slower" in c["bar"]]
 
 
+CALIBRATION_RUNS = (  # benchmarks/calib_memory.py's result files, and the bar of issue 16 each is held to
+    ("calib_memory_minilm.json", "MiniLM static ort-int8 from a text file + its tokenizer", 1.2, 2048.0),
+    ("calib_memory.json", "ResNet-18-shaped CNN ort-int8 from a folder of JPEGs, minmax", 1.1, None),
+    ("calib_memory_entropy.json", "ResNet-18-shaped CNN ort-int8 from a folder of JPEGs, entropy", 1.1, None),
+)
+
+
+def calibration_section(folder: Path = Path(__file__).resolve().parent / "results") -> list[str]:
+    """Peak memory of calibrated builds (benchmarks/calib_memory.py, run on its own, not by `make bench`)."""
+    found = [(name, what, ratio_bar, peak_bar, json.loads((folder / name).read_text()))
+             for name, what, ratio_bar, peak_bar in CALIBRATION_RUNS if (folder / name).is_file()]
+    if not found:
+        return []
+    out = ["## Calibration memory (issue 16)", "",
+           "Peak resident memory of a whole `edgekit build` (no validation, no calibration statistics cache; each build "
+           "in a child process, ru_maxrss) as the number of calibration samples grows tenfold. Run by "
+           "`benchmarks/calib_memory.py`, not by `make bench`; raw numbers in `benchmarks/results/<file>`.", "",
+           "| build | samples | peak RSS MB | ort-int8 step s | ratio last/first | bar | file, command, host |",
+           "|---|---|---|---|---|---|---|"]
+    for name, what, ratio_bar, peak_bar, doc in found:
+        runs, ratio = doc["runs"], doc["peak_ratio_last_vs_first"]
+        peak = max(r["build_peak_rss_mb"] for r in runs)
+        met = ratio <= ratio_bar and (peak_bar is None or peak <= peak_bar)
+        bar = f"ratio <= {ratio_bar}" + (f", peak <= {peak_bar / 1024:.1f} GB" if peak_bar else "") + (": met" if met else ": **not met**")
+        host = doc["host"]
+        where = (f"`{name}`, `{doc['command']}`, {host['model']} [{' '.join(host.get('isa', []))}], "
+                 f"load {', '.join(f'{x:.1f}' for x in host.get('load_average_at_end', []))} at end")
+        counts = " / ".join(str(r.get("samples", r.get("images"))) for r in runs)
+        peaks = " / ".join(f"{r['build_peak_rss_mb']:.0f}" for r in runs)
+        seconds = " / ".join(f"{r['ort_int8_build_s']:.0f}" for r in runs)
+        out.append(f"| {what} | {counts} | {peaks} | {seconds} | {ratio:.3f} | {bar} | {where} |")
+    out += ["", "The ort-int8 step time includes ONNX Runtime's pre-processing, edgekit's statistics pass over every "
+            "sample and the quantizer (the calibration wall time); on this shared host it moves with the load, memory "
+            "does not.", ""]
+    return out
+
+
 def render(doc: dict[str, Any], json_path: Path | str) -> str:
     from analysis import ANALYSIS, METHOD, ST_NOTE  # the prose that goes with the numbers
 
@@ -299,7 +336,7 @@ def render(doc: dict[str, Any], json_path: Path | str) -> str:
         body += ANALYSIS.get(model, lambda r, c: [])(result, checks)
         body.append("")
     runs = history_section(load_history(), cpu["model"])
-    lines += summary + [""] + runs + body + ST_NOTE(doc)
+    lines += summary + [""] + runs + body + calibration_section() + ST_NOTE(doc)
     return "\n".join(lines) + "\n"
 
 
