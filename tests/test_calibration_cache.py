@@ -54,12 +54,14 @@ def filled(tmp_path_factory) -> tuple[Path, Path, dict, int]:
     return root / "cache", root / "out", notes, passes
 
 
+@pytest.mark.slow
 def test_without_a_cache_each_int8_target_collects(uncached):
     _, notes, passes = uncached
     assert passes == len(TARGETS)
     assert all(n["calibration_statistics"] == "collected (256 samples); no cache" for n in notes.values())
 
 
+@pytest.mark.slow
 def test_int8_targets_of_one_build_collect_once(filled, uncached):
     cache, out, notes, passes = filled
     assert passes == 1
@@ -72,6 +74,7 @@ def test_int8_targets_of_one_build_collect_once(filled, uncached):
         assert notes[name]["calibration"] == uncached[1][name]["calibration"]
 
 
+@pytest.mark.slow
 def test_a_later_build_skips_the_statistics_pass(filled, uncached, tmp_path):
     cache, _, _, _ = filled
     notes, passes, err = _build(tmp_path / "again", str(cache))
@@ -97,6 +100,7 @@ def _damage(entry: Path, how: str) -> None:
         entry.write_text(json.dumps(doc))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how,why", [("modified", "sha256 does not match"), ("truncated", "unreadable"),
                                      ("stale", "stale")])
 def test_a_damaged_entry_is_ignored_with_a_warning_and_rebuilt(filled, uncached, tmp_path, how, why):
@@ -147,6 +151,7 @@ def test_a_bad_cache_setting_names_the_key(tmp_path, value, message):
         parse_config({**demo_config(), "calibration": {**demo_config()["calibration"], "cache": value}}, tmp_path)
 
 
+@pytest.mark.slow
 def test_cli_option_none_and_empty(tmp_path, capsys):
     cfg = tmp_path / "cfg.toml"
     data = demo_config()["calibration"]["data"]
