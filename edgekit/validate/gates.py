@@ -35,6 +35,11 @@ TIMING_FLOOR_MS = 1.0
 arithmetic decides a runtime's latency, so a speed-up says nothing about the model: min_speedup is not decided."""
 
 
+def measured_key(gate: str) -> str:
+    """The measured number a gate reads (``min_cosine`` -> ``cosine``)."""
+    return _GATES[gate][0]
+
+
 def speed_resolution(fastest_ms: float | None, baseline: str, on_device: bool) -> str:
     """Why a speed-up measured against ``baseline`` cannot decide a speed gate; "" when it can. ``fastest_ms``: the
     baseline's fastest timed call (a busy host slows the median, never the fastest call below the model's cost)."""
