@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from edgekit.types import Gates, GateVerdict, LayerCensus, Metrics, SizeInfo, TargetLatency
-from edgekit.validate.stats import DropInterval, Paired, RateInterval, samples_to_decide, straddles
+from edgekit.validate.stats import MAX_SAMPLES, DropInterval, Paired, RateInterval, samples_to_decide, straddles
 
 # gate -> (how to read the measured value from the flat metrics, "min" or "max" bound, unit)
 _GATES: dict[str, tuple[str, str, str]] = {
@@ -93,8 +93,8 @@ def check(target: str, gates: Gates, measured: Mapping[str, Any]) -> list[GateVe
             verdict = GateVerdict(gate, bound, value, None, f"{target}: {shown}, {gate} ({rel} {bound:g}{unit}) not decided: "
                                   f"{measured['speed_undecided']}", measured["speed_undecided"])
         elif gate == "max_top1_drop" and measured.get("paired"):
-            verdict = _resolved(verdict, target, shown, DropInterval(Paired(*measured["paired"])),
-                                sum(measured["paired"]), 100.0, "points", ".1f")
+            paired = Paired(*measured["paired"])
+            verdict = _resolved(verdict, target, shown, DropInterval(paired), paired.n, 100.0, "points", ".1f")
         elif gate == "min_top1_agreement" and measured.get("agreement_counts"):
             same, total = measured["agreement_counts"]
             verdict = _resolved(verdict, target, shown, RateInterval(same, total), total, 1.0, "", ".4f")
@@ -102,32 +102,33 @@ def check(target: str, gates: Gates, measured: Mapping[str, Any]) -> list[GateVe
     return verdicts
 
 
-def _resolved(v: GateVerdict, target: str, shown: str, interval_at: Any, n: int, per_sample_scale: float, unit: str,
-              fmt: str) -> GateVerdict:
-    """An accuracy verdict with its 95% interval; when one sample weighs more than the bound's slack, decided by the
-    interval alone (not decided while it straddles the bound), with the sample count a decision would need."""
+def _resolved(v: GateVerdict, target: str, shown: str, interval_at: Callable[[int], tuple[float, float]], n: int,
+              scale: float, unit: str, fmt: str) -> GateVerdict:
+    """An accuracy verdict with its 95% interval (``scale``: what all n samples weigh, 100 points or a rate of 1).
+    When one sample weighs more than the bound's slack, the interval alone decides (not decided while it straddles
+    the bound), and the message gives the sample count a decision would need."""
     interval = interval_at(n)
-    low, high = (round(x, 6) for x in interval)
-    one = per_sample_scale / n  # what one flipped prediction moves the value by
-    slack = v.bound if v.gate.startswith("max_") else per_sample_scale - v.bound  # how far the value may move
-    if slack <= 0 or one <= slack:  # an exact bound (no flip allowed), or a fine enough sample: the point estimate decides
-        return dataclasses.replace(v, interval=(low, high))
+    rounded = (round(interval[0], 6), round(interval[1], 6))
+    upper = v.gate.startswith("max_")  # max_top1_drop bounds from above; min_top1_agreement from below
+    one = scale / n  # what one flipped prediction moves the value by
+    slack = v.bound if upper else scale - v.bound  # how far from perfect the value may be
+    if slack <= 0 or one <= slack:  # an exact bound (no flip allowed), or fine enough samples: the point estimate decides
+        return dataclasses.replace(v, interval=rounded)
     u = f" {unit}" if unit else ""
+    gate = f"{v.gate} ({'<=' if upper else '>='} {v.bound:g}{u})"
     resolution = f"too few samples: one sample = {one:{fmt}}{u}, bound {v.bound:g}{u}"
     ci = f"95% CI [{interval[0]:{fmt}}, {interval[1]:{fmt}}]"
     if not straddles(interval, v.bound):
-        passed = interval[1] <= v.bound if v.gate.startswith("max_") else interval[0] >= v.bound
-        word = "meets" if passed else "fails"
-        return GateVerdict(v.gate, v.bound, v.value, passed, f"{target}: {shown} {word} {v.gate} ({'<=' if v.gate.startswith('max_') else '>='} "
-                           f"{v.bound:g}{u}) — {n} samples resolve only {one:{fmt}}{u}, but the {ci} lies on one side",
-                           resolution, (low, high))
+        passed = interval[1] <= v.bound if upper else interval[0] >= v.bound
+        message = (f"{target}: {shown} {'meets' if passed else 'fails'} {gate} — {n} samples resolve only {one:{fmt}}{u}, "
+                   f"but the {ci} lies on one side")
+        return GateVerdict(v.gate, v.bound, v.value, passed, message, resolution, rounded)
     needed = samples_to_decide(interval_at, n, v.bound)
-    needed = max(needed, math.floor(per_sample_scale / slack) + 1) if needed is not None else None
-    need = f"~{needed:,} samples needed" if needed is not None else "more samples than can be counted needed at this rate"
-    return GateVerdict(v.gate, v.bound, v.value, None,
-                       f"{target}: {shown}, {v.gate} ({'<=' if v.gate.startswith('max_') else '>='} {v.bound:g}{u}) not decided: "
-                       f"{n} samples cannot resolve {v.bound:g}{u} (one sample = {one:{fmt}}{u}); {ci}; {need}",
-                       resolution, (low, high))
+    needed = max(needed, math.floor(scale / slack) + 1) if needed is not None else None
+    need = f"~{needed:,} samples needed" if needed is not None else f"over {MAX_SAMPLES:,} samples needed at this rate"
+    message = (f"{target}: {shown}, {gate} not decided: {n} samples cannot resolve {v.bound:g}{u} "
+               f"(one sample = {one:{fmt}}{u}); {ci}; {need}")
+    return GateVerdict(v.gate, v.bound, v.value, None, message, resolution, rounded)
 
 
 def evaluate(target: str, gates: Gates, measured: Mapping[str, Any]) -> list[dict[str, Any]]:
