@@ -360,3 +360,10 @@ def test_dynamic_int8_on_a_cnn_big_enough_to_time_gets_a_decided_speed_verdict(t
     assert (target.status == "failed") is (speed.passed is False)
     assert manifest.exit_code == (1 if speed.passed is False else 0)
     print(f"ort-int8-dynamic on the 64-channel CNN: {speed.message}")
+
+
+def test_a_model_without_compute_layers_is_not_checked_for_int8_fraction():
+    (v,) = check("t", Gates(min_int8_fraction=0.5), {"int8_fraction": None, "int8_layers": LayerCensus(0, 0)})
+    assert v.passed is None and "no Conv, MatMul, Gemm or RNN layer" in v.message
+    (old,) = check("t", Gates(min_int8_fraction=0.5), {})  # a manifest written before the census
+    assert old.passed is None and "does not count its INT8 layers" in old.message

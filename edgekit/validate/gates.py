@@ -77,8 +77,10 @@ def check(target: str, gates: Gates, measured: Mapping[str, Any]) -> list[GateVe
         key, kind, unit = _GATES[gate]
         value = measured.get(key)
         if value is None:
-            why = ("the artifact does not count its INT8 layers" if gate == "min_int8_fraction" and measured.get("int8_layers") is None
-                   else f"{key} was not measured")
+            why = f"{key} was not measured"
+            if gate == "min_int8_fraction":
+                why = ("the artifact does not count its INT8 layers" if measured.get("int8_layers") is None
+                       else "the model has no Conv, MatMul, Gemm or RNN layer with weights")
             verdicts.append(GateVerdict(gate, bound, None, None, f"{target}: {gate} not checked ({why})"))
             continue
         ok = value >= bound if kind == "min" else value <= bound
