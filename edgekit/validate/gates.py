@@ -1,10 +1,6 @@
-"""Gates: compare measured numbers with a profile's bounds; each verdict names value, bound and target.
-
-A gate is decided only where the data can resolve its bound (docs/gates.md): an accuracy gate whose bound is finer
-than one sample is decided by the 95% interval (not decided while the interval straddles the bound), and a speed gate
-is not decided when the FP32 baseline is too fast to time or the target was not timed on a device of its kind.
-Not decided is ``passed = None``, which never fails a target; the message says why and what would decide it.
-"""
+"""Gates: compare measured numbers with a profile's bounds; each verdict names value, bound and target. A gate the
+data cannot resolve (too few samples for an accuracy bound, a model too fast to time, a speed-up not timed on the
+target's kind of device) is not decided (``passed = None``, never a failure) and says why (docs/gates.md)."""
 
 from __future__ import annotations
 

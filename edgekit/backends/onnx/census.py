@@ -1,10 +1,6 @@
-"""The INT8 layer census of an ONNX artifact: how many compute layers (Conv, ConvTranspose, MatMul/Gemm with a
-weight, LSTM/GRU/RNN, Attention) run in INT8, counted in the file itself (the min_int8_fraction gate reads it).
-
-A layer runs in INT8 when it is an integer operator (QLinearConv, ConvInteger, MatMulInteger, QAttention...) or a
-float one whose data and weight inputs both come from DequantizeLinear (a QDQ-wrapped layer, which the runtime fuses
-into an integer kernel). A float layer with a weight and no such wrapping is an FP32 layer.
-"""
+"""The INT8 layer census of an ONNX artifact (``notes.int8_layers``): compute layers that are integer operators
+(QLinearConv, ConvInteger, MatMulInteger, QAttention...) or QDQ-wrapped (data and weight from DequantizeLinear,
+fused into an integer kernel at load), against float Conv/ConvTranspose/MatMul/Gemm/RNN/Attention with a weight."""
 
 from __future__ import annotations
 
@@ -60,7 +56,7 @@ def graph_census(graph: Any) -> LayerCensus:
             continue
         if node.op_type not in FLOAT_OPS:
             continue
-        inputs = [i for i in node.input[:2]]
+        inputs = list(node.input[:2])
         if len(inputs) < 2:
             continue
         if node.op_type == "MatMul" and not is_weight(inputs[1]) and is_weight(inputs[0]):
