@@ -169,7 +169,9 @@ def render_markdown(manifest: dict[str, Any]) -> str:
             lines.append(f"- {key}: {note}")
         for g in t.get("gates", []):
             mark = {True: "pass", False: "FAIL", None: "not decided" if g.get("resolution") else "not checked"}[g["passed"]]
-            lines.append(f"- gate {mark}: {g['message']}")
+            ci = g.get("interval")
+            shown_ci = f" (95% CI [{ci[0]:.4g}, {ci[1]:.4g}])" if ci and "95% CI" not in g["message"] else ""
+            lines.append(f"- gate {mark}: {g['message']}{shown_ci}")
         lines.append("")
     if manifest.get("compress"):
         lines += compression_section(manifest["compress"])
