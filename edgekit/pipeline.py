@@ -31,9 +31,9 @@ from edgekit.profiles import load_profile, profile_to_dict
 from edgekit.tables import check_field_types
 from edgekit.readback import changed_inputs, load_build, verify_build
 from edgekit.types import FeedSource, Reference, SourceModel, TargetProfile, TargetResult
-from edgekit.validate.measure import ReferenceTiming, measure
+from edgekit.validate.measure import ReferenceTiming, measure, timed_on_device
 from edgekit.validate.run import ValidationData, validation_data
-from edgekit.validate.verdict import target_status
+from edgekit.validate.verdict import point_to_passing, target_status
 
 REFERENCE_FILE = "reference/model.onnx"
 
@@ -299,6 +299,9 @@ def _measure_into(root: Path, manifest: Manifest, reference: Reference, torch_so
     manifest.validation, manifest.references = measured.validation, measured.references
     for name, m in measured.targets.items():
         m.apply(manifest.results[name], unavailable=artifacts[name].proxy)
+    peers = {n: f"{profiles[n].precision} on {'the build host' if timed_on_device(profiles[n], a) else profiles[n].device}"
+             for n, a in artifacts.items() if n in profiles}
+    point_to_passing(manifest.results, peers)
 
 
 def _shapes(cfg: BuildConfig, source: SourceModel) -> dict[str, tuple[int, ...]]:

@@ -144,6 +144,8 @@ class Gates:
     max_p50_ms: float | None = None
     max_size_mb: float | None = None
     max_size_ratio: float | None = None
+    min_speedup: float | None = None  # p50 of ort-fp32 over this target's, same run (decided only where timeable)
+    min_int8_fraction: float | None = None  # share of compute layers (Conv, MatMul, Gemm, LSTM...) running in INT8
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,31 @@ class ArtifactFile:
         return cls(str(path.relative_to(root)), digest.hexdigest(), path.stat().st_size)
 
 
+@dataclass(frozen=True)
+class LayerCensus:
+    """How many of an artifact's compute layers (Conv, ConvTranspose, MatMul/Gemm/Linear with weights, LSTM/GRU,
+    attention) run in INT8, counted in the artifact itself; ``fp32`` names the first ones that do not."""
+
+    int8: int
+    total: int
+    fp32: tuple[str, ...] = ()
+
+    MAX_NAMES = 20
+
+    @property
+    def fraction(self) -> float | None:
+        return self.int8 / self.total if self.total else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"int8": self.int8, "total": self.total, "fp32": list(self.fp32[: self.MAX_NAMES])}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "LayerCensus | None":
+        if not isinstance(d, Mapping) or not isinstance(d.get("int8"), int) or not isinstance(d.get("total"), int):
+            return None
+        return cls(d["int8"], d["total"], tuple(str(n) for n in d.get("fp32", ())))
+
+
 @dataclass
 class Artifact:
     """What a backend built: its files, what the build decided on the way (``notes``: free text recorded in the
@@ -199,6 +226,7 @@ class Artifact:
     measured_on: str = ""  # where this artifact's numbers come from, when the backend knows better than the profile
     proxy: str = ""  # non-empty: the files are a host proxy of the real target; the text is why (the status reason)
     warnings: tuple[str, ...] = ()  # shown to the user when the build ends (e.g. "nothing was quantized")
+    layers: LayerCensus | None = None  # INT8 artifacts: compute layers in INT8 vs total (notes["int8_layers"])
 
     @classmethod
     def from_record(cls, target: str, files: tuple[ArtifactFile, ...], notes: dict[str, Any]) -> "Artifact":
@@ -207,7 +235,8 @@ class Artifact:
         if proxy and notes.get("engine"):
             proxy = f"{proxy}; {notes['engine']}"
         warning = notes.get("warning")
-        return cls(target, files, dict(notes), str(notes.get("measured_on", "")), proxy, (str(warning),) if warning else ())
+        return cls(target, files, dict(notes), str(notes.get("measured_on", "")), proxy, (str(warning),) if warning else (),
+                   LayerCensus.from_dict(notes.get("int8_layers")))
 
     @property
     def bytes(self) -> int:
@@ -262,6 +291,10 @@ class Metrics:
     vs_torch: dict[str, Any] | None = None
     accuracy: float | None = None  # percent, when the validation data has labels
     top1_drop: float | None = None  # reference accuracy minus this one, in points
+    # in memory only (the gates' intervals record what they decided from them): the paired 2x2 table behind
+    # top1_drop (both right, only the reference, only this one, neither), and (same, total) behind top1_agreement
+    paired: tuple[int, int, int, int] | None = field(default=None, compare=False)
+    agreement_counts: tuple[int, int] | None = field(default=None, compare=False)
 
     @property
     def primary(self) -> dict[str, Any]:
@@ -302,20 +335,32 @@ class SizeInfo:
 
 @dataclass(frozen=True)
 class GateVerdict:
-    """One gate: its bound, the measured value, passed True/False (None: not measured), and a one-line message."""
+    """One gate: its bound, the measured value, passed True/False (None: not measured, or not decided because the
+    data cannot resolve the bound), and a one-line message. ``resolution``: why the data is too coarse for the bound
+    (too few samples, a model too fast to time), None when it is fine enough; ``interval``: the value's 95%
+    confidence interval where one is computed (accuracy gates on labelled or classification data)."""
 
     gate: str
     bound: float
     value: float | None
     passed: bool | None
     message: str
+    resolution: str | None = None
+    interval: tuple[float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
+        d: dict[str, Any] = {k: v for k, v in vars(self).items() if k not in ("resolution", "interval")}
+        if self.resolution is not None:
+            d["resolution"] = self.resolution
+        if self.interval is not None:
+            d["interval"] = list(self.interval)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "GateVerdict":
-        return cls(d["gate"], d["bound"], d["value"], d["passed"], d["message"])
+        interval = d.get("interval")
+        return cls(d["gate"], d["bound"], d["value"], d["passed"], d["message"], d.get("resolution"),
+                   (interval[0], interval[1]) if interval else None)
 
 
 @dataclass

@@ -455,7 +455,10 @@ def test_a_build_that_quantized_nothing_says_so(sandbox):
                      extra='[targets.torch-fbgemm]\nrecipe = { keep_float = ["body", "head"] }\n')
     code, m = _build(sandbox, config, "nothing")
     t = m["targets"]["torch-fbgemm"]
-    assert code == 0, t["reason"]
+    # an "INT8" artifact that computes in FP32 fails the INT8 profile's min_int8_fraction gate, naming the count
+    assert code == 1 and t["status"] == "failed"
+    assert t["reason"] == "torch-fbgemm: 0 of 2 compute layers INT8 (0%) fails min_int8_fraction (>= 0.5)"
+    assert t["notes"]["int8_layers"] == {"int8": 0, "total": 2, "fp32": ["body.0 (Conv2d)", "head.1 (Linear)"]}
     assert t["notes"]["warning"].startswith("nothing in this model was quantized: the artifact computes in FP32")
     assert 'recipe = { mode = "dynamic" }' in t["notes"]["warning"]
     assert "warning" not in _build(sandbox, _config("branchy", [1, 3, 8, 8], "img", ["torch-fbgemm"], torchscript_export=True), "something")[1][

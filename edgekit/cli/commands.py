@@ -16,7 +16,7 @@ from edgekit.pipeline import BuildOptions, build, revalidate
 from edgekit.fsutil import atomic_write_text
 from edgekit.readback import load_build
 from edgekit.profiles import builtin_names, load_profile, profile_to_dict, profile_to_toml
-from edgekit.report import render_html, render_markdown, text_table
+from edgekit.report import render_html, render_markdown, text_table, undecided_notes
 from edgekit.resources import calibration_dir
 
 
@@ -50,6 +50,8 @@ def _finish(manifest: Manifest, out: Path, console: Console, record: str = "") -
     for name, r in manifest.results.items():
         if r.status in ("failed", "error", "unavailable"):
             console.note(f"{name}: {r.status}: {r.reason}")
+    for note in undecided_notes(manifest.to_dict()):
+        console.note(note)
     if record:  # a re-validation on other data, recorded beside the build's own record
         console.result(f"\nreport: {out / record / 'report.md'}\nvalidation record: {out / record / 'validation.json'}")
     else:

@@ -83,6 +83,17 @@ def reference_rows(manifest: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def undecided_notes(manifest: dict[str, Any]) -> list[str]:
+    """One line per reason some gates could not be decided (too few samples, a model too fast to time), naming the
+    targets and gates it applies to; the gates themselves say what would decide them (docs/gates.md)."""
+    by_reason: dict[str, list[str]] = {}
+    for name, t in manifest["targets"].items():
+        for g in t.get("gates", []):
+            if g.get("passed") is None and g.get("resolution"):
+                by_reason.setdefault(g["resolution"], []).append(f"{name} {g['gate']}")
+    return [f"not decided ({', '.join(where)}): {reason}" for reason, where in by_reason.items()]
+
+
 def text_table(manifest: dict[str, Any]) -> str:
     rows = [list(COLUMNS), *reference_rows(manifest), *summary_rows(manifest)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
@@ -126,6 +137,10 @@ def render_markdown(manifest: dict[str, Any]) -> str:
     ]
     if any("not the target" in t.get("measured_on", "") for t in manifest["targets"].values()):
         lines += ["\\* latency measured on the build host, not the target device.", ""]
+    undecided = undecided_notes(manifest)
+    if undecided:
+        lines += ["Gates the data cannot decide (they do not fail a target; docs/gates.md):", "",
+                  *(f"- {note}" for note in undecided), ""]
     lines += ["## Targets", ""]
     for name, t in manifest["targets"].items():
         lines.append(f"### {name} — {t['status']}")
@@ -153,8 +168,10 @@ def render_markdown(manifest: dict[str, Any]) -> str:
                 note = "; ".join(str(v) for v in note)
             lines.append(f"- {key}: {note}")
         for g in t.get("gates", []):
-            mark = {True: "pass", False: "FAIL", None: "not checked"}[g["passed"]]
-            lines.append(f"- gate {mark}: {g['message']}")
+            mark = {True: "pass", False: "FAIL", None: "not decided" if g.get("resolution") else "not checked"}[g["passed"]]
+            ci = g.get("interval")
+            shown_ci = f" (95% CI [{ci[0]:.4g}, {ci[1]:.4g}])" if ci and "95% CI" not in g["message"] else ""
+            lines.append(f"- gate {mark}: {g['message']}{shown_ci}")
         lines.append("")
     if manifest.get("compress"):
         lines += compression_section(manifest["compress"])

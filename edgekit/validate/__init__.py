@@ -4,4 +4,5 @@
     run.py      the validation data and the streamed comparison (observe), the reference runners
     metrics.py  error metrics (pure numpy)      latency.py  the one (interleaved) latency method
     gates.py    gate verdicts                   verdict.py  a target's status, the build's exit code
+    stats.py    confidence intervals (Wilson, Newcombe paired) and the samples a gate needs to be decided
 """

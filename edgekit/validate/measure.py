@@ -11,7 +11,7 @@ from edgekit.backends import Runner, get_backend
 from edgekit.console import Progress
 from edgekit.types import (Artifact, GateVerdict, Metrics, Reference, SizeInfo, SourceModel, TargetLatency, TargetProfile,
                            TargetResult)
-from edgekit.validate.gates import check
+from edgekit.validate.gates import check, measured_values, speed_resolution
 from edgekit.validate.latency import Timed, interleaved
 from edgekit.validate.run import TorchRunner, ValidationData, latency_feed, observe, reference_runner
 from edgekit.validate.verdict import target_status
@@ -65,6 +65,13 @@ def measured_on(profile: TargetProfile, artifact: Artifact) -> str:
     return "build host, not the target device"
 
 
+def timed_on_device(profile: TargetProfile, artifact: Artifact) -> bool:
+    """Whether the build host, where ort-fp32 is timed too, is a device of this target's kind (then speed-ups count)."""
+    if artifact.proxy:
+        return False
+    return profile.host_is_device or "a device of this target's kind" in artifact.measured_on  # torch_ao: qnnpack on ARM
+
+
 def measure(
     root: Path, artifacts: dict[str, Artifact], reference: Reference, torch_source: SourceModel | None,
     profiles: dict[str, TargetProfile], data: ValidationData, shapes: dict[str, tuple[int, ...]], task: str | None,
@@ -97,12 +104,12 @@ def measure(
         runner.close()
 
     fp32_bytes = reference.path.stat().st_size
-    baseline, baseline_name = None, "ort-fp32"
+    baseline, baseline_name, fastest = None, "ort-fp32", None
     if "ort-fp32" in runners and not isinstance(lat["ort-fp32"], str):
-        baseline = lat["ort-fp32"].p50_ms
+        baseline, fastest = lat["ort-fp32"].p50_ms, lat["ort-fp32"].min_ms
     if baseline is None:
         onnx_lat = lat["onnx-fp32"]
-        baseline = None if isinstance(onnx_lat, str) else onnx_lat.p50_ms
+        baseline, fastest = (None, None) if isinstance(onnx_lat, str) else (onnx_lat.p50_ms, onnx_lat.min_ms)
         baseline_name = "onnx-fp32 reference (no ort-fp32 target in this run)"
     ref_acc = observed.get("torch-fp32", observed["onnx-fp32"]).accuracy
     ref_accuracy = ref_acc.percent if ref_acc is not None and ref_acc.total else None
@@ -133,7 +140,7 @@ def measure(
         speedup = baseline / t.p50_ms if baseline else None
         latency = TargetLatency(t, batch, profile.runtime.threads, profile.runtime.warmup, speedup, baseline_name)
         size = SizeInfo(artifact.bytes, artifact.bytes / fp32_bytes, fp32_bytes)
-        flat = {**metrics.primary["worst"], "top1_agreement": metrics.primary.get("top1_agreement"),
-                "top1_drop": metrics.top1_drop, "p50_ms": t.p50_ms, "size_mb": size.bytes / 1e6, "size_ratio": size.ratio_to_fp32}
+        speed = speed_resolution(fastest, baseline_name.split(" ")[0], timed_on_device(profile, artifact))
+        flat = measured_values(metrics, latency, size, artifact.layers, speed)
         targets[name] = TargetMeasure("", metrics, latency, size, check(name, profile.gates, flat), measured_on(profile, artifact))
     return Measured(validation, references, targets)

@@ -104,6 +104,29 @@ class Accuracy:
 
 
 @dataclass
+class PairedAccuracy:
+    """Per-sample right/wrong of a runner and of the accuracy reference on the same labelled samples: the paired
+    2x2 table the accuracy-drop interval is computed from (both right, only the reference, only this runner, neither)."""
+
+    both: int = 0
+    ref_only: int = 0
+    new_only: int = 0
+    neither: int = 0
+
+    def update(self, ref_logits: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> None:
+        ref_ok = np.argmax(ref_logits, axis=-1) == labels
+        ok = np.argmax(logits, axis=-1) == labels
+        self.both += int(np.sum(ref_ok & ok))
+        self.ref_only += int(np.sum(ref_ok & ~ok))
+        self.new_only += int(np.sum(~ref_ok & ok))
+        self.neither += int(np.sum(~ref_ok & ~ok))
+
+    @property
+    def table(self) -> tuple[int, int, int, int]:
+        return self.both, self.ref_only, self.new_only, self.neither
+
+
+@dataclass
 class Comparison:
     """All error metrics of one artifact against one reference, output by output."""
 

@@ -12,7 +12,7 @@ import numpy as np
 from edgekit.backends.base import Runner
 from edgekit.config import DataConfig
 from edgekit.types import Batch, Feed, FeedSource, Metrics, Reference, SourceModel, TensorSpec, batch_rows
-from edgekit.validate.metrics import Accuracy, Comparison
+from edgekit.validate.metrics import Accuracy, Comparison, PairedAccuracy
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class Observed:
     vs_torch: Comparison | None = None
     accuracy: Accuracy | None = None
     error: str = ""
+    paired: PairedAccuracy | None = None  # against the accuracy reference (torch-fp32 when there is one)
 
     @property
     def samples(self) -> int:
@@ -54,8 +55,11 @@ class Observed:
 
     def metrics(self, top1_drop: float | None = None) -> Metrics:
         accuracy = self.accuracy.percent if self.accuracy is not None and self.accuracy.total else None
+        primary = self.vs_torch if self.vs_torch is not None else self.vs_onnx
+        agreement = (primary.agreement.same, primary.agreement.total) if primary.classification and primary.agreement.total else None
+        paired = self.paired.table if self.paired is not None and accuracy is not None else None
         return Metrics(self.vs_onnx.summary(), self.vs_torch.summary() if self.vs_torch is not None else None,
-                       accuracy, top1_drop if accuracy is not None else None)
+                       accuracy, top1_drop if accuracy is not None else None, paired, agreement)
 
 
 @dataclass
@@ -112,6 +116,7 @@ def observe(
             Comparison(outputs, classification),
             Comparison(outputs, classification) if torch_ref is not None else None,
             Accuracy() if data.labelled and classification else None,
+            paired=PairedAccuracy() if data.labelled and classification else None,
         )
         for name in names
     }
@@ -138,6 +143,9 @@ def observe(
             m.vs_onnx.update(ref_o, out)
             if m.accuracy is not None and batch.labels is not None:
                 m.accuracy.update(out[outputs[0]], batch.labels)
+                ref = ref_t if ref_t is not None else ref_o  # the accuracy reference top1_drop is measured against
+                if m.paired is not None:
+                    m.paired.update(ref[outputs[0]], out[outputs[0]], batch.labels)
         done += batch.size
         if progress is not None:
             progress("validation", done, max(total or done, done))

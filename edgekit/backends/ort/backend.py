@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from edgekit.backends.base import Availability, Backend, BuildContext, Runner
+from edgekit.backends.onnx.census import onnx_census
 from edgekit.backends.onnx.qdq import quantize_static_qdq
 from edgekit.backends.onnx.session import OrtRunner, session
 from edgekit.backends.ort.dynamic import quantize_dynamic_int8
@@ -49,8 +50,11 @@ class OrtBackend(Backend):
             notes = quantize_static_qdq(ctx.reference.path, dst, ctx.calibration, ctx.reference.inputs, ctx.calibration_settings, recipe.qdq())
         else:
             notes = quantize_dynamic_int8(ctx.reference.path, dst, recipe, ctx.calibration, ctx.reference.inputs, ctx.calibration_settings)
+        layers = onnx_census(dst) if recipe.mode != "fp32" else None
+        if layers is not None:
+            notes["int8_layers"] = layers.to_dict()
         return Artifact(ctx.profile.name, (ArtifactFile.of(dst, ctx.root),), notes,
-                        warnings=(notes["warning"],) if "warning" in notes else ())
+                        warnings=(notes["warning"],) if "warning" in notes else (), layers=layers)
 
     def load(self, artifact: Artifact, root: Path, profile: TargetProfile, reference: Reference) -> Runner:
         return OrtRunner(root / artifact.files[0].path, reference.inputs, reference.outputs, profile.runtime.threads)

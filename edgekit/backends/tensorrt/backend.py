@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from edgekit.backends.base import Availability, Backend, BuildContext, Runner
+from edgekit.backends.onnx.census import onnx_census
 from edgekit.backends.onnx.session import session
 from edgekit.backends.tensorrt.engine import EngineCalibration, TensorRTRunner, build_engine, trt_major
 from edgekit.backends.tensorrt.fp16 import emulate_fp16, make_fp16_onnx
@@ -126,6 +127,9 @@ class TensorRTBackend(Backend):
                 raise ProfileError(f"target '{ctx.profile.name}' needs calibration data: add a [calibration] section")
             notes = make_int8_qdq_onnx(ctx.reference.path, onnx_path, ctx.calibration, ctx.reference.inputs,
                                        ctx.calibration_settings, recipe.keep_fp32_ops)
+        layers = onnx_census(onnx_path) if ctx.profile.precision == "int8" else None
+        if layers is not None:
+            notes["int8_layers"] = layers.to_dict()
         # BuildContext.shapes (the configured example shapes) sets each profile's opt (1 for a dynamic dimension
         # the config gives no size).
         shapes = optimization_profile(ctx.reference.inputs, ctx.shapes, recipe.shapes)
@@ -143,7 +147,8 @@ class TensorRTBackend(Backend):
                 "Q/DQ run as written (fake-quant in FP32, like TensorRT's exact int32 accumulation)"
             ) + "; ONNX Runtime graph optimizations off; latency is ONNX Runtime CPU's, not the GPU's"
             return Artifact(ctx.profile.name, tuple(files), notes, measured_on=notes["measured_on"],
-                            proxy=f"{HOST_PROXY}; {notes['engine']}", warnings=(notes["warning"],) if "warning" in notes else ())
+                            proxy=f"{HOST_PROXY}; {notes['engine']}", layers=layers,
+                            warnings=(notes["warning"],) if "warning" in notes else ())
         calibration = None
         if recipe.calibrator == "entropy" and ctx.calibration is not None:
             cache = Path(recipe.calibration_cache).expanduser() if recipe.calibration_cache else ctx.target_dir / "calibration.cache"
@@ -155,7 +160,7 @@ class TensorRTBackend(Backend):
         files.append(ArtifactFile.of(engine_path, ctx.root))
         if calibration is not None and calibration.cache.parent == ctx.target_dir:
             files.append(ArtifactFile.of(calibration.cache, ctx.root))
-        return Artifact(ctx.profile.name, tuple(files), notes, measured_on=str(notes.get("measured_on", "")),
+        return Artifact(ctx.profile.name, tuple(files), notes, measured_on=str(notes.get("measured_on", "")), layers=layers,
                         warnings=(notes["warning"],) if "warning" in notes else ())
 
     def load(self, artifact: Artifact, root: Path, profile: TargetProfile, reference: Reference) -> Runner:

@@ -22,7 +22,7 @@ from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 from edgekit.backends.base import Availability, Backend, BuildContext, CalibrationSettings, Runner
 from edgekit.backends.calibration import calibration_feeds
 from edgekit.backends.torch_ao.artifact import ARTIFACT, TorchAoRunner, serialize, to_torchscript
-from edgekit.backends.torch_ao.census import float_ops
+from edgekit.backends.torch_ao.census import QUANTIZED_MODULES, float_ops, layer_census
 from edgekit.backends.torch_ao.common import quantized_engine, set_module, torch_warnings_to_log, under
 from edgekit.backends.torch_ao.integer import FloatOp, IntegerOps, find_integer_ops, unwrap_float_ops, wrap_float_ops
 from edgekit.backends.torch_ao.islands import SCOPE, island_inputs, islands, trace_island
@@ -36,7 +36,6 @@ from edgekit.types import Artifact, ArtifactFile, FeedSource, Reference, SourceM
 
 log = logging.getLogger(__name__)
 
-QUANTIZED_MODULES = ("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized")  # where INT8 modules live
 
 OBSERVERS = {"minmax": "MinMaxObserver", "entropy": "HistogramObserver (L2-optimal range)", "mse": "HistogramObserver (L2-optimal range)", "percentile": "percentile of a HistogramObserver histogram"}
 
@@ -270,6 +269,7 @@ class TorchAoBackend(Backend):
             else:
                 quantized, found = quantize_dynamic(model, recipe.engine, example, recipe.keep_float)
             stayed = float_ops(quantized, example, recipe.mode, recipe.engine, found, recipe.keep_float)
+            layers = layer_census(quantized)
             frozen, how = to_torchscript(quantized, example)
             meta = {"format": "edgekit-torch-ao/1", "engine": recipe.engine, "mode": recipe.mode, "torch": torch.__version__,
                     "inputs": [s.to_dict() for s in ctx.reference.inputs], "outputs": list(ctx.reference.outputs)}
@@ -288,6 +288,7 @@ class TorchAoBackend(Backend):
                         f"torch.backends.quantized.engine = '{recipe.engine}'; no Python source needed",
             "reproducibility": reproducible,
             "measured_on": _measured_on(ctx.profile, recipe.engine),
+            "int8_layers": layers.to_dict(),
         }
         if not any(type(m).__module__.startswith(QUANTIZED_MODULES) for m in quantized.modules()):
             notes["warning"] = (
@@ -297,7 +298,7 @@ class TorchAoBackend(Backend):
                    if recipe.mode == "static" else "")
             )
         return Artifact(ctx.profile.name, (ArtifactFile.of(dst, ctx.root),), notes, measured_on=notes["measured_on"],
-                        warnings=(notes["warning"],) if "warning" in notes else ())
+                        warnings=(notes["warning"],) if "warning" in notes else (), layers=layers)
 
     def load(self, artifact: Artifact, root: Path, profile: TargetProfile, reference: Reference) -> Runner:
         recipe = TorchAoRecipe.parse(profile)

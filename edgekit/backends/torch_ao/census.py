@@ -1,5 +1,6 @@
 """The float census: run the quantized model once and list the compute ops that ran on float tensors, where,
-how often and why (the manifest's ``notes.stayed_float``)."""
+how often and why (the manifest's ``notes.stayed_float``); and the layer census, INT8 modules against float ones
+(``notes.int8_layers``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from torch.overrides import TorchFunctionMode
 from edgekit.backends.torch_ao.common import under
 from edgekit.backends.torch_ao.integer import REASON as INTEGER_REASON
 from edgekit.backends.torch_ao.integer import Provenance, reads_integer
+from edgekit.types import LayerCensus
+
+QUANTIZED_MODULES = ("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized")  # where INT8 modules live
 
 # ops that move or re-type data without arithmetic: never reported as "stayed float"
 PLUMBING = frozenset(
@@ -96,3 +100,21 @@ def _why_float(path: str, op: str, kind: str, mode: str, engine: str, found: dic
             return "torch.ao never swaps NonDynamicallyQuantizableLinear (nn.MultiheadAttention.out_proj)"
         return f"a functional {op} call inside {kind or 'the model'}: the dynamic quantizer swaps nn.Linear/LSTM/GRU modules only"
     return f"torch.ao's {engine} backend config quantizes no pattern with this op here (unsupported op, or its input is float)"
+
+
+def layer_census(model: Any) -> LayerCensus:
+    """How many compute layers of the converted model run in INT8: quantized Conv/Linear/RNN modules (static or
+    dynamic) against float ones left as they were (nn.MultiheadAttention's functional in-projection counts as one)."""
+    float_types = (torch.nn.modules.conv._ConvNd, torch.nn.Linear, torch.nn.RNNBase, torch.nn.RNNCellBase)
+    int8, total, fp32 = 0, 0, []
+    for path, module in model.named_modules():
+        kind = type(module)
+        if kind.__module__.startswith(QUANTIZED_MODULES):
+            name = kind.__name__
+            if name.startswith(("Conv", "Linear", "LSTM", "GRU", "RNN")) and not name.endswith("PackedParams"):
+                int8 += 1
+                total += 1
+        elif isinstance(module, float_types) or isinstance(module, torch.nn.MultiheadAttention):
+            total += 1
+            fp32.append(f"{path or '(model)'} ({kind.__name__})")
+    return LayerCensus(int8, total, tuple(fp32[: LayerCensus.MAX_NAMES]))
