@@ -262,6 +262,9 @@ class Metrics:
     vs_torch: dict[str, Any] | None = None
     accuracy: float | None = None  # percent, when the validation data has labels
     top1_drop: float | None = None  # reference accuracy minus this one, in points
+    # the primary comparison's per-sample error histogram (Comparison.histogram); not in the manifest (to_dict):
+    # metrics.json and report.html carry it
+    histogram: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def primary(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from edgekit.pipeline import BuildOptions, build, revalidate
 from edgekit.fsutil import atomic_write_text
 from edgekit.readback import load_build
 from edgekit.profiles import builtin_names, load_profile, profile_to_dict, profile_to_toml
-from edgekit.report import render_html, render_markdown, text_table
+from edgekit.report import read_report_data, render_html, render_markdown, text_table
 from edgekit.resources import calibration_dir
 
 
@@ -135,13 +135,12 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
-    manifest = json.loads(json.dumps(load_build(args.dir).to_dict(), default=str))
+    build = load_build(args.dir)
+    manifest = json.loads(json.dumps(build.to_dict(), default=str))
     atomic_write_text(args.dir / "report.md", render_markdown(manifest))
+    atomic_write_text(args.dir / "report.html", render_html(manifest, read_report_data(args.dir, build.results)))
     console.result(text_table(manifest))
-    console.result(f"\nreport: {args.dir / 'report.md'}")
-    if args.html:
-        atomic_write_text(args.dir / "report.html", render_html(manifest))
-        console.result(f"html report: {args.dir / 'report.html'}")
+    console.result(f"\nreport: {args.dir / 'report.md'}\nhtml report: {args.dir / 'report.html'}")
     return 0
 
 

@@ -99,11 +99,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("model_b", type=Path, metavar="MODEL_B")
     c.add_argument("--data", type=Path, metavar="PATH", help=".npz or folder of .npy/.npz inputs keyed by input name")
 
-    r = sub.add_parser("report", help="re-render report.md (and --html report.html) of an output directory",
-                       description="Re-render report.md from DIR/manifest.json and print the target table; with --html "
-                       "also write report.html with latency, SQNR and size charts.")
+    r = sub.add_parser("report", help="re-render report.md and report.html of an output directory",
+                       description="Re-render report.md and report.html from DIR/manifest.json (build and validate write "
+                       "both already) and print the target table. report.html is one offline page: the tables, the gate "
+                       "verdicts and plots of accuracy against latency, per-sample error, per-layer sensitivity "
+                       "(DIR/<target>/debug.json) and recovery attempts.")
     r.add_argument("dir", type=Path, metavar="DIR")
-    r.add_argument("--html", action="store_true", help="also write report.html")
+    r.add_argument("--html", action="store_true", help="accepted for older scripts: report.html is always written")
     for module in COMMAND_MODULES:
         importlib.import_module(module).add_parser(sub)
     return p

@@ -54,8 +54,9 @@ class Observed:
 
     def metrics(self, top1_drop: float | None = None) -> Metrics:
         accuracy = self.accuracy.percent if self.accuracy is not None and self.accuracy.total else None
+        primary = self.vs_onnx.histogram("onnx-fp32") if self.vs_torch is None else self.vs_torch.histogram("torch-fp32")
         return Metrics(self.vs_onnx.summary(), self.vs_torch.summary() if self.vs_torch is not None else None,
-                       accuracy, top1_drop if accuracy is not None else None)
+                       accuracy, top1_drop if accuracy is not None else None, primary)
 
 
 @dataclass
