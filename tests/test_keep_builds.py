@@ -43,6 +43,7 @@ def test_a_target_rebuild_keeps_the_other_targets_and_report_html(built_sandbox,
     assert set(m["targets"]) == {"ort-fp32", "ort-int8"}
     assert m["targets"]["ort-int8"]["status"] == "passed"
     assert snapshot(out / "ort-int8") == int8  # kept byte for byte
+    assert "error_histogram" in json.loads((out / "ort-int8" / "metrics.json").read_text())  # report.html's, kept too
     assert m["targets"]["ort-fp32"]["files"] == fp32_before  # rebuilt, same bytes (deterministic export)
     html = (out / "report.html").read_text()
     assert "ort-int8" in html and "ort-fp32" in html

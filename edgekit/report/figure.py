@@ -51,8 +51,8 @@ def style() -> Any:
 
 
 def to_svg(fig: "Figure", key: str, title: str) -> str:
-    """``fig`` as an ``<svg>`` element to inline: no XML prolog or metadata, ids unique to ``key`` (each figure of a
-    page has its own), ``role="img"`` with ``title`` as its accessible name and tooltip."""
+    """``fig`` as an ``<svg>`` element to inline: no XML prolog or metadata, every id prefixed with ``key`` (each
+    figure of a page has its own key), ``role="img"`` with ``title`` as its accessible name and tooltip."""
     import matplotlib
 
     buf = io.StringIO()
@@ -61,6 +61,11 @@ def to_svg(fig: "Figure", key: str, title: str) -> str:
     svg = buf.getvalue()
     svg = svg[svg.index("<svg"):]
     svg = re.sub(r"\s*<metadata>.*?</metadata>", "", svg, count=1, flags=re.S)
+    # matplotlib numbers its groups per figure (figure_1, axes_1, ...): prefix every id, and each reference to one,
+    # so the figures of one page never share an id
+    prefix = re.sub(r"[^A-Za-z0-9_-]", "_", key)
+    svg = re.sub(r'\bid="([^"]+)"', rf'id="{prefix}-\1"', svg)
+    svg = re.sub(r'(href="#|url\(#)([^")]+)', rf"\1{prefix}-\2", svg)
     label = escape(title, quote=True)
     svg = svg.replace("<svg ", f'<svg class="plot" data-plot="{escape(key, quote=True)}" role="img" aria-label="{label}" ', 1)
     head_end = svg.index(">") + 1
@@ -110,9 +115,11 @@ def place_labels(ax: Any, items: list[tuple[str, float, float]], fontsize: float
 def log_ticks(axis: Any, low: float, high: float) -> None:
     """A log axis from ``low`` to ``high`` ticked at 1, 2 and 5 of each decade (at each decade when it spans more
     than two), written plainly (0.05, 0.1, 0.2, ... ms)."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
 
     decades = math.log10(high / low) if low > 0 and high > 0 else 0.0
     axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if decades <= 2.0 else (1.0,)))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
+    if decades > 2.0:
+        axis.set_minor_locator(NullLocator())  # a tick per decade is enough; minor ticks only cost drawing time

@@ -147,6 +147,8 @@ def histograms_plot(manifest: dict[str, Any], histograms: dict[str, dict[str, An
                    color=status_color(status), alpha=0.85, edgecolor="white", linewidth=0.5)
             ax.set_xscale("log")
             ax.set_xlim(edges[0], edges[-1])
+            log_ticks(ax.xaxis, edges[0], edges[-1])
+            ax.tick_params(axis="x", labelbottom=ax is axes[-1])
             bound = manifest.get("profiles", {}).get(name, {}).get("gates", {}).get("min_cosine")
             if finite(bound) and 0 < 1 - bound < edges[-1]:
                 ax.axvline(max(1 - bound, edges[0]), color="#424242", linestyle="--", linewidth=1)
