@@ -95,7 +95,7 @@ def test_validate_on_other_data_writes_beside_the_record(built_sandbox):
     after = snapshot(out)
     new = {k for k in after if k not in before}
     assert {k: after[k] for k in before} == before  # manifest, metrics, report: untouched
-    assert {Path(k).name for k in new} == {"validation.json", "report.md"}
+    assert {Path(k).name for k in new} == {"validation.json", "report.md", "report.html"}
     record = json.loads((out / next(k for k in new if k.endswith("validation.json"))).read_text())
     assert record["validation"]["samples"] == 6 and set(record["targets"]) == {"ort-fp32", "ort-int8"}
     assert_vouched(out)

@@ -50,9 +50,10 @@ def _finish(manifest: Manifest, out: Path, console: Console, record: str = "") -
         if r.status in ("failed", "error", "unavailable"):
             console.note(f"{name}: {r.status}: {r.reason}")
     if record:  # a re-validation on other data, recorded beside the build's own record
-        console.result(f"\nreport: {out / record / 'report.md'}\nvalidation record: {out / record / 'validation.json'}")
+        console.result(f"\nreport: {out / record / 'report.md'} (with plots: report.html)\n"
+                       f"validation record: {out / record / 'validation.json'}")
     else:
-        console.result(f"\nreport: {out / 'report.md'}\nmanifest: {out / 'manifest.json'}")
+        console.result(f"\nreport: {out / 'report.md'} (with plots: report.html)\nmanifest: {out / 'manifest.json'}")
     return manifest.exit_code
 
 
