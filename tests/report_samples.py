@@ -29,7 +29,8 @@ def debug_json(target: str = "ort-int8", layers: int = 20) -> dict[str, Any]:
 
 def recovery(accuracy: bool = False) -> dict[str, Any]:
     """A recovery record: the original misses the gate, calibration and a recipe help, one exclusion meets it."""
-    def attempt(step: str, change: str, cosine: float | None, p50: float | None, ok: bool, excluded: list[str], acc: float | None = None) -> dict:
+    def attempt(step: str, change: str, cosine: float | None, p50: float | None, ok: bool, excluded: list[str],
+                acc: float | None = None) -> dict:
         return {"step": step, "change": change, "cosine": cosine, "accuracy": acc if accuracy else None, "p50_ms": p50,
                 "speedup": round(0.030 / p50, 3) if p50 else None, "seconds": 1.5, "gates_passed": ok, "excluded": excluded}
 

@@ -84,13 +84,15 @@ def _bounds(manifest: dict[str, Any], target: str, axis: str) -> tuple[float | N
         y_bound = gates["min_cosine"]
     elif axis == "accuracy" and finite(gates.get("max_top1_drop")):
         refs = manifest.get("references", {})
-        ref = next((r.get("accuracy") for r in (refs.get("torch-fp32", {}), refs.get("onnx-fp32", {})) if finite(r.get("accuracy"))), None)
+        accuracies = (refs.get(name, {}).get("accuracy") for name in ("torch-fp32", "onnx-fp32"))
+        ref = next((a for a in accuracies if finite(a)), None)
         y_bound = ref - gates["max_top1_drop"] if ref is not None else None
     x_bound = gates.get("max_p50_ms") if finite(gates.get("max_p50_ms")) else None
     lat = t.get("latency", {})
-    if finite(gates.get("min_speedup")) and gates["min_speedup"] > 0 and finite(lat.get("p50_ms")) and finite(lat.get("speedup_vs_ort_fp32")):
+    speedup = gates.get("min_speedup")
+    if finite(speedup) and speedup > 0 and finite(lat.get("p50_ms")) and finite(lat.get("speedup_vs_ort_fp32")):
         baseline = lat["p50_ms"] * lat["speedup_vs_ort_fp32"]  # ort-fp32's p50 in the same run
-        slowest = baseline / gates["min_speedup"]
+        slowest = baseline / speedup
         x_bound = min(x_bound, slowest) if x_bound is not None else slowest
     return y_bound, x_bound
 

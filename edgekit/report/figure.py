@@ -81,17 +81,21 @@ def short(text: str, limit: int = 46) -> str:
 
 
 # Where a marker's label may go, tried in order: (dx, dy) in points from the marker, and the text's alignment.
-_LABEL_SPOTS = ((6, 4, "left"), (6, -11, "left"), (-6, 4, "right"), (-6, -11, "right"), (6, 14, "left"),
-                (6, -21, "left"), (-6, 14, "right"), (-6, -21, "right"), (6, 24, "left"), (6, -31, "left"))
+_LABEL_SPOTS = tuple((dx, dy, "left" if dx > 0 else "right") for dy in (4, -11, 14, -21, 24, -31, 34, -41) for dx in (6, -6))
 
 
 def place_labels(ax: Any, items: list[tuple[str, float, float]], fontsize: float = 8) -> None:
-    """Annotate each (text, x, y) beside its marker, at the first spot where it overlaps no earlier label and no
-    marker (estimated text extents; the axis limits must be set first). Crowded plots still get every label."""
+    """Annotate each (text, x, y) beside its marker, at the first spot inside the axes where it overlaps no earlier
+    label and no marker (estimated text extents; call it last, once limits and legend are set: the layout is
+    settled first). Crowded plots still get every label."""
     fig = ax.figure
+    engine = fig.get_layout_engine()
+    if engine is not None:
+        engine.execute(fig)  # the axes' final place, so markers' pixel distances are the drawn ones
     to_px = ax.transData.transform
     scale = fig.dpi / 72.0
-    char_w, text_h = 0.6 * fontsize * scale, 1.25 * fontsize * scale
+    char_w, text_h = 0.62 * fontsize * scale, 1.25 * fontsize * scale
+    frame = ax.bbox
     markers = [to_px((x, y)) for _, x, y in items]
     taken: list[tuple[float, float, float, float]] = [(mx - 4 * scale, my - 4 * scale, mx + 4 * scale, my + 4 * scale)
                                                       for mx, my in markers]
@@ -103,13 +107,16 @@ def place_labels(ax: Any, items: list[tuple[str, float, float]], fontsize: float
         return (x0, y0, x0 + w, y0 + text_h)
 
     def free(b: tuple[float, float, float, float]) -> bool:
-        return all(b[2] <= o[0] or o[2] <= b[0] or b[3] <= o[1] or o[3] <= b[1] for o in taken)
+        inside = frame.x0 <= b[0] and b[2] <= frame.x1 and frame.y0 <= b[1] and b[3] <= frame.y1
+        return inside and all(b[2] <= o[0] or o[2] <= b[0] or b[3] <= o[1] or o[3] <= b[1] for o in taken)
 
     for (text, x, y), (mx, my) in zip(items, markers):
         spot = next((s for s in _LABEL_SPOTS if free(box(mx, my, *s, text))), _LABEL_SPOTS[0])
         taken.append(box(mx, my, *spot, text))
-        ax.annotate(text, (x, y), xytext=spot[:2], textcoords="offset points", ha=spot[2], fontsize=fontsize,
-                    color="#212121")
+        far = abs(spot[1]) > 11  # beyond the first ring: a leader line says which marker the label names
+        label = ax.annotate(text, (x, y), xytext=spot[:2], textcoords="offset points", ha=spot[2], fontsize=fontsize,
+                            color="#212121", arrowprops={"arrowstyle": "-", "color": "#9e9e9e", "lw": 0.6} if far else None)
+        label.set_in_layout(False)  # placed inside the axes: the settled layout stays as it is
 
 
 def log_ticks(axis: Any, low: float, high: float) -> None:

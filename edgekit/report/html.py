@@ -117,7 +117,8 @@ def plots(manifest: dict[str, Any], data: ReportData) -> str:
     figures = [
         _figure(lambda: targets_plot(manifest),
                 f"Each target's {what} against its p50 latency (log scale). Colour: status; hollow marker: measured on "
-                "the build host or a host proxy, not the target device; diamond: a device report's latency; squares: the FP32 references."),
+                "the build host or a host proxy, not the target device; diamond: a device report's latency; squares: "
+                "the FP32 references."),
         _figure(lambda: histograms_plot(manifest, data.histograms),
                 "How the error spreads over the validation samples: the count of samples in each half-decade of "
                 "1 - cosine (per sample, against the FP32 model). A long right tail means a few samples are far off "

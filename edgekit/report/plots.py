@@ -88,7 +88,6 @@ def targets_plot(manifest: dict[str, Any]) -> str:
         _pad_y(ax, [p.y for p in points], 1.0 if by_accuracy else 1e-4)
         log_ticks(ax.xaxis, *ax.get_xlim())
         ax.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))
-        place_labels(ax, [(short(p.label, 34), p.p50_ms, p.y) for p in points])
         ax.set_xlabel("p50 latency, ms (log scale; left is faster)")
         ax.set_ylabel("accuracy %, against the labels" if by_accuracy else "worst cosine vs FP32 (higher is better)")
         ax.set_title(title, loc="left", fontweight="bold")
@@ -98,6 +97,7 @@ def targets_plot(manifest: dict[str, Any]) -> str:
         handles += [Line2D([], [], linestyle="", marker=_MARKERS[k][0], markerfacecolor="#616161" if _MARKERS[k][1] else "white",
                            markeredgecolor="#616161", label=_KIND_NAMES[k]) for k in kinds]
         fig.legend(handles=handles, loc="outside right upper", frameon=False)
+        place_labels(ax, [(short(p.label, 34), p.p50_ms, p.y) for p in points])
         return to_svg(fig, "targets", title)
 
 
@@ -130,7 +130,8 @@ def _worst_output(outputs: dict[str, list[int]]) -> str:
 
 def histograms_plot(manifest: dict[str, Any], histograms: dict[str, dict[str, Any]]) -> str:
     """One row per target: how many samples fall in each ``1 - cosine`` bin (log axis), with the min_cosine bound."""
-    rows = [(name, h) for name, h in histograms.items() if name in manifest.get("targets", {}) and any(map(sum, h["outputs"].values()))]
+    rows = [(name, h) for name, h in histograms.items()
+            if name in manifest.get("targets", {}) and any(map(sum, h["outputs"].values()))]
     if not rows:
         return ""
     title = "Per-sample error: 1 - cosine of each validation sample"
@@ -152,7 +153,8 @@ def histograms_plot(manifest: dict[str, Any], histograms: dict[str, dict[str, An
             bound = manifest.get("profiles", {}).get(name, {}).get("gates", {}).get("min_cosine")
             if finite(bound) and 0 < 1 - bound < edges[-1]:
                 ax.axvline(max(1 - bound, edges[0]), color="#424242", linestyle="--", linewidth=1)
-                ax.annotate(f"min_cosine {bound:g} (gate on the mean)", (max(1 - bound, edges[0]), 1), xycoords=("data", "axes fraction"),
+                ax.annotate(f"min_cosine {bound:g} (gate on the mean)", (max(1 - bound, edges[0]), 1),
+                            xycoords=("data", "axes fraction"),
                             xytext=(4, -10), textcoords="offset points", fontsize=7, color="#424242")
             which = f", output {output}" if len(h["outputs"]) > 1 else ""
             ax.set_title(f"{name} — {status}{which}: {sum(counts)} samples vs {h.get('against', '?')}", loc="left", fontsize=9)
