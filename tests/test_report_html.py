@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -56,6 +57,13 @@ def test_the_per_sample_histogram_has_fixed_bins_and_counts_every_sample():
     h = c.histogram("torch-fp32")
     assert sum(h["outputs"]["y"]) == 12 and h["outputs"]["y"][0] >= 5 and h["against"] == "torch-fp32"
     assert set(c.summary()["outputs"]["y"]) == {"mse", "max_abs_error", "cosine", "min_cosine", "sqnr_db", "samples"}
+
+
+def test_matplotlib_is_imported_only_when_a_report_is_drawn():
+    code = ("import sys, edgekit, edgekit.cli, edgekit.pipeline, edgekit.report; "
+            "assert 'matplotlib' not in sys.modules, 'imported at import time'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-1000:]
 
 
 def test_build_writes_report_html_with_its_plots_and_keeps_the_histogram_out_of_the_manifest(good_build):
