@@ -112,9 +112,11 @@ def test_analysis_plots_from_debug_json_and_recovery(good_build, tmp_path):
     assert render_html(manifest, data) == page  # deterministic bytes
     assert len(re.findall(r'\bid="([^"]+)"', page)) == len(set(re.findall(r'\bid="([^"]+)"', page)))  # ids unique
     by_accuracy = {**manifest["targets"]["ort-int8"], "recovery": recovery(accuracy=True)}
-    page = render_html({**manifest, "targets": {**manifest["targets"], "ort-int8": by_accuracy}}, data)
+    device = {"label": "pi5", "latency": {"p50_ms": 0.4, "meaningful": True}, "verdict": "pass"}  # a merged device report
+    page = render_html({**manifest, "targets": {**manifest["targets"], "ort-int8": by_accuracy},
+                        "devices": {"ort-int8": [device]}}, data)
     assert plots_of(page)["recovery-ort-int8"] == "ort-int8: recovery attempts, accuracy against p50 latency"
-    assert "reference accuracy - max_top1_drop" in page
+    assert "reference accuracy - max_top1_drop" in page and ">ort-int8 @ pi5<" in page
 
 
 @pytest.mark.parametrize("debug", ["{not json", '{"layers": "all"}', '{"schema": 1, "layers": []}',
