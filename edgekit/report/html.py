@@ -126,12 +126,12 @@ def plots(manifest: dict[str, Any], data: ReportData) -> str:
     ]
     for name in manifest.get("targets", {}):
         if name in data.debug:
-            figures.append(_figure(lambda: sensitivity_plot(name, data.debug[name]),
+            figures.append(_figure(lambda name=name: sensitivity_plot(name, data.debug[name]),
                                    f"From <code>{escape(name)}/debug.json</code> (<code>edgekit debug</code>): the layers ranked "
                                    "first, each as <em>torch module (ONNX node)</em>. Local SQNR: the layer's own quantization "
                                    "error; accumulated: its output inside the quantized graph."))
         if manifest["targets"][name].get("recovery"):
-            figures.append(_figure(lambda: recovery_plot(manifest, name), _attempt_list(manifest, name)))
+            figures.append(_figure(lambda name=name: recovery_plot(manifest, name), _attempt_list(manifest, name)))
     figures = [f for f in figures if f]
     return "<h2>Plots</h2>\n" + "\n".join(figures) if figures else ""
 
