@@ -168,14 +168,13 @@ def test_chromium_renders_every_plot(good_build, tmp_path):
     page = out / "report.html"
     page.write_text(render_html(manifest, data))
 
-    dom = run_chromium(binary, page, "--dump-dom")
+    shot = tmp_path / "report.png"
+    dom = run_chromium(binary, page, "--dump-dom", f"--screenshot={shot}", "--window-size=1200,3000")  # one launch
     rendered = plots_of(dom)  # as the browser parsed it: each plot an <svg> with its accessible name
     assert set(rendered) == {"targets", "histograms", "sensitivity-ort-int8", "recovery-ort-int8"}, sorted(rendered)
     assert rendered["targets"] == "Targets: accuracy against p50 latency"
     assert dom.count("<figure>") == 4 and "<h2>Verdicts</h2>" in dom and "<h2>Plots</h2>" in dom
 
-    shot = tmp_path / "report.png"
-    run_chromium(binary, page, f"--screenshot={shot}", "--window-size=1200,3000")
     image = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     assert image.shape[:2] == (3000, 1200)
     inked = (image.sum(axis=2) < 600).mean()  # not white
