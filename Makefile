@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast fuzz install bench bench-fleet clean verify-arm64
+.PHONY: demo test test-fast fuzz install bench bench-fleet clean verify-arm64 system-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,16 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/edgekit demo -o edgekit-demo
+
+# System packages the tests use beyond the venv: Debian's chromium, in which tests/test_report_html.py renders
+# report.html headless. Does nothing when it is there; installs with apt-get when run as root (CI), else says how.
+system-deps:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "system-deps: installing chromium (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			chromium fonts-dejavu-core >/dev/null; \
+	else echo "system-deps: chromium is missing; install it as root (apt-get install chromium) or the report.html browser test skips"; fi
 
 # Two worker processes (one per core on the CI machines); each test file runs whole in one worker, so its module
 # fixtures are built once. TEST_WORKERS=0 runs everything in this process.

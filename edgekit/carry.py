@@ -3,7 +3,7 @@
 Before any work, ``earlier_targets`` reads the earlier build in DIR and re-checks the sha256 of every file of the
 targets that are not rebuilt; after the export, ``carry_into`` checks the new reference is byte-identical to the
 earlier one (else the kept artifacts would come from another model), copies the kept targets (and whatever else the
-folder holds: report.html, validations/) into the staging folder, re-checks them there and merges their records
+folder holds: validations/, bundles/) into the staging folder, re-checks them there and merges their records
 into the new manifest. Anything that does not fit is a refusal with the way out, and nothing in DIR changes.
 """
 
@@ -18,7 +18,7 @@ from edgekit.fsutil import atomic_write_text
 from edgekit.manifest import MANIFEST, Manifest, verify_files
 from edgekit.readback import load_build, verify_build
 
-REWRITTEN = (MANIFEST, "report.md", "reference")  # every build writes these itself
+REWRITTEN = (MANIFEST, "report.md", "report.html", "reference")  # every build writes these itself
 
 
 @dataclass
@@ -91,13 +91,3 @@ def carry_into(staging: Path, manifest: Manifest, earlier: Earlier, rebuilt: tup
     cfg_targets = manifest.config.setdefault("targets", {})
     cfg_targets["use"] = list(dict.fromkeys([*earlier.manifest.config.get("targets", {}).get("use", []),
                                             *cfg_targets.get("use", [])]))
-
-
-def rerender_html(staging: Path, manifest: Manifest) -> None:
-    """report.html again from the merged manifest, when the earlier build had one."""
-    import json
-
-    from edgekit.report import render_html
-
-    if (staging / "report.html").exists():
-        atomic_write_text(staging / "report.html", render_html(json.loads(json.dumps(manifest.to_dict(), default=str))))

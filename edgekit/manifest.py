@@ -15,7 +15,8 @@ from edgekit.errors import EdgekitError, TamperError
 from edgekit.fsutil import atomic_write_json, atomic_write_text
 from edgekit.model import file_sha256
 from edgekit.profiles import parse_profile, profile_to_dict
-from edgekit.report import render_markdown
+from edgekit.report import ReportData, read_report_data, render_html, render_markdown
+from edgekit.report.data import HISTOGRAM_KEY
 from edgekit.types import (Artifact, ArtifactFile, FeedSource, GateVerdict, Metrics, SizeInfo, TargetLatency, TargetProfile,
                            TargetResult)
 from edgekit.validate.verdict import exit_code
@@ -190,14 +191,40 @@ def verify_files(root: Path, files: list[ArtifactFile]) -> None:
             )
 
 
+def _metrics_record(path: Path, name: str, result: TargetResult) -> dict[str, Any]:
+    """A target's metrics.json: its manifest record plus its per-sample error histogram (``error_histogram``, for
+    report.html). A record not measured in this run (a kept target, a merged device report) keeps the histogram its
+    earlier file had, when that file holds the very same metrics."""
+    record: dict[str, Any] = {"target": name, **result_to_dict(result)}
+    histogram = result.metrics.histogram if result.metrics is not None else None
+    if histogram is None and path.is_file():
+        try:
+            earlier = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+            earlier = None
+        if isinstance(earlier, dict) and earlier.get("metrics") == json.loads(strictjson.dumps(record["metrics"], default=str)):
+            histogram = earlier.get(HISTOGRAM_KEY)
+    if histogram is not None:
+        record[HISTOGRAM_KEY] = histogram
+    return record
+
+
+def write_reports(root: Path, data: dict[str, Any], extra: ReportData) -> None:
+    """report.md and report.html of the manifest-shaped ``data`` into ``root``."""
+    plain = json.loads(json.dumps(data, default=str))
+    atomic_write_text(root / "report.md", render_markdown(plain))
+    atomic_write_text(root / "report.html", render_html(plain, extra))
+
+
 def write_outputs(root: Path, manifest: Manifest) -> None:
-    """Write the manifest, each target's metrics.json and the report into the output directory ``root``."""
+    """Write the manifest, each target's metrics.json and the reports (report.md, report.html) into ``root``."""
     data = manifest.to_dict()
     for name, result in manifest.results.items():
         (root / name).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(root / name / "metrics.json", {"target": name, **result_to_dict(result)})
+        path = root / name / "metrics.json"
+        atomic_write_json(path, _metrics_record(path, name, result))
     atomic_write_json(root / MANIFEST, data)
-    atomic_write_text(root / "report.md", render_markdown(json.loads(json.dumps(data, default=str))))
+    write_reports(root, data, read_report_data(root, manifest.results))
 
 
 VALIDATIONS = "validations"
@@ -213,8 +240,9 @@ def validation_record_dir(root: Path, data: Path, fingerprint: str) -> Path:
 
 def write_validation_record(record: Path, manifest: Manifest, data: str) -> None:
     """A re-validation's results (``validation.json``: the measured targets, the data and its references) and its
-    report, in ``record``; the build's manifest.json is not touched."""
+    reports (report.md, report.html), in ``record``; the build's manifest.json is not touched."""
     d = manifest.to_dict()
     d["validated_on"] = data
     atomic_write_json(record / "validation.json", d)
-    atomic_write_text(record / "report.md", render_markdown(json.loads(json.dumps(d, default=str))))
+    histograms = {n: r.metrics.histogram for n, r in manifest.results.items() if r.metrics is not None and r.metrics.histogram}
+    write_reports(record, d, ReportData(histograms=histograms))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.backends import get_backend
-from edgekit.carry import Earlier, carry_into, check_inputs, earlier_targets, rerender_html
+from edgekit.carry import Earlier, carry_into, check_inputs, earlier_targets
 from edgekit.config import BuildConfig, DataConfig, parse_config, resolved_dict
 from edgekit.console import Progress, Silent
 from edgekit.data import check_label_classes, feed_warnings, open_feed, overlap, with_data
@@ -179,8 +179,6 @@ def _build_into(root: Path, p: Plan, options: BuildOptions, progress: Progress, 
     if earlier is not None:
         carry_into(root, manifest, earlier, tuple(p.profiles))
     write_outputs(root, manifest)
-    if earlier is not None:
-        rerender_html(root, manifest)
     if cfg.bundle is not None:  # device bundles (golden I/O + verify.py), from the files just written
         from edgekit.bundle.make import write_bundles
 

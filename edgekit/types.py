@@ -295,6 +295,9 @@ class Metrics:
     # top1_drop (both right, only the reference, only this one, neither), and (same, total) behind top1_agreement
     paired: tuple[int, int, int, int] | None = field(default=None, compare=False)
     agreement_counts: tuple[int, int] | None = field(default=None, compare=False)
+    # the primary comparison's per-sample error histogram (Comparison.histogram); not in the manifest (to_dict):
+    # metrics.json and report.html carry it
+    histogram: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def primary(self) -> dict[str, Any]:

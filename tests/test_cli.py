@@ -83,7 +83,7 @@ def test_report_html_has_the_table_and_charts(built_sandbox, monkeypatch, capsys
     monkeypatch.chdir(sandbox)
     assert main(["report", "out", "--html"]) == 0
     page = (sandbox / "out" / "report.html").read_text()
-    assert page.count("<svg") == 3 and "<td>ort-int8</td>" in page and "p50 latency" in page
+    assert page.count("<svg") == 2 and "<td>ort-int8</td>" in page and "p50 latency" in page
     assert "min_cosine" in page
 
 

@@ -43,6 +43,7 @@ def test_a_target_rebuild_keeps_the_other_targets_and_report_html(built_sandbox,
     assert set(m["targets"]) == {"ort-fp32", "ort-int8"}
     assert m["targets"]["ort-int8"]["status"] == "passed"
     assert snapshot(out / "ort-int8") == int8  # kept byte for byte
+    assert "error_histogram" in json.loads((out / "ort-int8" / "metrics.json").read_text())  # report.html's, kept too
     assert m["targets"]["ort-fp32"]["files"] == fp32_before  # rebuilt, same bytes (deterministic export)
     html = (out / "report.html").read_text()
     assert "ort-int8" in html and "ort-fp32" in html
@@ -94,7 +95,7 @@ def test_validate_on_other_data_writes_beside_the_record(built_sandbox):
     after = snapshot(out)
     new = {k for k in after if k not in before}
     assert {k: after[k] for k in before} == before  # manifest, metrics, report: untouched
-    assert {Path(k).name for k in new} == {"validation.json", "report.md"}
+    assert {Path(k).name for k in new} == {"validation.json", "report.md", "report.html"}
     record = json.loads((out / next(k for k in new if k.endswith("validation.json"))).read_text())
     assert record["validation"]["samples"] == 6 and set(record["targets"]) == {"ort-fp32", "ort-int8"}
     assert_vouched(out)

@@ -16,7 +16,7 @@ from edgekit.pipeline import BuildOptions, build, revalidate
 from edgekit.fsutil import atomic_write_text
 from edgekit.readback import load_build
 from edgekit.profiles import builtin_names, load_profile, profile_to_dict, profile_to_toml
-from edgekit.report import render_html, render_markdown, text_table, undecided_notes
+from edgekit.report import read_report_data, render_html, render_markdown, text_table, undecided_notes
 from edgekit.resources import calibration_dir
 
 
@@ -53,9 +53,10 @@ def _finish(manifest: Manifest, out: Path, console: Console, record: str = "") -
     for note in undecided_notes(manifest.to_dict()):
         console.note(note)
     if record:  # a re-validation on other data, recorded beside the build's own record
-        console.result(f"\nreport: {out / record / 'report.md'}\nvalidation record: {out / record / 'validation.json'}")
+        console.result(f"\nreport: {out / record / 'report.md'} (with plots: report.html)\n"
+                       f"validation record: {out / record / 'validation.json'}")
     else:
-        console.result(f"\nreport: {out / 'report.md'}\nmanifest: {out / 'manifest.json'}")
+        console.result(f"\nreport: {out / 'report.md'} (with plots: report.html)\nmanifest: {out / 'manifest.json'}")
     return manifest.exit_code
 
 
@@ -144,13 +145,12 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
-    manifest = json.loads(json.dumps(load_build(args.dir).to_dict(), default=str))
+    build = load_build(args.dir)
+    manifest = json.loads(json.dumps(build.to_dict(), default=str))
     atomic_write_text(args.dir / "report.md", render_markdown(manifest))
+    atomic_write_text(args.dir / "report.html", render_html(manifest, read_report_data(args.dir, build.results)))
     console.result(text_table(manifest))
-    console.result(f"\nreport: {args.dir / 'report.md'}")
-    if args.html:
-        atomic_write_text(args.dir / "report.html", render_html(manifest))
-        console.result(f"html report: {args.dir / 'report.html'}")
+    console.result(f"\nreport: {args.dir / 'report.md'}\nhtml report: {args.dir / 'report.html'}")
     return 0
 
 

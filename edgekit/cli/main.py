@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="build and validate the targets a config file names",
                        description="Load the model a CONFIG.toml describes, compress it, export and simplify it to "
                        "ONNX, build every target in [targets] use, validate each artifact on its own backend, and "
-                       "write artifacts, manifest.json and report.md to the output directory.")
+                       "write artifacts, manifest.json, report.md and report.html to the output directory.")
     b.add_argument("config", type=Path, metavar="CONFIG.toml")
     b.add_argument("-o", "--out", type=Path, default=Path("dist"), help="output directory (default: ./dist)")
     b.add_argument("--target", action="append", default=[], metavar="NAME", help="build only this target of the config (repeatable)")
@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="re-check an output directory: sha256 first, then re-measure",
                        description="Check that every artifact in DIR still has the sha256 its manifest vouches for "
                        "(a tampered file is an error), then re-run the validator against the ONNX reference in DIR and rewrite manifest "
-                       "and report. Code named by the manifest is run only with --against-torch.")
+                       "and reports (report.md, report.html). Code named by the manifest is run only with --against-torch.")
     v.add_argument("dir", type=Path, metavar="DIR")
     v.add_argument("--target", action="append", default=[], metavar="NAME", help="only this target (repeatable)")
     v.add_argument("--data", type=Path, metavar="PATH", help="validate on this data instead of the config's [validation] "
@@ -104,11 +104,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("model_b", type=Path, metavar="MODEL_B")
     c.add_argument("--data", type=Path, metavar="PATH", help=".npz or folder of .npy/.npz inputs keyed by input name")
 
-    r = sub.add_parser("report", help="re-render report.md (and --html report.html) of an output directory",
-                       description="Re-render report.md from DIR/manifest.json and print the target table; with --html "
-                       "also write report.html with latency, SQNR and size charts.")
+    r = sub.add_parser("report", help="re-render report.md and report.html of an output directory",
+                       description="Re-render report.md and report.html from DIR/manifest.json (build and validate write "
+                       "both already) and print the target table. report.html is one offline page: the tables, the gate "
+                       "verdicts and plots of accuracy against latency, per-sample error, per-layer sensitivity "
+                       "(DIR/<target>/debug.json) and recovery attempts.")
     r.add_argument("dir", type=Path, metavar="DIR")
-    r.add_argument("--html", action="store_true", help="also write report.html")
+    r.add_argument("--html", action="store_true", help="accepted for older scripts: report.html is always written")
     for module in COMMAND_MODULES:
         importlib.import_module(module).add_parser(sub)
     return p

@@ -122,7 +122,7 @@ def render_markdown(fleet: dict[str, Any]) -> str:
              f"Exit code {fleet['exit_code']}.", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows(fleet)]
-    lines += ["", "Each model's folder holds its own manifest.json and report.md (accuracy and latency per target, "
+    lines += ["", "Each model's folder holds its own manifest.json, report.md and report.html (accuracy and latency per target, "
               "measured on this host)."]
     return "\n".join(lines) + "\n"
 
@@ -131,7 +131,7 @@ def render_html(fleet: dict[str, Any]) -> str:
     colour = {"passed": "#e6f4ea", "failed": "#fde7e9", "error": "#fde7e9", "unavailable": "#f1f3f4"}
     body = ["<table>", "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS) + "</tr>"]
     for p, r in zip(fleet["pairs"], rows(fleet)):
-        cells = [f'<td><a href="{html.escape(r[0])}/report.md">{html.escape(r[0])}</a></td>']
+        cells = [f'<td><a href="{html.escape(r[0])}/report.html">{html.escape(r[0])}</a></td>']
         cells += [f"<td>{html.escape(c)}</td>" for c in r[1:]]
         body.append(f'<tr style="background:{colour.get(p["status"], "#fff")}">' + "".join(cells) + "</tr>")
     body.append("</table>")

@@ -20,6 +20,7 @@ class OutputError:
     cos_sum: float = 0.0
     cos_min: float = 1.0
     samples: int = 0
+    histogram: np.ndarray = field(default_factory=lambda: np.zeros(HISTOGRAM_BINS, dtype=np.int64))
 
     def update(self, ref: np.ndarray, out: np.ndarray) -> None:
         ref = np.asarray(ref, dtype=np.float64)
@@ -38,6 +39,7 @@ class OutputError:
         self.cos_sum += float(np.sum(cos))
         self.cos_min = min(self.cos_min, float(np.min(cos))) if n else self.cos_min
         self.samples += n
+        self.histogram += cosine_histogram(cos)
 
     def summary(self) -> dict[str, float]:
         mse = self.sq_err / self.elements if self.elements else 0.0
@@ -49,6 +51,20 @@ class OutputError:
             "sqnr_db": sqnr_db(self.sq_ref, self.sq_err),
             "samples": self.samples,
         }
+
+
+# The per-sample error histogram (report.html): 1 - cosine of each sample in fixed half-decade bins, so runs and batches
+# add up and the same data gives the same counts. Bin i holds [HISTOGRAM_EDGES[i], HISTOGRAM_EDGES[i + 1]); the first
+# bin holds 0 to 1e-9 (exact matches included), the last one 1 to 3.16 (1 - cosine is at most 2).
+HISTOGRAM_BINS = 20
+HISTOGRAM_EDGES = (0.0, *(10.0 ** (-9.0 + 0.5 * i) for i in range(HISTOGRAM_BINS)))
+
+
+def cosine_histogram(cos: np.ndarray) -> np.ndarray:
+    """Counts of ``1 - cos`` per HISTOGRAM_EDGES bin (HISTOGRAM_BINS integers)."""
+    gap = np.maximum(1.0 - np.asarray(cos, dtype=np.float64).ravel(), 1e-300)
+    index = np.clip(np.floor((np.log10(gap) + 9.5) / 0.5), 0, HISTOGRAM_BINS - 1).astype(np.int64)
+    return np.bincount(index, minlength=HISTOGRAM_BINS)
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -157,3 +173,8 @@ class Comparison:
         if self.classification:
             result["top1_agreement"] = self.agreement.rate
         return result
+
+    def histogram(self, against: str) -> dict[str, Any]:
+        """Each output's per-sample ``1 - cosine`` counts (HISTOGRAM_EDGES bins), compared with ``against``."""
+        return {"quantity": "1 - cosine per sample", "against": against, "edges": list(HISTOGRAM_EDGES),
+                "outputs": {name: [int(c) for c in e.histogram] for name, e in self.errors.items()}}

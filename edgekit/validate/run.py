@@ -58,8 +58,9 @@ class Observed:
         primary = self.vs_torch if self.vs_torch is not None else self.vs_onnx
         agreement = (primary.agreement.same, primary.agreement.total) if primary.classification and primary.agreement.total else None
         paired = self.paired.table if self.paired is not None and accuracy is not None else None
+        histogram = primary.histogram("torch-fp32" if self.vs_torch is not None else "onnx-fp32")
         return Metrics(self.vs_onnx.summary(), self.vs_torch.summary() if self.vs_torch is not None else None,
-                       accuracy, top1_drop if accuracy is not None else None, paired, agreement)
+                       accuracy, top1_drop if accuracy is not None else None, paired, agreement, histogram)
 
 
 @dataclass
