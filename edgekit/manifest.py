@@ -16,6 +16,7 @@ from edgekit.fsutil import atomic_write_json, atomic_write_text
 from edgekit.model import file_sha256
 from edgekit.profiles import parse_profile, profile_to_dict
 from edgekit.report import render_markdown
+from edgekit.report.markdown import debug_reports
 from edgekit.types import (Artifact, ArtifactFile, FeedSource, GateVerdict, Metrics, SizeInfo, TargetLatency, TargetProfile,
                            TargetResult)
 from edgekit.validate.verdict import exit_code
@@ -197,7 +198,8 @@ def write_outputs(root: Path, manifest: Manifest) -> None:
         (root / name).mkdir(parents=True, exist_ok=True)
         atomic_write_json(root / name / "metrics.json", {"target": name, **result_to_dict(result)})
     atomic_write_json(root / MANIFEST, data)
-    atomic_write_text(root / "report.md", render_markdown(json.loads(json.dumps(data, default=str))))
+    plain = json.loads(json.dumps(data, default=str))
+    atomic_write_text(root / "report.md", render_markdown(plain, debug_reports(root, plain)))
 
 
 VALIDATIONS = "validations"

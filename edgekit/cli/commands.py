@@ -136,7 +136,9 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
     manifest = json.loads(json.dumps(load_build(args.dir).to_dict(), default=str))
-    atomic_write_text(args.dir / "report.md", render_markdown(manifest))
+    from edgekit.report.markdown import debug_reports
+
+    atomic_write_text(args.dir / "report.md", render_markdown(manifest, debug_reports(args.dir, manifest)))
     console.result(text_table(manifest))
     console.result(f"\nreport: {args.dir / 'report.md'}")
     if args.html:

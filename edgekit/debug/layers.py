@@ -1,0 +1,355 @@
+"""The quantized layers of an INT8 ONNX artifact, matched to the FP32 reference, and the graphs built from them.
+
+Two graph forms, one ``Layer`` each:
+
+* static QDQ (ort-int8, tensorrt-int8): a Conv/Gemm/MatMul whose inputs come from DequantizeLinear. An activation
+  input is ``DQ(Q(x))`` with the Q's scale and zero point; a weight (or bias) is ``DQ(constant)``.
+* dynamic (ort-int8-dynamic): a ConvInteger/MatMulInteger fed by ``DynamicQuantizeLinear``; the reference node it
+  replaced is found by name (``node_Conv_19_quant`` came from ``node_Conv_19``, ``node_linear_MatMul_quant`` from
+  the Gemm ``node_linear``).
+
+For each layer: a one-node graph that runs the layer four ways on the same FP32 inputs (FP32, fully quantized,
+weights only, activations only), and a copy of the artifact with that layer (or a set of layers) kept in FP32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgekit.backends.onnx.graph import prune_dead
+
+LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+INTEGER_OPS = ("ConvInteger", "MatMulInteger")
+VARIANTS = ("fp32", "full", "weight", "activation")
+
+
+@dataclass
+class Const:
+    """A constant input of a layer: its FP32 value (from the reference) and its value after quantization."""
+
+    index: int
+    fp32: np.ndarray | None
+    quantized: np.ndarray
+
+
+@dataclass
+class Act:
+    """An activation input of a layer: the FP32 tensor of the reference it reads and how it is quantized."""
+
+    index: int
+    tensor: str  # the tensor name in the reference (and, before quantization, in the artifact)
+    scale: np.ndarray | None = None  # static: the Q node's scale and zero point; None: quantized at run time
+    zero_point: np.ndarray | None = None
+
+
+@dataclass
+class Layer:
+    """One quantized layer of the artifact."""
+
+    node: str  # the reference's node name (the name users see; the artifact keeps it for static QDQ)
+    op_type: str
+    artifact_node: str
+    consts: list[Const] = field(default_factory=list)
+    acts: list[Act] = field(default_factory=list)
+    out_artifact: str | None = None  # the tensor compared for the accumulated error, in the artifact ...
+    out_reference: str | None = None  # ... and in the reference
+
+    @property
+    def local_ok(self) -> bool:
+        """Whether the one-layer graph can be built: every constant's FP32 value known."""
+        return all(c.fp32 is not None for c in self.consts)
+
+
+class Graphs:
+    """Index of the reference and the artifact: producers, consumers, constants."""
+
+    def __init__(self, reference: Any, artifact: Any):
+        from onnx import numpy_helper
+
+        self.reference, self.artifact = reference, artifact
+        self.ref_nodes = {n.name: n for n in reference.graph.node}
+        self.ref_consts = {i.name: numpy_helper.to_array(i) for i in reference.graph.initializer}
+        self.ref_tensors = ({i.name for i in reference.graph.input} | {o for n in reference.graph.node for o in n.output}
+                            | set(self.ref_consts))
+        self.consts = {i.name: numpy_helper.to_array(i) for i in artifact.graph.initializer}
+        for n in artifact.graph.node:
+            if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+                self.consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+        self.producer = {o: n for n in artifact.graph.node for o in n.output}
+        self.consumers: dict[str, list[Any]] = {}
+        for n in artifact.graph.node:
+            for name in n.input:
+                self.consumers.setdefault(name, []).append(n)
+        self.opset = next((o.version for o in reference.opset_import if o.domain in ("", "ai.onnx")), 17)
+
+    def dequantized(self, dq: Any) -> np.ndarray:
+        """The value a DequantizeLinear of constants computes, in numpy."""
+        x = self.consts[dq.input[0]].astype(np.float64)
+        scale = self.consts[dq.input[1]].astype(np.float64)
+        zero = self.consts[dq.input[2]].astype(np.float64) if len(dq.input) > 2 and dq.input[2] else 0.0
+        if np.ndim(scale) == 1 and scale.size > 1:
+            axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+            axis = axis if axis >= 0 else axis + x.ndim
+            shape = [1] * x.ndim
+            shape[axis] = scale.size
+            scale = scale.reshape(shape)
+            zero = np.reshape(zero, shape) if np.ndim(zero) == 1 else zero
+        return ((x - zero) * scale).astype(np.float32)
+
+    def ref_value(self, name: str, like: np.ndarray) -> np.ndarray | None:
+        """The reference's FP32 constant an artifact constant was quantized from, by its name."""
+        for suffix in ("_quantized", "_DequantizeLinear_Output", ""):
+            base = name[: -len(suffix)] if suffix and name.endswith(suffix) else (name if not suffix else None)
+            if base is None:
+                continue
+            for candidate in (base, base.replace("_Transposed", "")):
+                value = self.ref_consts.get(candidate)
+                if value is not None:
+                    if value.shape == like.shape:
+                        return value.astype(np.float32)
+                    if value.ndim == 2 and value.T.shape == like.shape:
+                        return value.T.astype(np.float32)
+        return None
+
+
+def _is_const(g: Graphs, name: str) -> bool:
+    return name in g.consts
+
+
+def _qdq_layer(g: Graphs, node: Any) -> Layer | None:
+    layer = Layer(node.name, node.op_type, node.name)
+    for i, name in enumerate(node.input):
+        if not name:
+            continue
+        dq = g.producer.get(name)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            if i > 0 and name in g.consts:  # an FP32 constant (TensorRT's folded bias): the same in every variant
+                value = g.consts[name].astype(np.float32)
+                layer.consts.append(Const(i, g.ref_value(name, value) if name not in g.ref_consts else value, value))
+            elif name not in g.consts:
+                layer.acts.append(Act(i, name))
+            continue
+        if _is_const(g, dq.input[0]):
+            value = g.dequantized(dq)
+            ref = g.ref_consts.get(name)
+            if ref is None or ref.shape != value.shape:
+                ref = g.ref_value(dq.input[0], value)
+            layer.consts.append(Const(i, ref, value))
+            continue
+        q = g.producer.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear":
+            return None
+        scale = g.consts.get(q.input[1])
+        zero = g.consts.get(q.input[2]) if len(q.input) > 2 and q.input[2] else None
+        layer.acts.append(Act(i, q.input[0], scale, zero))
+    if not any(a.scale is not None for a in layer.acts) and not any(
+            g.producer.get(node.input[c.index]) is not None for c in layer.consts):
+        return None  # nothing of this layer is quantized (an FP32 stem, an excluded node)
+    out = node.output[0]
+    q = next((c for c in g.consumers.get(out, []) if c.op_type == "QuantizeLinear"), None)
+    dq = next((c for c in g.consumers.get(q.output[0], []) if c.op_type == "DequantizeLinear"), None) if q else None
+    if dq is not None:
+        layer.out_artifact = dq.output[0]
+        layer.out_reference = out if out in g.ref_tensors else (dq.output[0] if dq.output[0] in g.ref_tensors else None)
+    elif out in g.ref_tensors:
+        layer.out_artifact = layer.out_reference = out
+    return layer
+
+
+def _reference_of(g: Graphs, node: Any) -> Any | None:
+    """The reference node a ConvInteger/MatMulInteger came from."""
+    base = node.name[: -len("_quant")] if node.name.endswith("_quant") else node.name
+    for name in (base, base[: -len("_MatMul")] if base.endswith("_MatMul") else None):
+        if name and name in g.ref_nodes and g.ref_nodes[name].op_type in LAYER_OPS:
+            return g.ref_nodes[name]
+    return None
+
+
+def _dynamic_layer(g: Graphs, node: Any) -> Layer | None:
+    ref = _reference_of(g, node)
+    if ref is None:
+        return None
+    layer = Layer(ref.name, ref.op_type, node.name)
+    weight_q = node.input[1]
+    for i, name in enumerate(ref.input):
+        if not name:
+            continue
+        if name in g.ref_consts:
+            fp32 = g.ref_consts[name].astype(np.float32)
+            quantized = fp32
+            if i == 1 and weight_q in g.consts:
+                quantized = _dynamic_weight(g, node, fp32)
+            layer.consts.append(Const(i, fp32, quantized))
+        elif i == 0 or name not in g.consts:
+            layer.acts.append(Act(i, name))
+    out = ref.output[0]
+    if out in g.producer and out in g.ref_tensors:
+        layer.out_artifact = layer.out_reference = out
+    return layer
+
+
+def _dynamic_weight(g: Graphs, node: Any, fp32: np.ndarray) -> np.ndarray:
+    """The FP32 value of a ConvInteger/MatMulInteger's quantized weight, shaped like the reference's weight."""
+    name = node.input[1]
+    x = g.consts[name].astype(np.float64)
+    zero = g.consts[node.input[3]].astype(np.float64) if len(node.input) > 3 and node.input[3] else 0.0
+    base = name[: -len("_quantized")] if name.endswith("_quantized") else name
+    scale = g.consts.get(base + "_scale")
+    if scale is None:
+        return fp32
+    scale = scale.astype(np.float64)
+    if scale.size > 1:  # per output channel: axis 0 of a conv weight, axis 1 of a (in, out) MatMul weight
+        shape = [1] * x.ndim
+        shape[0 if node.op_type == "ConvInteger" else x.ndim - 1] = scale.size
+        scale = scale.reshape(shape)
+        zero = np.reshape(zero, shape) if np.ndim(zero) == 1 and np.size(zero) > 1 else zero
+    value = ((x - zero) * scale).astype(np.float32)
+    if value.shape != fp32.shape and value.ndim == 2 and value.T.shape == fp32.shape:
+        value = value.T
+    return value if value.shape == fp32.shape else fp32
+
+
+def find_layers(g: Graphs) -> list[Layer]:
+    """Every quantized layer of the artifact, in graph order."""
+    layers = []
+    for node in g.artifact.graph.node:
+        if node.op_type in LAYER_OPS:
+            layer = _qdq_layer(g, node)
+        elif node.op_type in INTEGER_OPS:
+            layer = _dynamic_layer(g, node)
+        else:
+            continue
+        if layer is not None:
+            layers.append(layer)
+    return layers
+
+
+def is_dynamic(g: Graphs) -> bool:
+    return any(n.op_type in INTEGER_OPS or n.op_type == "DynamicQuantizeLinear" for n in g.artifact.graph.node)
+
+
+# ---------------------------------------------------------------------------------------- one-layer graphs
+
+
+def local_graph(g: Graphs, layer: Layer) -> bytes:
+    """One graph running the layer four ways on the same FP32 inputs: outputs ``fp32``, ``full`` (its own
+    quantization), ``weight`` (only the weights quantized), ``activation`` (only the inputs quantized)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    ref = g.ref_nodes.get(layer.node) if layer.artifact_node != layer.node else None
+    source = ref if ref is not None else next(n for n in g.artifact.graph.node if n.name == layer.artifact_node)
+    op_type = layer.op_type
+    attrs = list(source.attribute)
+    inits, nodes = [], []
+    inputs = [helper.make_tensor_value_info(f"in{a.index}", TensorProto.FLOAT, None) for a in layer.acts]
+    quantized_act: dict[int, str] = {}
+    for a in layer.acts:
+        name = f"in{a.index}"
+        if a.scale is None:  # dynamic: uint8 over the tensor's range at run time, as DynamicQuantizeLinear does
+            nodes.append(helper.make_node("DynamicQuantizeLinear", [name], [f"q{a.index}", f"s{a.index}", f"z{a.index}"]))
+            nodes.append(helper.make_node("DequantizeLinear", [f"q{a.index}", f"s{a.index}", f"z{a.index}"], [f"dq{a.index}"]))
+        else:
+            inits.append(numpy_helper.from_array(np.asarray(a.scale), f"s{a.index}"))
+            qin = [name, f"s{a.index}"]
+            if a.zero_point is not None:
+                inits.append(numpy_helper.from_array(np.asarray(a.zero_point), f"z{a.index}"))
+                qin.append(f"z{a.index}")
+            nodes.append(helper.make_node("QuantizeLinear", qin, [f"q{a.index}"]))
+            nodes.append(helper.make_node("DequantizeLinear", [f"q{a.index}", *qin[1:]], [f"dq{a.index}"]))
+        quantized_act[a.index] = f"dq{a.index}"
+    for c in layer.consts:
+        inits.append(numpy_helper.from_array(c.fp32.astype(np.float32), f"c{c.index}_fp32"))
+        inits.append(numpy_helper.from_array(c.quantized.astype(np.float32), f"c{c.index}_q"))
+    count = max([a.index for a in layer.acts] + [c.index for c in layer.consts]) + 1
+    for variant in VARIANTS:
+        args = [""] * count
+        for a in layer.acts:
+            args[a.index] = quantized_act[a.index] if variant in ("full", "activation") else f"in{a.index}"
+        for c in layer.consts:
+            args[c.index] = f"c{c.index}_q" if variant in ("full", "weight") else f"c{c.index}_fp32"
+        node = helper.make_node(op_type, args, [variant])
+        node.attribute.extend(attrs)
+        nodes.append(node)
+    graph = helper.make_graph(nodes, "layer", inputs, [helper.make_tensor_value_info(v, TensorProto.FLOAT, None) for v in VARIANTS], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", max(g.opset, 13))])
+    model.ir_version = min(g.reference.ir_version or 8, 10)
+    return model.SerializeToString()
+
+
+# ---------------------------------------------------------------------------------------- keep in FP32
+
+
+def keep_fp32(g: Graphs, layers: list[Layer]) -> bytes:
+    """A copy of the artifact with ``layers`` in FP32: a QDQ layer reads its inputs past their Q/DQ pairs and its
+    FP32 weights; a dynamic layer is replaced by the reference's node. Everything else stays as built."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.ModelProto()
+    model.CopyFrom(g.artifact)
+    graph = model.graph
+    by_name = {n.name: n for n in graph.node}
+    added: set[str] = set()
+
+    def constant(name: str, value: np.ndarray) -> str:
+        new = f"{name}__edgekit_fp32"
+        if new not in added:
+            graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), new))
+            added.add(new)
+        return new
+
+    producer = {o: n for n in graph.node for o in n.output}
+    ref_producer = {o: n for n in g.reference.graph.node for o in n.output}
+    before: dict[str, list[Any]] = {}
+
+    def fp32_tensor(name: str) -> str:
+        """``name`` as the reference computes it. ONNX Runtime's quantizer drops a Relu/Clip before a Q whose range
+        clamps the same way; reading past that Q needs the activation back."""
+        ref, ours = ref_producer.get(name), producer.get(name)
+        if ref is None or ours is None or ref.op_type not in ("Relu", "Clip") or ours.op_type == ref.op_type:
+            return name
+        new = f"{name}__edgekit_act"
+        if new not in added:
+            act = onnx.NodeProto()
+            act.CopyFrom(ref)
+            act.name, act.input[0], act.output[0] = f"{ref.name}__edgekit_fp32", name, new
+            for k, bound in enumerate(list(act.input)[1:], start=1):
+                if bound and bound in g.ref_consts:
+                    act.input[k] = constant(bound, g.ref_consts[bound])
+            before.setdefault(ours.output[0], []).append(act)
+            added.add(new)
+        return new
+
+    for layer in layers:
+        node = by_name[layer.artifact_node]
+        if layer.artifact_node == layer.node:  # static QDQ: bypass
+            for a in layer.acts:
+                node.input[a.index] = fp32_tensor(a.tensor)
+            for c in layer.consts:
+                if c.fp32 is not None:
+                    node.input[c.index] = constant(node.input[c.index], c.fp32)
+            continue
+        ref = g.ref_nodes[layer.node]  # dynamic: the reference node takes the place of the integer chain
+        copy = onnx.NodeProto()
+        copy.CopyFrom(ref)
+        copy.name = f"{ref.name}__edgekit_fp32"
+        for c in layer.consts:
+            copy.input[c.index] = constant(ref.input[c.index], c.fp32)
+        out = ref.output[0]
+        nodes = list(graph.node)
+        at = next(k for k, n in enumerate(nodes) if out in n.output)
+        nodes[at] = copy
+        del graph.node[:]
+        graph.node.extend(nodes)
+    if before:  # each re-added activation right after the node whose output it reads
+        nodes = []
+        for n in graph.node:
+            nodes.append(n)
+            nodes += before.get(n.output[0], [])
+        del graph.node[:]
+        graph.node.extend(nodes)
+    prune_dead(graph)
+    return model.SerializeToString()

@@ -1,0 +1,126 @@
+"""The measurements of `edgekit debug`: per-layer SQNR streamed in chunks of tensors, whole-model cosine, latency.
+
+Memory stays bounded: a chunk of a few layers' tensors is made graph outputs at a time (never every tensor at
+once), and only running sums of signal and noise power are kept across batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from edgekit.backends.onnx.session import session
+from edgekit.debug.layers import VARIANTS, Graphs, Layer, local_graph
+from edgekit.types import Feed
+from edgekit.validate.latency import Timed, interleaved
+from edgekit.validate.metrics import OutputError, sqnr_db
+
+CHUNK = 8  # layers whose tensors are read per pair of sessions
+
+
+@dataclass
+class Power:
+    """Running sums of signal and noise power of one comparison."""
+
+    signal: float = 0.0
+    noise: float = 0.0
+    seen: bool = False
+
+    def update(self, ref: np.ndarray, out: np.ndarray) -> None:
+        ref = np.asarray(ref, np.float64)
+        diff = np.asarray(out, np.float64) - ref
+        self.signal += float(np.sum(ref * ref))
+        self.noise += float(np.sum(diff * diff))
+        self.seen = True
+
+    def db(self) -> float | None:
+        return sqnr_db(self.signal, self.noise) if self.seen else None
+
+
+@dataclass
+class LayerErrors:
+    """A layer's SQNRs: local (full, weight-only, activation-only) and accumulated."""
+
+    powers: dict[str, Power] = field(default_factory=lambda: {k: Power() for k in (*VARIANTS[1:], "accumulated")})
+
+    def db(self, key: str) -> float | None:
+        return self.powers[key].db()
+
+
+def with_outputs(model: Any, names: Sequence[str]) -> bytes:
+    """``model`` (a ModelProto, not changed) with these tensors added as graph outputs."""
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    present = {o.name for o in copy.graph.output}
+    for name in dict.fromkeys(names):
+        if name not in present:
+            copy.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return copy.SerializeToString()
+
+
+def layer_errors(g: Graphs, layers: list[Layer], feeds: list[Feed], threads: int,
+                 progress: Callable[[str, int, int], None] | None = None) -> dict[str, LayerErrors]:
+    """Local and accumulated SQNR of every layer over ``feeds``, ``CHUNK`` layers per pass over the data."""
+    errors = {x.node: LayerErrors() for x in layers}
+    for start in range(0, len(layers), CHUNK):
+        part = layers[start:start + CHUNK]
+        local = [x for x in part if x.local_ok and x.acts and all(a.tensor in g.ref_tensors for a in x.acts)]
+        compared = [x for x in part if x.out_artifact and x.out_reference]
+        ref_names = list(dict.fromkeys([a.tensor for x in local for a in x.acts] + [x.out_reference for x in compared]))
+        art_names = list(dict.fromkeys(x.out_artifact for x in compared))
+        inputs = {i.name for i in g.reference.graph.input}  # read from the feed itself
+        wanted = [n for n in ref_names if n not in inputs]
+        ref_sess = session(with_outputs(g.reference, wanted), threads) if wanted else None
+        art_sess = session(with_outputs(g.artifact, art_names), threads) if art_names else None
+        minis = {x.node: session(local_graph(g, x), threads, optimize=False) for x in local}
+        for feed in feeds:
+            ref = dict(feed)
+            if ref_sess is not None:
+                ref.update(zip(wanted, ref_sess.run(wanted, feed)))
+            art = dict(zip(art_names, art_sess.run(art_names, feed))) if art_sess is not None else {}
+            for x in compared:
+                errors[x.node].powers["accumulated"].update(ref[x.out_reference], art[x.out_artifact])
+            for x in local:
+                out = dict(zip(VARIANTS, minis[x.node].run(list(VARIANTS), {f"in{a.index}": ref[a.tensor] for a in x.acts})))
+                for key in VARIANTS[1:]:
+                    errors[x.node].powers[key].update(out["fp32"], out[key])
+        if progress is not None:
+            progress("layer errors", min(start + CHUNK, len(layers)), len(layers))
+    return errors
+
+
+def run_all(model: bytes | str, feeds: list[Feed], threads: int) -> list[list[np.ndarray]]:
+    sess = session(model, threads)
+    return [sess.run(None, feed) for feed in feeds]
+
+
+def agreement(reference: list[list[np.ndarray]], outputs: list[list[np.ndarray]]) -> dict[str, float | None]:
+    """Mean cosine and SQNR of ``outputs`` against ``reference``, the worst over the model's outputs."""
+    per_output = [OutputError() for _ in reference[0]] if reference else []
+    for ref, out in zip(reference, outputs):
+        for acc, r, o in zip(per_output, ref, out):
+            acc.update(r, o)
+    summaries = [acc.summary() for acc in per_output]
+    if not summaries:
+        return {"cosine": None, "sqnr_db": None}
+    return {"cosine": min(s["cosine"] for s in summaries), "sqnr_db": min(s["sqnr_db"] for s in summaries)}
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How each keep-FP32 candidate is timed against the artifact: warm-up and timed calls, interleaved."""
+
+    warmup: int = 5
+    runs: int = 30
+
+
+def paired_p50(base: Any, candidate: Any, feed: Feed, timing: Timing) -> tuple[float | None, float | None]:
+    """p50 ms of two sessions timed call by call in turns on the same feed."""
+    timed = {"base": Timed(lambda: base.run(None, feed), timing.warmup, timing.runs),
+             "candidate": Timed(lambda: candidate.run(None, feed), timing.warmup, timing.runs)}
+    stats = interleaved(timed)
+    return tuple(s.p50_ms if not isinstance(s, str) else None for s in (stats["base"], stats["candidate"]))  # type: ignore[return-value]
