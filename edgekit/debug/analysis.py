@@ -199,8 +199,8 @@ def _analyze_onnx(reference: Reference, artifact: Path, feeds: list[Feed], threa
 
 
 def _block_of(layers: list[Layer], modules: dict[str, str]) -> dict[str, list[Layer]]:
-    """Layers grouped by a module prefix deep enough to give several blocks; a layer with no module joins the
-    block of the layer before it."""
+    """Layers grouped by the shallowest module prefix that splits them (``layer1``, ``features.3``,
+    ``encoder.layer.0``); a layer with no module joins the block of the layer before it."""
     best: dict[str, list[Layer]] = {}
     for depth in (1, 2, 3, 4):
         groups: dict[str, list[Layer]] = {}
@@ -211,7 +211,7 @@ def _block_of(layers: list[Layer], modules: dict[str, str]) -> dict[str, list[La
                 current = ".".join(module.split(".")[:depth])
             groups.setdefault(current, []).append(x)
         best = groups
-        if len(groups) >= 4 and max(len(v) for v in groups.values()) <= BLOCK_THRESHOLD:
+        if len(groups) >= 2:
             break
     return best
 
