@@ -15,8 +15,9 @@ from edgekit.console import Progress, Silent
 from edgekit.data import open_feed, with_data
 from edgekit.debug.layers import Graphs, Layer, find_layers, keep_fp32
 from edgekit.debug.names import module_map
-from edgekit.debug.report import DEBUG_FILE, BlockReport, DebugReport, KeepFp32, LayerReport
-from edgekit.debug.run import Timing, agreement, layer_errors, paired_p50
+from edgekit.debug.rank import Candidates, Run, assemble, keep_each
+from edgekit.debug.report import DEBUG_FILE, DebugReport
+from edgekit.debug.run import Timing, layer_errors
 from edgekit.errors import UsageError
 from edgekit.fsutil import atomic_write_json, check_regular_file
 from edgekit.manifest import profile_from_dict
@@ -25,10 +26,6 @@ from edgekit.report.markdown import artifact_digest
 from edgekit.types import Feed, Reference
 
 DEFAULT_SAMPLES = 64
-COST_FLOOR_MS = 0.01  # a keep-FP32 cost below this (or below NOISE_SHARE of the artifact's p50) counts as this
-NOISE_SHARE = 0.02
-BLOCK_THRESHOLD = 40  # more quantized layers than this: keep whole blocks in FP32 first, then bisect
-BISECT_BLOCKS = 3
 
 
 def analyze(root: Path, target: str, data: Path | None = None, top: int = 10, samples: int = DEFAULT_SAMPLES,
@@ -59,7 +56,7 @@ def analyze(root: Path, target: str, data: Path | None = None, top: int = 10, sa
     if profile.backend == "torch_ao":
         from edgekit.debug.torch_ao import analyze_torch
 
-        report = analyze_torch(reference, files, feeds, profile, progress)
+        report = analyze_torch(reference, files, feeds, profile, progress, timing)
     else:
         onnx_file = next((f for f in files if f.suffix == ".onnx"), None)
         if onnx_file is None:
@@ -121,118 +118,28 @@ def _rerender(root: Path) -> None:
 # ------------------------------------------------------------------------------------------------ ONNX
 
 
-class _Candidates:
-    """Keep-FP32 candidates of one artifact, each measured once: whole-model cosine and paired latency."""
-
-    def __init__(self, g: Graphs, feeds: list[Feed], threads: int, timing: Timing):
-        from edgekit.backends.onnx.session import session
-
-        self.g, self.feeds, self.threads, self.timing = g, feeds, threads, timing
-        self.reference = [session(g.reference.SerializeToString(), threads).run(None, f) for f in feeds]
-        self.base = session(g.artifact.SerializeToString(), threads, spinning=False)
-        self.end_to_end = agreement(self.reference, [self.base.run(None, f) for f in feeds])
-        self.latency_feed = {k: v[:1] for k, v in feeds[0].items()}
-        self.cache: dict[tuple[str, ...], KeepFp32] = {}
-        self.base_p50: float | None = None
-
-    def measure(self, layers: list[Layer]) -> KeepFp32:
-        from edgekit.backends.onnx.session import session
-
-        key = tuple(x.node for x in layers)
-        if key in self.cache:
-            return self.cache[key]
-        try:
-            sess = session(keep_fp32(self.g, layers), self.threads, spinning=False)
-        except Exception as exc:  # an ORT refusal of the edited graph: this candidate cannot be measured
-            import logging
-
-            logging.getLogger(__name__).debug("keep-FP32 graph for %s refused: %s", key, exc)
-            self.cache[key] = KeepFp32(None)
-            return self.cache[key]
-        cosine = agreement(self.reference, [sess.run(None, f) for f in self.feeds])["cosine"]
-        base, p50 = paired_p50(self.base, sess, self.latency_feed, self.timing)
-        cost = p50 - base if p50 is not None and base is not None else None
-        self.base_p50 = base if self.base_p50 is None else self.base_p50
-        floor = max(COST_FLOOR_MS, NOISE_SHARE * (base or 0.0))
-        recovered = cosine - self.end_to_end["cosine"] if cosine is not None and self.end_to_end["cosine"] is not None else None
-        per_ms = recovered / max(cost, floor) if recovered is not None and cost is not None else None
-        self.cache[key] = KeepFp32(cosine, p50, cost, per_ms)
-        return self.cache[key]
-
-
 def _analyze_onnx(reference: Reference, artifact: Path, feeds: list[Feed], threads: int, progress: Progress,
                   timing: Timing) -> DebugReport:
     import onnx
 
+    from edgekit.backends.onnx.session import session
+
     g = Graphs(onnx.load(str(reference.path)), onnx.load(str(artifact)))
     modules = module_map(g.reference)
     layers = find_layers(g)
-    notes = []
+    notes: list[str] = []
     if not layers:
         notes.append("no quantized Conv/Gemm/MatMul layer was found in the artifact")
     progress.step(f"local and accumulated error of {len(layers)} quantized layer(s), {len(feeds)} batch(es)")
     errors = layer_errors(g, layers, feeds, threads, progress.advance)
     progress.step("keeping layers in FP32 one at a time: whole-model cosine and latency cost")
-    candidates = _Candidates(g, feeds, threads, timing)
-    keep: dict[str, KeepFp32] = {}
-    blocks: list[BlockReport] = []
-    if len(layers) <= BLOCK_THRESHOLD:
-        for i, x in enumerate(layers):
-            keep[x.node] = candidates.measure([x])
-            progress.advance("keep FP32", i + 1, len(layers))
-    else:
-        blocks, keep = _by_blocks(layers, modules, candidates, progress)
-        notes.append(f"{len(layers)} layers > {BLOCK_THRESHOLD}: each block kept in FP32, then the {BISECT_BLOCKS} "
-                     "blocks that recover the most bisected; layers not reached have no keep_fp32")
-    reports = []
-    for x in layers:
-        e = errors[x.node]
-        reports.append(LayerReport(x.node, modules.get(x.node), x.op_type, e.db("full"), e.db("accumulated"), e.db("weight"),
-                                   e.db("activation"), keep.get(x.node)))
-    ranked = sorted((r for r in reports if r.keep_fp32 and r.keep_fp32.recovered_per_ms is not None),
-                    key=lambda r: (-r.keep_fp32.recovered_per_ms, r.local_sqnr_db if r.local_sqnr_db is not None else 1e9))
-    for i, r in enumerate(ranked):
-        r.rank = i + 1
-    rest = sorted((r for r in reports if r.rank is None),
-                  key=lambda r: r.local_sqnr_db if r.local_sqnr_db is not None else 1e9)
-    return DebugReport("", "", "", "", 0, candidates.end_to_end, ranked + rest, blocks, notes)
+    ref = session(g.reference.SerializeToString(), threads)
+    base = session(g.artifact.SerializeToString(), threads, spinning=False)
 
+    def build(chosen: list[Layer]) -> Run:
+        sess = session(keep_fp32(g, chosen), threads, spinning=False)
+        return lambda feed: sess.run(None, feed)
 
-def _block_of(layers: list[Layer], modules: dict[str, str]) -> dict[str, list[Layer]]:
-    """Layers grouped by the shallowest module prefix that splits them (``layer1``, ``features.3``,
-    ``encoder.layer.0``); a layer with no module joins the block of the layer before it."""
-    best: dict[str, list[Layer]] = {}
-    for depth in (1, 2, 3, 4):
-        groups: dict[str, list[Layer]] = {}
-        current = "(start)"
-        for x in layers:
-            module = modules.get(x.node)
-            if module:
-                current = ".".join(module.split(".")[:depth])
-            groups.setdefault(current, []).append(x)
-        best = groups
-        if len(groups) >= 2:
-            break
-    return best
-
-
-def _by_blocks(layers: list[Layer], modules: dict[str, str], candidates: _Candidates,
-               progress: Progress) -> tuple[list[BlockReport], dict[str, KeepFp32]]:
-    groups = _block_of(layers, modules)
-    blocks = []
-    for i, (name, members) in enumerate(groups.items()):
-        blocks.append(BlockReport(name, [x.node for x in members], candidates.measure(members)))
-        progress.advance("keep blocks FP32", i + 1, len(groups))
-    keep: dict[str, KeepFp32] = {}
-    worst = sorted(blocks, key=lambda b: -(b.keep_fp32.cosine or 0.0) if b.keep_fp32 else 0.0)[:BISECT_BLOCKS]
-    for b in worst:
-        items = groups[b.name]
-        while len(items) > 1:
-            halves = (items[: len(items) // 2], items[len(items) // 2:])
-            measured = [candidates.measure(h) for h in halves]
-            for h, m in zip(halves, measured):
-                if len(h) == 1:
-                    keep[h[0].node] = m
-            items = halves[0] if (measured[0].cosine or 0.0) >= (measured[1].cosine or 0.0) else halves[1]
-        keep.setdefault(items[0].node, candidates.measure(items))
-    return blocks, keep
+    candidates = Candidates([ref.run(None, f) for f in feeds], lambda feed: base.run(None, feed), build, feeds, timing)
+    keep, blocks = keep_each(layers, modules, candidates, progress, notes)
+    return assemble(layers, errors, keep, modules, candidates.end_to_end, blocks, notes)

@@ -62,9 +62,23 @@ def with_outputs(model: Any, names: Sequence[str]) -> bytes:
     return copy.SerializeToString()
 
 
+Reader = Callable[[Feed], dict[str, np.ndarray]]
+
+
+def onnx_reader(model: Any, threads: int) -> Callable[[list[str]], Reader]:
+    """For a list of tensor names, a function reading those tensors of ``model`` (an ONNX ModelProto) for a feed."""
+    def make(names: list[str]) -> Reader:
+        sess = session(with_outputs(model, names), threads)
+        return lambda feed: dict(zip(names, sess.run(names, feed)))
+    return make
+
+
 def layer_errors(g: Graphs, layers: list[Layer], feeds: list[Feed], threads: int,
-                 progress: Callable[[str, int, int], None] | None = None) -> dict[str, LayerErrors]:
-    """Local and accumulated SQNR of every layer over ``feeds``, ``CHUNK`` layers per pass over the data."""
+                 progress: Callable[[str, int, int], None] | None = None,
+                 artifact: Callable[[list[str]], Reader] | None = None) -> dict[str, LayerErrors]:
+    """Local and accumulated SQNR of every layer over ``feeds``, ``CHUNK`` layers per pass over the data.
+    ``artifact`` reads the artifact's tensors (default: ``g.artifact`` on ONNX Runtime)."""
+    artifact = artifact or onnx_reader(g.artifact, threads)
     errors = {x.node: LayerErrors() for x in layers}
     for start in range(0, len(layers), CHUNK):
         part = layers[start:start + CHUNK]
@@ -75,13 +89,13 @@ def layer_errors(g: Graphs, layers: list[Layer], feeds: list[Feed], threads: int
         inputs = {i.name for i in g.reference.graph.input}  # read from the feed itself
         wanted = [n for n in ref_names if n not in inputs]
         ref_sess = session(with_outputs(g.reference, wanted), threads) if wanted else None
-        art_sess = session(with_outputs(g.artifact, art_names), threads) if art_names else None
+        read = artifact(art_names) if art_names else None
         minis = {x.node: session(local_graph(g, x), threads, optimize=False) for x in local}
         for feed in feeds:
             ref = dict(feed)
             if ref_sess is not None:
                 ref.update(zip(wanted, ref_sess.run(wanted, feed)))
-            art = dict(zip(art_names, art_sess.run(art_names, feed))) if art_sess is not None else {}
+            art = read(feed) if read is not None else {}
             for x in compared:
                 errors[x.node].powers["accumulated"].update(ref[x.out_reference], art[x.out_artifact])
             for x in local:
@@ -118,9 +132,10 @@ class Timing:
     runs: int = 30
 
 
-def paired_p50(base: Any, candidate: Any, feed: Feed, timing: Timing) -> tuple[float | None, float | None]:
-    """p50 ms of two sessions timed call by call in turns on the same feed."""
-    timed = {"base": Timed(lambda: base.run(None, feed), timing.warmup, timing.runs),
-             "candidate": Timed(lambda: candidate.run(None, feed), timing.warmup, timing.runs)}
+def paired_p50(base: Callable[[Feed], Any], candidate: Callable[[Feed], Any], feed: Feed,
+               timing: Timing) -> tuple[float | None, float | None]:
+    """p50 ms of two runs timed call by call in turns on the same feed."""
+    timed = {"base": Timed(lambda: base(feed), timing.warmup, timing.runs),
+             "candidate": Timed(lambda: candidate(feed), timing.warmup, timing.runs)}
     stats = interleaved(timed)
     return tuple(s.p50_ms if not isinstance(s, str) else None for s in (stats["base"], stats["candidate"]))  # type: ignore[return-value]
