@@ -177,6 +177,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(digits_build, tmp_pa
         (["debug", str(tmp_path / "missing"), "--target", "ort-int8"], "not a directory"),
         (["debug", str(out), "--target", "ort-int8", "--data", str(tmp_path / "none.npz")], "does not exist"),
         (["debug", str(out), "--target", "ort-int8", "--top", "0"], "--top"),
+        (["debug", str(out), "--target", "ort-int8", "--samples", "0"], "--samples"),
         (["debug", str(out)], "--target"),
     ]
     for argv, words in cases:

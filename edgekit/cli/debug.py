@@ -53,8 +53,6 @@ def run_debug(args: argparse.Namespace, console: Console) -> int:
 
     if args.top < 1:
         raise UsageError(f"--top {args.top}: give a positive number of rows")
-    if args.samples < 1:
-        raise UsageError(f"--samples {args.samples}: give a positive number of samples")
     report = analyze(args.dir, args.target, args.data, args.top, args.samples, progress=console)
     console.result(text_table(report, args.top))
     console.result(f"\nper-layer analysis: {report.path}\nreport: {Path(args.dir) / 'report.md'}")

@@ -26,6 +26,7 @@ from edgekit.report.markdown import artifact_digest
 from edgekit.types import Feed, Reference
 
 DEFAULT_SAMPLES = 64
+MAX_SAMPLES = 100_000  # every sample is run once per keep-FP32 candidate
 
 
 def analyze(root: Path, target: str, data: Path | None = None, top: int = 10, samples: int = DEFAULT_SAMPLES,
@@ -34,6 +35,8 @@ def analyze(root: Path, target: str, data: Path | None = None, top: int = 10, sa
     re-render report.md (unless ``write`` is false). ``top`` only bounds what callers print."""
     del top
     progress = progress or Silent()
+    if not 1 <= samples <= MAX_SAMPLES:
+        raise UsageError(f"--samples {samples}: give 1 .. {MAX_SAMPLES:,} samples")
     root = Path(root)
     manifest = load_build(root)
     result = manifest.results.get(target)
