@@ -10,8 +10,9 @@ from typing import Any
 from edgekit.console import Console
 
 DESCRIPTION = """\
-Per-layer analysis of a built INT8 target of DIR against the FP32 reference in DIR (sha256-checked first), on the
-build's validation data (its calibration data when it has none, or --data). For every quantized layer:
+Per-layer analysis of a built INT8 target of DIR (ort-int8, tensorrt-int8, ort-int8-dynamic, torch-fbgemm,
+torch-qnnpack; also tensorrt-fp16) against the FP32 reference in DIR (sha256-checked first), on the build's
+validation data (its calibration data when it has none, or --data). For every quantized layer:
 
   local SQNR dB        the layer alone, fed the FP32 reference's own inputs, with only its own quantization
                        (weights and input activations), against the same layer in FP32. Low = this layer is
@@ -29,15 +30,16 @@ build's validation data (its calibration data when it has none, or --data). For 
 
 Graphs with more than 40 quantized layers are kept in FP32 block by block (a torch module prefix), then the blocks
 that recover the most are bisected. Writes DIR/<target>/debug.json and a "Per-layer analysis" section in
-DIR/report.md; docs/debug.md has the details. Exit 2 on bad input (unknown or unbuilt target, not INT8, bad data).
+DIR/report.md; docs/debug.md has the details. Exit 2 on bad input (unknown or unbuilt target, an FP32 target,
+bad data).
 """
 
 
 def add_parser(sub: Any) -> None:
-    d = sub.add_parser("debug", help="per-layer analysis of an INT8 target: the layers to blame, ranked",
+    d = sub.add_parser("debug", help="per-layer analysis of an INT8 (or FP16) target: the layers to blame, ranked",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     d.add_argument("dir", type=Path, metavar="DIR", help="a build folder (edgekit build ... -o DIR)")
-    d.add_argument("--target", required=True, metavar="NAME", help="the built INT8 target to analyze")
+    d.add_argument("--target", required=True, metavar="NAME", help="the built INT8 (or FP16) target to analyze")
     d.add_argument("--data", type=Path, metavar="PATH", help="analyze on this data instead of the build's "
                    "[validation] (or [calibration]) data")
     d.add_argument("--top", type=int, default=10, metavar="N", help="rows of the ranked table printed (default 10; "

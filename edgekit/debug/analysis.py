@@ -46,9 +46,9 @@ def analyze(root: Path, target: str, data: Path | None = None, top: int = 10, sa
         raise UsageError(f"--target {target!r} was not built ({result.status}: {result.reason or 'no artifact'}); "
                          "debug needs a built INT8 target")
     profile = profile_from_dict(target, manifest.profiles[target])
-    if profile.precision not in ("int8",):
-        raise UsageError(f"--target {target!r} is {profile.precision}; debug analyzes INT8 targets (ort-int8, "
-                         "ort-int8-dynamic, tensorrt-int8, torch-fbgemm, torch-qnnpack)")
+    if profile.precision not in ("int8", "fp16"):
+        raise UsageError(f"--target {target!r} is {profile.precision}; debug analyzes INT8 and FP16 targets (ort-int8, "
+                         "ort-int8-dynamic, tensorrt-int8, tensorrt-fp16, torch-fbgemm, torch-qnnpack)")
     verify_build(root, manifest, (target,))
     progress.step("sha256 of the reference and the artifact match the manifest")
     reference = Reference.from_dict(manifest.reference, root)

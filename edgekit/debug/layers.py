@@ -43,6 +43,7 @@ class Act:
     tensor: str  # the tensor name in the reference (and, before quantization, in the artifact)
     scale: np.ndarray | None = None  # static: the Q node's scale and zero point; None: quantized at run time
     zero_point: np.ndarray | None = None
+    fp16: bool = False  # FP16 targets: the input rounded to float16 instead
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Layer:
     acts: list[Act] = field(default_factory=list)
     out_artifact: str | None = None  # the tensor compared for the accumulated error, in the artifact ...
     out_reference: str | None = None  # ... and in the reference
+    fp16: bool = False  # a layer of an FP16 artifact (no Q/DQ: float16 weights and tensors)
 
     @property
     def local_ok(self) -> bool:
@@ -83,6 +85,7 @@ class Graphs:
         for n in artifact.graph.node:
             for name in n.input:
                 self.consumers.setdefault(name, []).append(n)
+        self.fp16 = {i.name for i in artifact.graph.initializer if i.data_type == 10}  # TensorProto.FLOAT16
         self.opset = next((o.version for o in reference.opset_import if o.domain in ("", "ai.onnx")), 17)
 
     def dequantized(self, dq: Any) -> np.ndarray:
@@ -212,11 +215,36 @@ def _dynamic_weight(g: Graphs, node: Any, fp32: np.ndarray) -> np.ndarray:
     return value if value.shape == fp32.shape else fp32
 
 
+def _fp16_layer(g: Graphs, node: Any) -> Layer | None:
+    """A layer of an FP16 artifact: float16 weights, float16 inputs (the same names as the reference's)."""
+    if not any(name in g.fp16 for name in node.input) or node.name not in g.ref_nodes:
+        return None
+    ref = g.ref_nodes[node.name]
+    layer = Layer(node.name, node.op_type, node.name, fp16=True)
+    for i, name in enumerate(ref.input):
+        if not name:
+            continue
+        if name in g.ref_consts:
+            fp32 = g.ref_consts[name].astype(np.float32)
+            layer.consts.append(Const(i, fp32, fp32.astype(np.float16).astype(np.float32)))
+        else:
+            layer.acts.append(Act(i, name, fp16=True))
+    out = node.output[0]
+    cast = next((c for c in g.consumers.get(out, []) if c.op_type == "Cast"), None)
+    if out in g.ref_tensors:
+        layer.out_artifact = layer.out_reference = out
+    elif cast is not None and cast.output[0] in g.ref_tensors:  # the graph output, cast back to float32
+        layer.out_artifact = layer.out_reference = cast.output[0]
+    return layer
+
+
 def find_layers(g: Graphs) -> list[Layer]:
     """Every quantized layer of the artifact, in graph order."""
     layers = []
     for node in g.artifact.graph.node:
-        if node.op_type in LAYER_OPS:
+        if node.op_type in LAYER_OPS and g.fp16:
+            layer = _fp16_layer(g, node)
+        elif node.op_type in LAYER_OPS:
             layer = _qdq_layer(g, node)
         elif node.op_type in INTEGER_OPS:
             layer = _dynamic_layer(g, node)
@@ -248,7 +276,10 @@ def local_graph(g: Graphs, layer: Layer) -> bytes:
     quantized_act: dict[int, str] = {}
     for a in layer.acts:
         name = f"in{a.index}"
-        if a.scale is None:  # dynamic: uint8 over the tensor's range at run time, as DynamicQuantizeLinear does
+        if a.fp16:  # rounded to float16 and back
+            nodes.append(helper.make_node("Cast", [name], [f"h{a.index}"], to=TensorProto.FLOAT16))
+            nodes.append(helper.make_node("Cast", [f"h{a.index}"], [f"dq{a.index}"], to=TensorProto.FLOAT))
+        elif a.scale is None:  # dynamic: uint8 over the tensor's range at run time, as DynamicQuantizeLinear does
             nodes.append(helper.make_node("DynamicQuantizeLinear", [name], [f"q{a.index}", f"s{a.index}", f"z{a.index}"]))
             nodes.append(helper.make_node("DequantizeLinear", [f"q{a.index}", f"s{a.index}", f"z{a.index}"], [f"dq{a.index}"]))
         else:
@@ -325,6 +356,9 @@ def keep_fp32(g: Graphs, layers: list[Layer]) -> bytes:
 
     for layer in layers:
         node = by_name[layer.artifact_node]
+        if layer.fp16:  # float16: the layer between casts, on FP32 inputs and weights
+            _fp32_between_casts(graph, node, layer, constant)
+            continue
         if layer.artifact_node == layer.node:  # static QDQ: bypass
             for a in layer.acts:
                 node.input[a.index] = fp32_tensor(a.tensor)
@@ -353,3 +387,25 @@ def keep_fp32(g: Graphs, layers: list[Layer]) -> bytes:
         graph.node.extend(nodes)
     prune_dead(graph)
     return model.SerializeToString()
+
+
+def _fp32_between_casts(graph: Any, node: Any, layer: Layer, constant: Any) -> None:
+    """``node`` of an FP16 graph computing in FP32: its float16 inputs cast up, its weights FP32, its output cast
+    back to float16 under the same name."""
+    from onnx import TensorProto, helper
+
+    nodes = list(graph.node)
+    at = nodes.index(node)
+    casts = []
+    for a in layer.acts:
+        up = f"{a.tensor}__edgekit_fp32_{node.name}"
+        casts.append(helper.make_node("Cast", [node.input[a.index]], [up], to=TensorProto.FLOAT, name=f"{up}_cast"))
+        node.input[a.index] = up
+    for c in layer.consts:
+        node.input[c.index] = constant(node.input[c.index], c.fp32)
+    out = node.output[0]
+    node.output[0] = f"{out}__edgekit_fp32"
+    down = helper.make_node("Cast", [node.output[0]], [out], to=TensorProto.FLOAT16, name=f"{out}__edgekit_cast")
+    nodes[at:at + 1] = [*casts, node, down]
+    del graph.node[:]
+    graph.node.extend(nodes)

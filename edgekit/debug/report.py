@@ -103,7 +103,7 @@ def text_table(report: DebugReport, top: int) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(TABLE_COLUMNS, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     e2e = report.end_to_end
-    head = (f"{report.target}: {len(report.layers)} quantized layer(s); whole model vs FP32 on {report.samples} "
+    head = (f"{report.target}: {len(report.layers)} {report.precision.upper()} layer(s); whole model vs FP32 on {report.samples} "
             f"sample(s) of {report.data} data: cosine {_num(e2e.get('cosine'), '.6f')}, SQNR {_num(e2e.get('sqnr_db'), '.1f')} dB")
     more = f"\n({len(report.layers) - top} more in debug.json)" if len(report.layers) > top else ""
     return "\n".join([head, "", *lines]) + more

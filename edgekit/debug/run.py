@@ -49,14 +49,21 @@ class LayerErrors:
         return self.powers[key].db()
 
 
-def with_outputs(model: Any, names: Sequence[str]) -> bytes:
-    """``model`` (a ModelProto, not changed) with these tensors added as graph outputs."""
+CAST_SUFFIX = "__edgekit_as_float"
+
+
+def with_outputs(model: Any, names: Sequence[str], cast: bool = False) -> bytes:
+    """``model`` (a ModelProto, not changed) with these tensors added as graph outputs; with ``cast`` each is read
+    through a Cast to float32, as ``<name>__edgekit_as_float`` (float16 tensors of an FP16 artifact)."""
     import onnx
 
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     present = {o.name for o in copy.graph.output}
     for name in dict.fromkeys(names):
+        if cast:
+            copy.graph.node.append(onnx.helper.make_node("Cast", [name], [name + CAST_SUFFIX], to=onnx.TensorProto.FLOAT))
+            name += CAST_SUFFIX
         if name not in present:
             copy.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     return copy.SerializeToString()
@@ -65,11 +72,13 @@ def with_outputs(model: Any, names: Sequence[str]) -> bytes:
 Reader = Callable[[Feed], dict[str, np.ndarray]]
 
 
-def onnx_reader(model: Any, threads: int) -> Callable[[list[str]], Reader]:
-    """For a list of tensor names, a function reading those tensors of ``model`` (an ONNX ModelProto) for a feed."""
+def onnx_reader(model: Any, threads: int, cast: bool = False) -> Callable[[list[str]], Reader]:
+    """For a list of tensor names, a function reading those tensors of ``model`` (an ONNX ModelProto) for a feed
+    (``cast``: float16 tensors, read as float32)."""
     def make(names: list[str]) -> Reader:
-        sess = session(with_outputs(model, names), threads)
-        return lambda feed: dict(zip(names, sess.run(names, feed)))
+        sess = session(with_outputs(model, names, cast), threads)
+        wanted = [n + CAST_SUFFIX for n in names] if cast else names
+        return lambda feed: dict(zip(names, sess.run(wanted, feed)))
     return make
 
 
@@ -78,7 +87,7 @@ def layer_errors(g: Graphs, layers: list[Layer], feeds: list[Feed], threads: int
                  artifact: Callable[[list[str]], Reader] | None = None) -> dict[str, LayerErrors]:
     """Local and accumulated SQNR of every layer over ``feeds``, ``CHUNK`` layers per pass over the data.
     ``artifact`` reads the artifact's tensors (default: ``g.artifact`` on ONNX Runtime)."""
-    artifact = artifact or onnx_reader(g.artifact, threads)
+    artifact = artifact or onnx_reader(g.artifact, threads, cast=bool(g.fp16))
     errors = {x.node: LayerErrors() for x in layers}
     for start in range(0, len(layers), CHUNK):
         part = layers[start:start + CHUNK]

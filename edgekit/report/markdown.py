@@ -290,7 +290,7 @@ def per_layer_section(debug: dict[str, dict[str, Any]], top: int = DEBUG_TOP) ->
         e2e = d.get("end_to_end") or {}
         lines += [f"### {name}" + (" — STALE: the artifact changed since this analysis; run `edgekit debug` again"
                                    if d.get("stale") else ""), "",
-                  f"{len(d['layers'])} quantized layer(s), {d.get('samples', '?')} sample(s) of {d.get('data', '?')} "
+                  f"{len(d['layers'])} {str(d.get('precision', '')).upper()} layer(s), {d.get('samples', '?')} sample(s) of {d.get('data', '?')} "
                   f"data; whole model vs FP32: cosine {_fmt(e2e.get('cosine'), '.6f')}, SQNR {_fmt(e2e.get('sqnr_db'), '.1f')} dB",
                   ""]
         rows = []
