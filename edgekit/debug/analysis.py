@@ -32,8 +32,8 @@ MAX_SAMPLES = 100_000  # every sample is run once per keep-FP32 candidate
 def analyze(root: Path, target: str, data: Path | None = None, top: int = 10, samples: int = DEFAULT_SAMPLES,
             progress: Progress | None = None, timing: Timing = Timing(), write: bool = True) -> DebugReport:
     """Analyze ``target`` of the build folder ``root`` layer by layer; write ``root/<target>/debug.json`` and
-    re-render report.md (unless ``write`` is false). ``top`` only bounds what callers print."""
-    del top
+    re-render report.md (unless ``write`` is false). Every layer is analyzed; ``top`` is the table's length, for
+    callers that print it (the CLI)."""
     progress = progress or Silent()
     if not 1 <= samples <= MAX_SAMPLES:
         raise UsageError(f"--samples {samples}: give 1 .. {MAX_SAMPLES:,} samples")

@@ -103,18 +103,17 @@ class Graphs:
         return ((x - zero) * scale).astype(np.float32)
 
     def ref_value(self, name: str, like: np.ndarray) -> np.ndarray | None:
-        """The reference's FP32 constant an artifact constant was quantized from, by its name."""
-        for suffix in ("_quantized", "_DequantizeLinear_Output", ""):
-            base = name[: -len(suffix)] if suffix and name.endswith(suffix) else (name if not suffix else None)
-            if base is None:
-                continue
-            for candidate in (base, base.replace("_Transposed", "")):
-                value = self.ref_consts.get(candidate)
-                if value is not None:
-                    if value.shape == like.shape:
-                        return value.astype(np.float32)
-                    if value.ndim == 2 and value.T.shape == like.shape:
-                        return value.T.astype(np.float32)
+        """The reference's FP32 constant an artifact constant was quantized from, found by its name (``w_quantized``,
+        ``w_Transposed_quantized`` -> ``w``), transposed back when the quantizer transposed it."""
+        base = name
+        for suffix in ("_quantized", "_DequantizeLinear_Output"):
+            base = base[: -len(suffix)] if base.endswith(suffix) else base
+        for candidate in (base, base.replace("_Transposed", "")):
+            value = self.ref_consts.get(candidate)
+            if value is not None and value.shape == like.shape:
+                return value.astype(np.float32)
+            if value is not None and value.ndim == 2 and value.T.shape == like.shape:
+                return value.T.astype(np.float32)
         return None
 
 
@@ -129,9 +128,9 @@ def _qdq_layer(g: Graphs, node: Any) -> Layer | None:
             continue
         dq = g.producer.get(name)
         if dq is None or dq.op_type != "DequantizeLinear":
-            if i > 0 and name in g.consts:  # an FP32 constant (TensorRT's folded bias): the same in every variant
+            if i > 0 and name in g.consts:  # an FP32 constant (TensorRT's folded bias)
                 value = g.consts[name].astype(np.float32)
-                layer.consts.append(Const(i, g.ref_value(name, value) if name not in g.ref_consts else value, value))
+                layer.consts.append(Const(i, g.ref_value(name, value), value))
             elif name not in g.consts:
                 layer.acts.append(Act(i, name))
             continue

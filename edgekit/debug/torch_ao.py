@@ -217,7 +217,7 @@ def analyze_torch(reference: Reference, files: list[Path], feeds: list[Feed], pr
     errors = layer_errors(g, layers, feeds, threads, progress.advance, artifact=script.reader)
     progress.step("keeping layers in FP32 one at a time: whole-model cosine and latency cost")
     ref = session(ref_model.SerializeToString(), threads)
-    base = _Script(runner.module, script.inputs, engine, threads).keep_fp32([], tnodes)  # the graph as a function, timed alike
+    base = script.keep_fp32([], tnodes)  # the unchanged graph run the same way as the candidates, so timed alike
     candidates = Candidates([ref.run(None, f) for f in feeds], base, lambda chosen: script.keep_fp32(chosen, tnodes),
                             feeds, timing)
     keep, blocks = keep_each(layers, modules, candidates, progress, notes)
