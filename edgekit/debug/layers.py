@@ -22,6 +22,13 @@ import numpy as np
 from edgekit.backends.onnx.graph import prune_dead
 
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# Ops that only move, select or clamp values: on quantized inputs they compute exactly what they would in FP32, so
+# their Q/DQ pairs are not theirs to blame (they pass the producer's scale through)
+PASS_THROUGH = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Concat", "Slice", "Gather",
+                          "GatherElements", "GatherND", "Split", "MaxPool", "Resize", "Pad", "Identity", "Expand", "Tile",
+                          "DepthToSpace", "SpaceToDepth", "Shape", "Size", "Cast", "ReduceMax", "ReduceMin", "ArgMax",
+                          "ArgMin", "Relu", "Clip", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
+                          "If", "Loop", "Scan"})
 INTEGER_OPS = ("ConvInteger", "MatMulInteger")
 VARIANTS = ("fp32", "full", "weight", "activation")
 
@@ -128,7 +135,9 @@ def _qdq_layer(g: Graphs, node: Any) -> Layer | None:
             continue
         dq = g.producer.get(name)
         if dq is None or dq.op_type != "DequantizeLinear":
-            if i > 0 and name in g.consts:  # an FP32 constant (TensorRT's folded bias)
+            if name in g.consts and g.consts[name].dtype.kind != "f":  # shapes, axes, indices: the same everywhere
+                layer.consts.append(Const(i, g.consts[name], g.consts[name]))
+            elif i > 0 and name in g.consts:  # an FP32 constant (TensorRT's folded bias)
                 value = g.consts[name].astype(np.float32)
                 layer.consts.append(Const(i, g.ref_value(name, value), value))
             elif name not in g.consts:
@@ -243,7 +252,7 @@ def find_layers(g: Graphs) -> list[Layer]:
     for node in g.artifact.graph.node:
         if node.op_type in LAYER_OPS and g.fp16:
             layer = _fp16_layer(g, node)
-        elif node.op_type in LAYER_OPS:
+        elif node.op_type not in PASS_THROUGH and node.domain in ("", "ai.onnx", "com.microsoft") and not g.fp16:
             layer = _qdq_layer(g, node)
         elif node.op_type in INTEGER_OPS:
             layer = _dynamic_layer(g, node)
@@ -291,8 +300,8 @@ def local_graph(g: Graphs, layer: Layer) -> bytes:
             nodes.append(helper.make_node("DequantizeLinear", [f"q{a.index}", *qin[1:]], [f"dq{a.index}"]))
         quantized_act[a.index] = f"dq{a.index}"
     for c in layer.consts:
-        inits.append(numpy_helper.from_array(c.fp32.astype(np.float32), f"c{c.index}_fp32"))
-        inits.append(numpy_helper.from_array(c.quantized.astype(np.float32), f"c{c.index}_q"))
+        inits.append(numpy_helper.from_array(c.fp32, f"c{c.index}_fp32"))
+        inits.append(numpy_helper.from_array(c.quantized, f"c{c.index}_q"))
     count = max([a.index for a in layer.acts] + [c.index for c in layer.consts]) + 1
     for variant in VARIANTS:
         args = [""] * count
@@ -300,11 +309,13 @@ def local_graph(g: Graphs, layer: Layer) -> bytes:
             args[a.index] = quantized_act[a.index] if variant in ("full", "activation") else f"in{a.index}"
         for c in layer.consts:
             args[c.index] = f"c{c.index}_q" if variant in ("full", "weight") else f"c{c.index}_fp32"
-        node = helper.make_node(op_type, args, [variant])
+        node = helper.make_node(op_type, args, [variant], domain=source.domain or None)
         node.attribute.extend(attrs)
         nodes.append(node)
     graph = helper.make_graph(nodes, "layer", inputs, [helper.make_tensor_value_info(v, TensorProto.FLOAT, None) for v in VARIANTS], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", max(g.opset, 13))])
+    opsets = [helper.make_opsetid("", max(g.opset, 13))]
+    opsets += [helper.make_opsetid(o.domain, o.version) for o in g.artifact.opset_import if o.domain not in ("", "ai.onnx")]
+    model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = min(g.reference.ir_version or 8, 10)
     return model.SerializeToString()
 
@@ -362,7 +373,7 @@ def keep_fp32(g: Graphs, layers: list[Layer]) -> bytes:
             for a in layer.acts:
                 node.input[a.index] = fp32_tensor(a.tensor)
             for c in layer.consts:
-                if c.fp32 is not None:
+                if c.fp32 is not None and c.fp32.dtype.kind == "f":
                     node.input[c.index] = constant(node.input[c.index], c.fp32)
             continue
         ref = g.ref_nodes[layer.node]  # dynamic: the reference node takes the place of the integer chain

@@ -64,9 +64,15 @@ def module_of(node: Any, initializers: set[str]) -> str | None:
 
 
 def module_map(model: Any) -> dict[str, str]:
-    """{ONNX node name: torch module path} for every node of ``model`` whose module is known."""
+    """{ONNX node name: torch module path} for every node of ``model`` whose module is known. A parameter read by
+    several nodes says nothing (onnxsim merges identical constants: every LayerNorm's all-ones weight becomes one)."""
     graph = model.graph
+    users: dict[str, int] = {}
+    for node in graph.node:
+        for name in set(node.input):
+            users[name] = users.get(name, 0) + 1
     inits = {i.name for i in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
+    inits = {name for name in inits if users.get(name, 0) == 1}
     found = {}
     for node in graph.node:
         module = module_of(node, inits)
