@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--out", type=Path, default=Path("/tmp/debug_bench"))
+    ap.add_argument("--reuse", action="store_true", help="debug the build already in OUT/build (no rebuild)")
     args = ap.parse_args(argv)
     from edgekit.cli import main as edgekit
     from edgekit.debug import analyze
@@ -95,10 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg.write_text(CONFIG.format(models=HERE / "models.py", stem_profile=stem, **{k: str(v) for k, v in paths.items()}))
     build = args.out / "build"
     started = time.perf_counter()
-    code = edgekit(["-q", "build", str(cfg), "-o", str(build)])
+    reuse = args.reuse and (build / "manifest.json").is_file()
+    code = 0 if reuse else edgekit(["-q", "build", str(cfg), "-o", str(build)])
     built_s = time.perf_counter() - started
     result = {"command": "python benchmarks/debug_bench.py " + " ".join(argv or sys.argv[1:]), "cpu": platform.processor()
-              or platform.machine(), "isa": _isa(), "build_exit_code": code, "build_seconds": round(built_s, 1),
+              or platform.machine(), "isa": _isa(), "build_exit_code": code, "build_seconds": None if reuse else round(built_s, 1),
               "targets_show_exit_code": rc, "targets": {}}
     for target in ("ort-int8", "ort-int8-stem"):
         started = time.perf_counter()

@@ -23,8 +23,9 @@ validation data (its calibration data when it has none, or --data). For every qu
                        which of the two to fix (weights: per-channel, 8-bit; activations: calibration, smoothing).
   keep-FP32 cosine     the whole model's output cosine against FP32 with this layer left in FP32 (its Q/DQ
                        removed), the rest as built. Compare with the artifact's cosine on the first line.
-  cost ms              that model's p50 minus the INT8 artifact's p50, timed interleaved (batch 1, few runs: a
-                       rough figure; below a noise floor it counts as the floor).
+  cost ms              how much slower that model is than the INT8 artifact: median of the difference over 30
+                       pairs of calls, batch 1 (a rough figure on a busy host; below a floor, or within its
+                       own noise, it counts as the floor).
   recovered/ms         (keep-FP32 cosine - artifact cosine) / cost: the ranking. The first rows are the layers
                        worth excluding from quantization first (exclusions take ONNX node or torch module names).
 

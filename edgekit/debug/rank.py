@@ -1,4 +1,4 @@
-"""Keep-FP32 candidates measured once each (whole-model cosine, interleaved latency cost), blocks then bisection for
+"""Keep-FP32 candidates measured once each (whole-model cosine, latency cost timed in pairs), blocks then bisection for
 big graphs, and the ranking by cosine recovered per millisecond. Shared by the ONNX and the torch.ao analyses."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from typing import Any, Callable
 from edgekit.console import Progress
 from edgekit.debug.layers import Layer
 from edgekit.debug.report import BlockReport, DebugReport, KeepFp32, LayerReport
-from edgekit.debug.run import LayerErrors, Timing, agreement, paired_p50
+from edgekit.debug.run import LayerErrors, Timing, agreement, paired_timing
 from edgekit.types import Feed
 
 log = logging.getLogger(__name__)
 
-COST_FLOOR_MS = 0.01  # a keep-FP32 cost below this (or below NOISE_SHARE of the artifact's p50) counts as this
+COST_FLOOR_MS = 0.01  # a keep-FP32 cost below this (or NOISE_SHARE of the artifact's p50, or the noise) counts as this
 NOISE_SHARE = 0.02
 BLOCK_THRESHOLD = 40  # more quantized layers than this: keep whole blocks in FP32 first, then bisect
 BISECT_BLOCKS = 3
@@ -46,13 +46,13 @@ class Candidates:
         except Exception as exc:  # the runtime refused the edited graph: this candidate cannot be measured
             log.debug("keep-FP32 graph for %s refused: %s", [x.node for x in layers], exc)
             return KeepFp32(None)
-        base, p50 = paired_p50(self.base, run, self.latency_feed, self.timing)
-        cost = p50 - base if p50 is not None and base is not None else None
-        floor = max(COST_FLOOR_MS, NOISE_SHARE * (base or 0.0))
+        t = paired_timing(self.base, run, self.latency_feed, self.timing)
+        # a cost within the timing's noise (2 standard errors) or under 2 % of the artifact's p50 is not told from 0
+        floor = max(COST_FLOOR_MS, NOISE_SHARE * t.base_p50_ms, 2.0 * t.noise_ms)
         now = self.end_to_end["cosine"]
         recovered = cosine - now if cosine is not None and now is not None else None
-        per_ms = recovered / max(cost, floor) if recovered is not None and cost is not None else None
-        return KeepFp32(cosine, p50, cost, per_ms)
+        per_ms = recovered / max(t.cost_ms, floor) if recovered is not None else None
+        return KeepFp32(cosine, t.p50_ms, t.cost_ms, per_ms)
 
 
 def keep_each(layers: list[Layer], modules: dict[str, str], candidates: Candidates, progress: Progress,

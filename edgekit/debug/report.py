@@ -17,7 +17,7 @@ class KeepFp32:
 
     cosine: float | None
     p50_ms: float | None = None
-    latency_cost_ms: float | None = None  # p50 of this model minus p50 of the INT8 artifact, timed interleaved
+    latency_cost_ms: float | None = None  # this model's time minus the INT8 artifact's: median over pairs of calls
     recovered_per_ms: float | None = None  # (cosine - the artifact's cosine) / max(cost, COST_FLOOR_MS)
 
 

@@ -15,7 +15,6 @@ import numpy as np
 from edgekit.backends.onnx.session import session
 from edgekit.debug.layers import VARIANTS, Graphs, Layer, local_graph
 from edgekit.types import Feed
-from edgekit.validate.latency import Timed, interleaved
 from edgekit.validate.metrics import OutputError, sqnr_db
 
 log = logging.getLogger(__name__)
@@ -144,16 +143,42 @@ def agreement(reference: list[list[np.ndarray]], outputs: list[list[np.ndarray]]
 
 @dataclass(frozen=True)
 class Timing:
-    """How each keep-FP32 candidate is timed against the artifact: warm-up and timed calls, interleaved."""
+    """How each keep-FP32 candidate is timed against the artifact: warm-up, then ``runs`` pairs of calls."""
 
     warmup: int = 5
     runs: int = 30
 
 
-def paired_p50(base: Callable[[Feed], Any], candidate: Callable[[Feed], Any], feed: Feed,
-               timing: Timing) -> tuple[float | None, float | None]:
-    """p50 ms of two runs timed call by call in turns on the same feed."""
-    timed = {"base": Timed(lambda: base(feed), timing.warmup, timing.runs),
-             "candidate": Timed(lambda: candidate(feed), timing.warmup, timing.runs)}
-    stats = interleaved(timed)
-    return tuple(s.p50_ms if not isinstance(s, str) else None for s in (stats["base"], stats["candidate"]))  # type: ignore[return-value]
+@dataclass(frozen=True)
+class Paired:
+    """Two runs timed in pairs (one call each, in alternating order): p50s, and the cost of the candidate as the
+    median of the per-pair differences with its noise (the standard error of that median)."""
+
+    base_p50_ms: float
+    p50_ms: float
+    cost_ms: float
+    noise_ms: float
+
+
+def paired_timing(base: Callable[[Feed], Any], candidate: Callable[[Feed], Any], feed: Feed, timing: Timing) -> Paired:
+    """Time ``candidate`` against ``base`` pair by pair: the difference within a pair cancels the host's drift, and
+    the median of the differences ignores the calls a busy host stalls."""
+    import time
+
+    for _ in range(timing.warmup):
+        base(feed)
+        candidate(feed)
+    first, second = [], []
+    for r in range(timing.runs):
+        calls = (base, candidate) if r % 2 == 0 else (candidate, base)
+        spent = []
+        for call in calls:
+            start = time.perf_counter()
+            call(feed)
+            spent.append((time.perf_counter() - start) * 1e3)
+        first.append(spent[0] if r % 2 == 0 else spent[1])
+        second.append(spent[1] if r % 2 == 0 else spent[0])
+    b, c = np.asarray(first), np.asarray(second)
+    diff = c - b
+    mad = float(np.median(np.abs(diff - np.median(diff)))) * 1.4826
+    return Paired(float(np.median(b)), float(np.median(c)), float(np.median(diff)), 1.2533 * mad / np.sqrt(len(diff)))
