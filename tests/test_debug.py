@@ -189,3 +189,33 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(digits_build, tmp_pa
     (tmp_path / "bad.npz").write_bytes(b"not an npz")
     assert main(["debug", str(out), "--target", "ort-int8", "--data", str(tmp_path / "bad.npz")]) == 2
     assert sorted(p.name for p in out.rglob("*")) == before
+
+
+def test_debug_help_explains_the_numbers(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["debug", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for words in ("usage: edgekit debug", "local SQNR dB", "accumulated SQNR dB", "keep-FP32 cosine", "recovered/ms",
+                  "--data", "--top"):
+        assert words in out
+
+
+def test_module_names_come_from_scopes_parameters_and_metadata_never_from_shared_constants():
+    from onnx import helper
+
+    from edgekit.debug.names import module_map
+
+    w = [helper.make_tensor(n, 1, [1], [1.0]) for n in ("a.weight", "layer1.0.conv2.weight", "shared.weight")]
+    nodes = [
+        helper.make_node("Conv", ["x", "onnx::Conv_7"], ["t1"], name="/layer1/layer1.0/conv1/Conv"),  # TorchScript
+        helper.make_node("Conv", ["t1", "layer1.0.conv2.weight"], ["t2"], name="node_Conv_31"),  # dynamo: the weight
+        helper.make_node("Mul", ["t2", "a.weight"], ["t3"], name="node_mul"),
+        helper.make_node("LayerNormalization", ["t3", "shared.weight"], ["t4"], name="ln_a"),  # merged constant
+        helper.make_node("LayerNormalization", ["t4", "shared.weight"], ["y"], name="ln_b"),
+    ]
+    nodes[2].metadata_props.add(key="pkg.torch.onnx.name_scopes", value="['', 'blocks', 'blocks.3', 'blocks.3.scale']")
+    model = helper.make_model(helper.make_graph(nodes, "g", [], [], w))
+    assert module_map(model) == {"/layer1/layer1.0/conv1/Conv": "layer1.0.conv1", "node_Conv_31": "layer1.0.conv2",
+                                 "node_mul": "blocks.3.scale"}
+    assert resolve_layer_names(["layer1"], model) == ["/layer1/layer1.0/conv1/Conv", "node_Conv_31"]
