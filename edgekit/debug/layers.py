@@ -250,12 +250,12 @@ def find_layers(g: Graphs) -> list[Layer]:
     """Every quantized layer of the artifact, in graph order."""
     layers = []
     for node in g.artifact.graph.node:
-        if node.op_type in LAYER_OPS and g.fp16:
-            layer = _fp16_layer(g, node)
-        elif node.op_type not in PASS_THROUGH and node.domain in ("", "ai.onnx", "com.microsoft") and not g.fp16:
-            layer = _qdq_layer(g, node)
-        elif node.op_type in INTEGER_OPS:
+        if node.op_type in INTEGER_OPS:
             layer = _dynamic_layer(g, node)
+        elif g.fp16:
+            layer = _fp16_layer(g, node) if node.op_type in LAYER_OPS else None
+        elif node.op_type not in PASS_THROUGH and node.domain in ("", "ai.onnx", "com.microsoft"):
+            layer = _qdq_layer(g, node)
         else:
             continue
         if layer is not None:
