@@ -51,6 +51,7 @@ class Act:
     scale: np.ndarray | None = None  # static: the Q node's scale and zero point; None: quantized at run time
     zero_point: np.ndarray | None = None
     fp16: bool = False  # FP16 targets: the input rounded to float16 instead
+    dynamic: bool = False  # dynamic INT8: uint8 over the tensor's own range, at run time
 
 
 @dataclass
@@ -195,7 +196,7 @@ def _dynamic_layer(g: Graphs, node: Any) -> Layer | None:
                 quantized = _dynamic_weight(g, node, fp32)
             layer.consts.append(Const(i, fp32, quantized))
         elif i == 0 or name not in g.consts:
-            layer.acts.append(Act(i, name))
+            layer.acts.append(Act(i, name, dynamic=True))
     out = ref.output[0]
     if out in g.producer and out in g.ref_tensors:
         layer.out_artifact = layer.out_reference = out
@@ -287,9 +288,12 @@ def local_graph(g: Graphs, layer: Layer) -> bytes:
         if a.fp16:  # rounded to float16 and back
             nodes.append(helper.make_node("Cast", [name], [f"h{a.index}"], to=TensorProto.FLOAT16))
             nodes.append(helper.make_node("Cast", [f"h{a.index}"], [f"dq{a.index}"], to=TensorProto.FLOAT))
-        elif a.scale is None:  # dynamic: uint8 over the tensor's range at run time, as DynamicQuantizeLinear does
+        elif a.dynamic:  # uint8 over the tensor's range at run time, as DynamicQuantizeLinear does
             nodes.append(helper.make_node("DynamicQuantizeLinear", [name], [f"q{a.index}", f"s{a.index}", f"z{a.index}"]))
             nodes.append(helper.make_node("DequantizeLinear", [f"q{a.index}", f"s{a.index}", f"z{a.index}"], [f"dq{a.index}"]))
+        elif a.scale is None:  # an input the artifact does not quantize
+            quantized_act[a.index] = name
+            continue
         else:
             inits.append(numpy_helper.from_array(np.asarray(a.scale), f"s{a.index}"))
             qin = [name, f"s{a.index}"]
@@ -371,7 +375,8 @@ def keep_fp32(g: Graphs, layers: list[Layer]) -> bytes:
             continue
         if layer.artifact_node == layer.node:  # static QDQ: bypass
             for a in layer.acts:
-                node.input[a.index] = fp32_tensor(a.tensor)
+                if a.scale is not None:
+                    node.input[a.index] = fp32_tensor(a.tensor)
             for c in layer.consts:
                 if c.fp32 is not None and c.fp32.dtype.kind == "f":
                     node.input[c.index] = constant(node.input[c.index], c.fp32)

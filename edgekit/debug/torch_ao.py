@@ -96,8 +96,9 @@ def _find(module: Any, g: Graphs, modules: dict[str, str]) -> tuple[list[Layer],
         if len(ref.input) > 2 and ref.input[2] in g.ref_consts:
             fp32 = g.ref_consts[ref.input[2]].astype(np.float32)
             layer.consts.append(Const(2, fp32, bias.astype(np.float32) if bias is not None and bias.shape == fp32.shape else fp32))
-        qparams = None if "dynamic" in tnode.kind() else _input_qparams(tnode)
-        layer.acts.append(Act(0, ref.input[0], *(qparams or (None, None))))
+        dynamic = "dynamic" in tnode.kind()
+        qparams = None if dynamic else _input_qparams(tnode)
+        layer.acts.append(Act(0, ref.input[0], *(qparams or (None, None)), dynamic=dynamic))
         target = ref.output[0]
         after = consumers.get(target, [])
         if tnode.kind().endswith("_relu") and len(after) == 1 and after[0].op_type == "Relu":
