@@ -102,13 +102,23 @@ def main(argv: list[str] | None = None) -> int:
     result = {"command": "python benchmarks/debug_bench.py " + " ".join(argv or sys.argv[1:]), "cpu": platform.processor()
               or platform.machine(), "isa": _isa(), "build_exit_code": code, "build_seconds": None if reuse else round(built_s, 1),
               "targets_show_exit_code": rc, "targets": {}}
+    from edgekit.debug.report import most_recovered
+
+    manifest = json.loads((build / "manifest.json").read_text())
+    digests = {t: [f["sha256"] for f in manifest["targets"][t]["files"]] for t in ("ort-int8", "ort-int8-stem")}
+    result["same_artifact"] = digests["ort-int8"] == digests["ort-int8-stem"]
+    result["ort-int8_fp32_input_layers"] = manifest["targets"]["ort-int8"]["notes"].get("fp32_input_layers")
     for target in ("ort-int8", "ort-int8-stem"):
+        if target == "ort-int8-stem" and result["same_artifact"]:
+            print("ort-int8-stem is byte-identical to ort-int8 (auto quantizes a stem a pooling op follows): skipped")
+            continue
         started = time.perf_counter()
         report = analyze(build, target, samples=args.samples)
         seconds = time.perf_counter() - started
         result["targets"][target] = {
             "debug_seconds": round(seconds, 1), "end_to_end": report.end_to_end, "layers": len(report.layers),
             "first": report.layers[0].label if report.layers else None,
+            "most_recovered": most_recovered(report.layers).label if most_recovered(report.layers) else None,
             "top5": [{"layer": x.label, "local_sqnr_db": x.local_sqnr_db, "accumulated_sqnr_db": x.accumulated_sqnr_db,
                       "keep_fp32_cosine": x.keep_fp32.cosine if x.keep_fp32 else None,
                       "cost_ms": x.keep_fp32.latency_cost_ms if x.keep_fp32 else None,
@@ -116,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             "lowest_local_sqnr": min((x for x in report.layers if x.local_sqnr_db is not None),
                                      key=lambda x: x.local_sqnr_db).label if report.layers else None,
         }
-        print(f"{target}: first = {result['targets'][target]['first']} ({seconds:.0f} s)", flush=True)
+        print(f"{target}: first = {result['targets'][target]['first']}, most recovered = "
+              f"{result['targets'][target]['most_recovered']} ({seconds:.0f} s)", flush=True)
     from edgekit import strictjson
 
     RESULTS.write_text(strictjson.dumps(result, indent=2) + "\n")

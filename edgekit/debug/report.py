@@ -38,6 +38,12 @@ class LayerReport:
         return f"{self.torch_module} ({self.onnx_node})" if self.torch_module else self.onnx_node
 
 
+def most_recovered(layers: list[LayerReport]) -> LayerReport | None:
+    """The layer whose FP32 gives the highest whole-model cosine, whatever it costs."""
+    measured = [x for x in layers if x.keep_fp32 is not None and x.keep_fp32.cosine is not None]
+    return max(measured, key=lambda x: x.keep_fp32.cosine) if measured else None  # type: ignore[union-attr]
+
+
 @dataclass
 class BlockReport:
     name: str
@@ -106,4 +112,9 @@ def text_table(report: DebugReport, top: int) -> str:
     head = (f"{report.target}: {len(report.layers)} {report.precision.upper()} layer(s); whole model vs FP32 on {report.samples} "
             f"sample(s) of {report.data} data: cosine {_num(e2e.get('cosine'), '.6f')}, SQNR {_num(e2e.get('sqnr_db'), '.1f')} dB")
     more = f"\n({len(report.layers) - top} more in debug.json)" if len(report.layers) > top else ""
+    best = most_recovered(report.layers)
+    if best is not None and best.keep_fp32 is not None:
+        k = best.keep_fp32
+        more += (f"\nmost recovered, whatever the cost: {best.label} in FP32 gives cosine {_num(k.cosine, '.6f')} "
+                 f"(rank {_num(best.rank, 'd')}, cost {_num(k.latency_cost_ms, '+.3f')} ms)")
     return "\n".join([head, "", *lines]) + more

@@ -307,6 +307,12 @@ def per_layer_section(debug: dict[str, dict[str, Any]], top: int = DEBUG_TOP) ->
             lines += [_md_table(list(LAYER_COLUMNS), rows), ""]
         if len(d["layers"]) > top:
             lines += [f"{len(d['layers']) - top} more layer(s) in `{name}/{DEBUG_FILE}`.", ""]
+        kept = [x for x in d["layers"] if isinstance(x, dict) and (x.get("keep_fp32") or {}).get("cosine") is not None]
+        if kept:
+            best = max(kept, key=lambda x: x["keep_fp32"]["cosine"])
+            lines += [f"Most recovered, whatever the cost: `{best.get('torch_module') or best.get('onnx_node')}` "
+                      f"({best.get('onnx_node')}) in FP32 gives cosine {_fmt(best['keep_fp32']['cosine'], '.6f')} "
+                      f"(rank {_fmt(best.get('rank'), 'd')}, cost {_fmt(best['keep_fp32'].get('latency_cost_ms'), '+.3f')} ms).", ""]
         lines += [f"- {note}" for note in d.get("notes", []) if isinstance(note, str)]
         lines.append("")
     return lines
