@@ -97,6 +97,7 @@ def fragile_copy(fragile, tmp_path) -> Path:
     return dst
 
 
+@pytest.mark.slow  # builds the fragile CNN (module fixture)
 def test_planted_fragile_layer_is_named_first_by_onnx_node_and_torch_module(fragile_copy, capsys):
     reference = onnx.load(str(fragile_copy / "reference" / "model.onnx"))
     node = resolve_layer_names(["block.conv2"], reference)
@@ -124,6 +125,7 @@ def test_planted_fragile_layer_is_named_first_by_onnx_node_and_torch_module(frag
     assert "`block.conv2`" in (fragile_copy / "report.md").read_text()
 
 
+@pytest.mark.slow  # builds the fragile CNN (module fixture)
 def test_many_layers_go_block_by_block_then_bisect_to_the_fragile_layer(fragile, monkeypatch):
     from edgekit.debug import rank as module
 
@@ -138,6 +140,7 @@ def test_many_layers_go_block_by_block_then_bisect_to_the_fragile_layer(fragile,
     assert not (fragile / "ort-int8" / "debug.json").exists()
 
 
+@pytest.mark.slow  # builds the fragile CNN (module fixture)
 def test_resolve_layer_names_takes_onnx_nodes_torch_modules_and_prefixes(fragile):
     reference = onnx.load(str(fragile / "reference" / "model.onnx"))
     conv1, conv2 = resolve_layer_names(["block.conv1", "block.conv2"], reference)
