@@ -13,7 +13,8 @@ from typing import Any
 from edgekit.config import parse_config
 from edgekit.console import Progress, Silent
 from edgekit.data import open_feed, with_data
-from edgekit.debug.layers import Graphs, Layer, find_layers, keep_fp32
+from edgekit.debug.keep import keep_fp32
+from edgekit.debug.layers import Graphs, Layer, find_layers
 from edgekit.debug.names import module_map
 from edgekit.debug.rank import Candidates, Run, assemble, keep_each
 from edgekit.debug.report import DEBUG_FILE, DebugReport
