@@ -17,6 +17,7 @@ from edgekit.model import file_sha256
 from edgekit.profiles import parse_profile, profile_to_dict
 from edgekit.report import ReportData, read_report_data, render_html, render_markdown
 from edgekit.report.data import HISTOGRAM_KEY
+from edgekit.report.markdown import debug_reports
 from edgekit.types import (Artifact, ArtifactFile, FeedSource, GateVerdict, Metrics, SizeInfo, TargetLatency, TargetProfile,
                            TargetResult)
 from edgekit.validate.verdict import exit_code
@@ -212,7 +213,7 @@ def _metrics_record(path: Path, name: str, result: TargetResult) -> dict[str, An
 def write_reports(root: Path, data: dict[str, Any], extra: ReportData) -> None:
     """report.md and report.html of the manifest-shaped ``data`` into ``root``."""
     plain = json.loads(json.dumps(data, default=str))
-    atomic_write_text(root / "report.md", render_markdown(plain))
+    atomic_write_text(root / "report.md", render_markdown(plain, debug_reports(root, plain)))
     atomic_write_text(root / "report.html", render_html(plain, extra))
 
 

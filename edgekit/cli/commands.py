@@ -11,12 +11,12 @@ from typing import Any
 from edgekit.config import load_config, parse_config
 from edgekit.console import Console
 from edgekit.errors import UsageError
-from edgekit.manifest import Manifest
+from edgekit.manifest import Manifest, write_reports
 from edgekit.pipeline import BuildOptions, build, revalidate
 from edgekit.fsutil import atomic_write_text
 from edgekit.readback import load_build
 from edgekit.profiles import builtin_names, load_profile, profile_to_dict, profile_to_toml
-from edgekit.report import read_report_data, render_html, render_markdown, text_table, undecided_notes
+from edgekit.report import read_report_data, text_table, undecided_notes
 from edgekit.resources import calibration_dir
 
 
@@ -146,10 +146,8 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
     build = load_build(args.dir)
-    manifest = json.loads(json.dumps(build.to_dict(), default=str))
-    atomic_write_text(args.dir / "report.md", render_markdown(manifest))
-    atomic_write_text(args.dir / "report.html", render_html(manifest, read_report_data(args.dir, build.results)))
-    console.result(text_table(manifest))
+    write_reports(args.dir, build.to_dict(), read_report_data(args.dir, build.results))
+    console.result(text_table(json.loads(json.dumps(build.to_dict(), default=str))))
     console.result(f"\nreport: {args.dir / 'report.md'}\nhtml report: {args.dir / 'report.html'}")
     return 0
 

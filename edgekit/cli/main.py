@@ -26,7 +26,7 @@ marked failed); 2 bad input or usage (one message, nothing written); 3 a target 
 
 # Commands that live in their own module under edgekit/cli/: each defines `add_parser(sub)`, which adds
 # its subparser and sets `run=<function(args, console) -> int>` as the parser's default.
-COMMAND_MODULES: tuple[str, ...] = ("edgekit.cli.bundle", "edgekit.cli.fleet")
+COMMAND_MODULES: tuple[str, ...] = ("edgekit.cli.bundle", "edgekit.cli.debug", "edgekit.cli.fleet")
 
 
 class _Parser(argparse.ArgumentParser):

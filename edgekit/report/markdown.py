@@ -108,7 +108,9 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-def render_markdown(manifest: dict[str, Any]) -> str:
+def render_markdown(manifest: dict[str, Any], debug: dict[str, dict[str, Any]] | None = None) -> str:
+    """report.md of a manifest dict; ``debug`` ({target: debug.json content}, see ``debug_reports``) adds the
+    per-layer analysis of `edgekit debug`."""
     host = manifest.get("host", {})
     val = manifest.get("validation", {})
     ref = manifest.get("reference", {})
@@ -175,6 +177,8 @@ def render_markdown(manifest: dict[str, Any]) -> str:
         lines.append("")
     if manifest.get("compress"):
         lines += compression_section(manifest["compress"])
+    if debug:
+        lines += per_layer_section(debug)
     return "\n".join(lines)
 
 
@@ -249,5 +253,83 @@ def compression_section(steps: list[dict[str, Any]]) -> list[str]:
             lines.append(f"- {key.replace('_', ' ')}: {value}")
         if a.get("error"):
             lines.append(f"- measuring this stage failed: {a['error']}")
+        lines.append("")
+    return lines
+
+
+# ---------------------------------------------------------------- per-layer analysis (edgekit debug)
+
+DEBUG_FILE = "debug.json"
+DEBUG_TOP = 10
+LAYER_COLUMNS = ("rank", "layer", "op", "local SQNR dB", "accumulated SQNR dB", "weight / act. SQNR dB", "keep-FP32 cosine",
+                 "cost ms", "recovered/ms")
+
+
+def artifact_digest(files: list[dict[str, Any]]) -> str:
+    """One digest of an artifact's files (their sha256s in order): debug.json records it to tell a stale analysis."""
+    import hashlib
+
+    return hashlib.sha256("".join(f["sha256"] for f in files).encode()).hexdigest()
+
+
+def debug_reports(root: Any, manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{target: its debug.json} for every target of ``manifest`` with a readable ``root/<target>/debug.json``; an
+    analysis of other artifact bytes than the manifest's is marked ``stale``. Never raises: a report still renders."""
+    import json
+    from pathlib import Path
+
+    from edgekit import strictjson
+
+    found = {}
+    for name, t in manifest.get("targets", {}).items():
+        path = Path(root) / name / DEBUG_FILE
+        try:
+            if not path.is_file() or path.is_symlink() or path.stat().st_size > (16 << 20):
+                continue
+            d = strictjson.restore(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, RecursionError):
+            continue
+        if not isinstance(d, dict) or not isinstance(d.get("layers"), list):
+            continue
+        d["stale"] = bool(d.get("artifact_sha256")) and d.get("artifact_sha256") != artifact_digest(t.get("files", []))
+        found[name] = d
+    return found
+
+
+def per_layer_section(debug: dict[str, dict[str, Any]], top: int = DEBUG_TOP) -> list[str]:
+    """The "Per-layer analysis" section of report.md: each analyzed target's first ``top`` layers."""
+    lines = ["## Per-layer analysis", "",
+             "From `edgekit debug DIR --target NAME` (docs/debug.md): local SQNR = the layer alone on FP32 inputs with "
+             "only its own quantization; accumulated = its output inside the INT8 graph vs the FP32 graph; "
+             "keep-FP32 cosine = the whole model's output with that layer left in FP32; cost = its p50 minus the "
+             "artifact's; layers ranked by cosine recovered per ms of cost.", ""]
+    for name, d in debug.items():
+        e2e = d.get("end_to_end") or {}
+        lines += [f"### {name}" + (" — STALE: the artifact changed since this analysis; run `edgekit debug` again"
+                                   if d.get("stale") else ""), "",
+                  f"{len(d['layers'])} {str(d.get('precision', '')).upper()} layer(s), {d.get('samples', '?')} sample(s) of {d.get('data', '?')} "
+                  f"data; whole model vs FP32: cosine {_fmt(e2e.get('cosine'), '.6f')}, SQNR {_fmt(e2e.get('sqnr_db'), '.1f')} dB",
+                  ""]
+        rows = []
+        for x in d["layers"][:top]:
+            if not isinstance(x, dict):
+                continue
+            k = x.get("keep_fp32") or {}
+            label = f"`{x['torch_module']}` ({x.get('onnx_node')})" if x.get("torch_module") else f"`{x.get('onnx_node')}`"
+            rows.append([_fmt(x.get("rank"), "d"), label, str(x.get("op_type", "?")), _fmt(x.get("local_sqnr_db"), ".1f"),
+                         _fmt(x.get("accumulated_sqnr_db"), ".1f"),
+                         f"{_fmt(x.get('weight_only_sqnr_db'), '.1f')} / {_fmt(x.get('activation_only_sqnr_db'), '.1f')}",
+                         _fmt(k.get("cosine"), ".6f"), _fmt(k.get("latency_cost_ms"), "+.3f"), _fmt(k.get("recovered_per_ms"), ".4g")])
+        if rows:
+            lines += [_md_table(list(LAYER_COLUMNS), rows), ""]
+        if len(d["layers"]) > top:
+            lines += [f"{len(d['layers']) - top} more layer(s) in `{name}/{DEBUG_FILE}`.", ""]
+        kept = [x for x in d["layers"] if isinstance(x, dict) and (x.get("keep_fp32") or {}).get("cosine") is not None]
+        if kept:
+            best = max(kept, key=lambda x: x["keep_fp32"]["cosine"])
+            lines += [f"Most recovered, whatever the cost: `{best.get('torch_module') or best.get('onnx_node')}` "
+                      f"({best.get('onnx_node')}) in FP32 gives cosine {_fmt(best['keep_fp32']['cosine'], '.6f')} "
+                      f"(rank {_fmt(best.get('rank'), 'd')}, cost {_fmt(best['keep_fp32'].get('latency_cost_ms'), '+.3f')} ms).", ""]
+        lines += [f"- {note}" for note in d.get("notes", []) if isinstance(note, str)]
         lines.append("")
     return lines

@@ -1,0 +1,139 @@
+"""`edgekit debug` on the ResNet-18-shaped CNN: which layer does it rank first for ort-int8?
+
+The built-in ort-int8 profile keeps the stem (the conv reading the image) in FP32 ("fp32_input_layers = auto"), so
+the default artifact has no quantized stem to blame. The check therefore builds two ort-int8 variants of the same
+model and data:
+
+* ``ort-int8`` as shipped (stem FP32): what a user debugs by default;
+* ``ort-int8-stem`` = the same profile with ``fp32_input_layers = false``: every conv quantized, the stem included.
+  Here the image-reading layer must be ranked first (the layer whose FP32 recovers the most per ms).
+
+    .venv/bin/python benchmarks/debug_bench.py [--samples 32] [--out /tmp/debug_bench]
+
+Writes benchmarks/results/debug_bench.json (ranking, SQNRs, timings, CPU flags). Weights and photo crops come from
+benchmarks/work/ (made here when missing, as `make bench` does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+WORK = HERE / "work"
+RESULTS = HERE / "results" / "debug_bench.json"
+
+CONFIG = """
+[model]
+source = "{models}:resnet18_like"
+weights = "{weights}"
+inputs = [ {{ name = "image", shape = [1, 3, 224, 224], dtype = "float32" }} ]
+outputs = ["logits"]
+task = "classification"
+
+[calibration]
+data = "{calib}"
+samples = 64
+method = "mse"
+
+[validation]
+data = "{val}"
+batch_size = 1
+
+[targets]
+use = ["ort-int8", "ort-int8-stem"]
+
+[targets.ort-int8-stem]
+profile = "{stem_profile}"
+"""
+
+
+def _isa() -> list[str]:
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return sorted(set(re.findall(r"\b(avx2|avx512_vnni|avx_vnni|amx_int8)\b", text)))
+
+
+def prepare(samples: int) -> dict[str, Path]:
+    import models as bench_models
+
+    weights = WORK / "resnet18_like.safetensors"
+    if not weights.is_file():
+        bench_models.make_cnn_weights("resnet18_like", weights)
+    data = WORK / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    calib, val = data / "debug_calib.npz", data / f"debug_val_{samples}.npz"
+    if not calib.is_file():
+        np.savez(calib, image=bench_models.random_crops(64, seed=101))
+    if not val.is_file():
+        np.savez(val, image=bench_models.random_crops(samples, seed=202))
+    return {"weights": weights, "calib": calib, "val": val}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", type=int, default=32)
+    ap.add_argument("--out", type=Path, default=Path("/tmp/debug_bench"))
+    ap.add_argument("--reuse", action="store_true", help="debug the build already in OUT/build (no rebuild)")
+    args = ap.parse_args(argv)
+    from edgekit.cli import main as edgekit
+    from edgekit.debug import analyze
+
+    paths = prepare(args.samples)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / "ort-int8-stem.toml"
+    rc = edgekit(["targets", "show", "ort-int8", "--write", str(stem)])
+    text = stem.read_text().replace('name = "ort-int8"', 'name = "ort-int8-stem"')
+    stem.write_text(re.sub(r'fp32_input_layers = "auto"', "fp32_input_layers = false", text))
+    cfg = args.out / "resnet18_debug.toml"
+    cfg.write_text(CONFIG.format(models=HERE / "models.py", stem_profile=stem, **{k: str(v) for k, v in paths.items()}))
+    build = args.out / "build"
+    started = time.perf_counter()
+    reuse = args.reuse and (build / "manifest.json").is_file()
+    code = 0 if reuse else edgekit(["-q", "build", str(cfg), "-o", str(build)])
+    built_s = time.perf_counter() - started
+    result = {"command": "python benchmarks/debug_bench.py " + " ".join(argv or sys.argv[1:]), "cpu": platform.processor()
+              or platform.machine(), "isa": _isa(), "build_exit_code": code, "build_seconds": None if reuse else round(built_s, 1),
+              "targets_show_exit_code": rc, "targets": {}}
+    from edgekit.debug.report import most_recovered
+
+    manifest = json.loads((build / "manifest.json").read_text())
+    digests = {t: [f["sha256"] for f in manifest["targets"][t]["files"]] for t in ("ort-int8", "ort-int8-stem")}
+    result["same_artifact"] = digests["ort-int8"] == digests["ort-int8-stem"]
+    result["ort-int8_fp32_input_layers"] = manifest["targets"]["ort-int8"]["notes"].get("fp32_input_layers")
+    for target in ("ort-int8", "ort-int8-stem"):
+        if target == "ort-int8-stem" and result["same_artifact"]:
+            print("ort-int8-stem is byte-identical to ort-int8 (auto quantizes a stem a pooling op follows): skipped")
+            continue
+        started = time.perf_counter()
+        report = analyze(build, target, samples=args.samples)
+        seconds = time.perf_counter() - started
+        result["targets"][target] = {
+            "debug_seconds": round(seconds, 1), "end_to_end": report.end_to_end, "layers": len(report.layers),
+            "first": report.layers[0].label if report.layers else None,
+            "most_recovered": most_recovered(report.layers).label if most_recovered(report.layers) else None,
+            "top5": [{"layer": x.label, "local_sqnr_db": x.local_sqnr_db, "accumulated_sqnr_db": x.accumulated_sqnr_db,
+                      "keep_fp32_cosine": x.keep_fp32.cosine if x.keep_fp32 else None,
+                      "cost_ms": x.keep_fp32.latency_cost_ms if x.keep_fp32 else None,
+                      "recovered_per_ms": x.keep_fp32.recovered_per_ms if x.keep_fp32 else None} for x in report.layers[:5]],
+            "lowest_local_sqnr": min((x for x in report.layers if x.local_sqnr_db is not None),
+                                     key=lambda x: x.local_sqnr_db).label if report.layers else None,
+        }
+        print(f"{target}: first = {result['targets'][target]['first']}, most recovered = "
+              f"{result['targets'][target]['most_recovered']} ({seconds:.0f} s)", flush=True)
+    from edgekit import strictjson
+
+    RESULTS.write_text(strictjson.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["targets"], indent=1, default=str)[:3000])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
