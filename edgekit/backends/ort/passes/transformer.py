@@ -17,6 +17,7 @@ import numpy as np
 
 from edgekit.backends.base import CalibrationSettings
 from edgekit.backends.calibration import calibration_feeds
+from edgekit.backends.onnx.graph import scratch_cwd
 from edgekit.backends.onnx.session import session
 from edgekit.backends.ort.passes.attention import fuse_attention
 from edgekit.backends.ort.passes.layernorm_rows import layernorm_rows
@@ -106,7 +107,8 @@ def _fuse(src: Path, dst: Path, check: dict[str, np.ndarray] | None) -> dict[str
         ours = {**fuse_attention(model), "LayerNormalization (rows)": layernorm_rows(model)}
         options = FusionOptions("bert")
         options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = False  # slower than Add + LN here
-        with contextlib.redirect_stdout(io.StringIO()):  # the optimizer print()s its shape-inference failures
+        # the optimizer print()s its shape-inference failures and may leave their temporary files in the cwd
+        with contextlib.redirect_stdout(io.StringIO()), scratch_cwd():
             fused = optimize_model(model, model_type="bert", num_heads=0, hidden_size=0, opt_level=0,
                                    optimization_options=options)
         counts = {k: v for k, v in fused.get_fused_operator_statistics().items() if v and k in FUSED_OPS}
