@@ -20,7 +20,8 @@ from edgekit.types import TensorSpec
 DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "mse")
 EXPORTERS = ("dynamo", "torchscript")
-TASKS = ("classification", "regression", "embedding")
+HF_TASKS = ("feature-extraction", "sequence-classification", "image-classification")  # an hf: source's task names
+TASKS = ("classification", "regression", "embedding", *HF_TASKS)
 SECTIONS = ("model", "export", "compress", "calibration", "validation", "train", "targets", "bundle", "publish")  # [publish]: edgekit.publish
 # Bounds on what a config may ask for (docs/limits.md): beyond them a build only runs out of memory or time.
 MAX_RANK = 8
@@ -180,6 +181,8 @@ def resolve_source(source: str, base: Path) -> str:
     """Make file paths in a model source absolute; check the source has one of the known forms."""
     if source.startswith("example:"):
         return source
+    if source.startswith("hf:"):  # a Hugging Face model folder (edgekit/hf.py)
+        return "hf:" + str(_path(source[3:], base, "[model] source")) if source[3:].strip() else source
     if source.endswith(".onnx"):
         return str(_path(source, base, "[model] source"))
     if ".py:" in source:
@@ -190,7 +193,7 @@ def resolve_source(source: str, base: Path) -> str:
         return source
     raise ConfigError(
         f"[model] source = {source!r}: expected 'file.py:factory', 'package.module:factory', "
-        "a .onnx file, or 'example:digits'"
+        "a .onnx file, 'hf:path/to/model-folder', or 'example:digits'"
     )
 
 
@@ -217,9 +220,13 @@ DATA_KEYS = {
 }
 
 
-def _parse_data(t: Any, section: str, base: Path) -> DataConfig:
+def _parse_data(t: Any, section: str, base: Path, tokenizer: str | None = None) -> DataConfig:
+    """One data section; ``tokenizer`` (an hf: source's folder) is the default of ``[section.text] tokenizer``."""
     where = f"[{section}]"
     t = check_keys(t, DATA_KEYS[section], where)
+    if tokenizer is not None and section != "train" and isinstance(t.get("data"), str) and \
+            t["data"].endswith((".txt", ".jsonl")) and isinstance(t.get("text", {}), dict):
+        t = {**t, "text": {"tokenizer": tokenizer, **t.get("text", {})}}
     if "data" not in t:
         raise ConfigError(f"{where} needs 'data' (a .npz file, a folder of .npy/.npz or images, a .txt/.jsonl, or "
                           "'file.py:function' / 'module:function')")
@@ -322,12 +329,17 @@ def parse_config(raw: dict[str, Any], base: Path, path: Path | None = None) -> B
         raise ConfigError(f"[export] opset = {export.opset} is outside the supported range 13..21")
     steps = _parse_compress(coerce(raw["compress"], list, "[[compress]]"), raw) if "compress" in raw else ()
     use, overrides = _parse_targets(raw.get("targets", {"use": ["ort-fp32"]}), base)
+    model = _parse_model(raw["model"], base)
+    if model.task in HF_TASKS and not model.source.startswith("hf:"):
+        raise ConfigError(f"[model] task = {model.task!r} is for an hf: source; for this source use one of "
+                          f"{', '.join(t for t in TASKS if t not in HF_TASKS)}")
+    tokenizer = _hf_tokenizer(model.source)
     cfg = BuildConfig(
-        model=_parse_model(raw["model"], base),
+        model=model,
         export=export,
         compress=steps,
-        calibration=_parse_data(raw["calibration"], "calibration", base) if "calibration" in raw else None,
-        validation=_parse_data(raw["validation"], "validation", base) if "validation" in raw else None,
+        calibration=_parse_data(raw["calibration"], "calibration", base, tokenizer) if "calibration" in raw else None,
+        validation=_parse_data(raw["validation"], "validation", base, tokenizer) if "validation" in raw else None,
         train=_parse_data(raw["train"], "train", base) if "train" in raw else None,
         targets=use,
         overrides=overrides,
@@ -336,6 +348,16 @@ def parse_config(raw: dict[str, Any], base: Path, path: Path | None = None) -> B
         raw=raw,
     )
     return cfg
+
+
+def _hf_tokenizer(source: str) -> str | None:
+    """An hf: source's tokenizer folder, the default of [calibration.text] / [validation.text] tokenizer: the folder,
+    or for an older sentence-transformers folder the 0_Transformer/ module holding the model and tokenizer."""
+    if not source.startswith("hf:") or not source[3:].strip():
+        return None
+    folder = Path(source[3:])
+    nested = folder / "0_Transformer"
+    return str(nested if not (folder / "config.json").exists() and (nested / "config.json").exists() else folder)
 
 
 def load_config(config: str | Path | Mapping[str, Any] | BuildConfig, base: str | Path | None = None) -> BuildConfig:

@@ -1,4 +1,5 @@
-"""Resolve a model source (file.py:factory, package.module:factory, .onnx, example:NAME) and load weights safely."""
+"""Resolve a model source (file.py:factory, package.module:factory, .onnx, example:NAME, hf:FOLDER) and load weights
+safely."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 from edgekit.config import ModelConfig
 from edgekit.errors import ConfigError, ModelError, WeightsError, shown
 from edgekit.fsutil import check_regular_file
+from edgekit.hf import is_hf, load_hf
 from edgekit.types import SourceModel, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -219,6 +221,8 @@ def build_module(source: str) -> tuple[Any, Path | None]:
 def load_model(cfg: ModelConfig) -> SourceModel:
     """Build the SourceModel a config describes: import, construct, load weights, check inputs are declared."""
     source = cfg.source
+    if is_hf(source):
+        return load_hf(cfg)
     if source.endswith(".onnx"):
         path = Path(source)
         if not path.exists():

@@ -25,6 +25,7 @@ from edgekit.jobs import Built, TargetJob, WorkerInputs, build_in_workers, build
 from edgekit.fsutil import check_regular_file
 from edgekit.manifest import (Manifest, input_hashes, library_versions, profile_from_dict, validation_record_dir,
                               write_outputs, write_validation_record)
+from edgekit.hf import completed
 from edgekit.model import load_model
 from edgekit.outdir import check_output_dir, make_staging, promote
 from edgekit.profiles import load_profile, profile_to_dict
@@ -71,6 +72,7 @@ class Plan:
 def plan(cfg: BuildConfig, options: BuildOptions, progress: Progress | None = None) -> Plan:
     """Resolve and check every input (config, profiles, model, data, availability); write nothing."""
     progress = progress or Silent()
+    cfg = dataclasses.replace(cfg, model=completed(cfg.model))  # an hf: folder's inputs, outputs and task filled in
     chosen = _select_targets(cfg, options.targets)
     profiles = {name: load_profile(name, cfg.overrides.get(name)) for name in chosen}
     recipes = {name: get_backend(p.backend).parse_recipe(p) for name, p in profiles.items()}
@@ -102,6 +104,8 @@ def plan(cfg: BuildConfig, options: BuildOptions, progress: Progress | None = No
         from edgekit.compress.run import prepare
 
         train = prepare(cfg, source, validation, progress)
+    for key, note in source.notes.items():  # what loading decided (edgekit/hf.py): the head, pooling, attention
+        progress.note(f"model {key}: {note}")
     unavailable, proxies = {}, set()
     for name, profile in profiles.items():
         avail = get_backend(profile.backend).availability(profile, source)
@@ -160,7 +164,7 @@ def _build_into(root: Path, p: Plan, options: BuildOptions, progress: Progress, 
     manifest = Manifest(
         config=resolved_dict(cfg),
         inputs=_inputs(p),
-        reference=reference.to_dict(root),
+        reference={**reference.to_dict(root), **({"model_notes": source.notes} if source.notes else {})},
         validation={},
         references={},
         results=results,

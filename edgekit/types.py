@@ -91,6 +91,7 @@ class SourceModel:
     module: "torch.nn.Module | None" = None
     onnx_path: Path | None = None
     fingerprint: str = ""
+    notes: dict[str, Any] = field(default_factory=dict)  # what loading decided (hf: head, pooling, attention exported)
 
     @property
     def is_torch(self) -> bool:

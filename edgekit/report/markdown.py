@@ -125,6 +125,7 @@ def render_markdown(manifest: dict[str, Any], debug: dict[str, dict[str, Any]] |
         *(f"Data warning: {w}" for w in val.get("data_warnings", [])),
         f"Reference: `{ref.get('file', {}).get('path', '?')}` ({ref.get('exporter', '?')} exporter, opset {ref.get('opset', '?')}); "
         f"{ref.get('simplify_note', '')}",
+        *(f"Model {key}: {note}" for key, note in (ref.get("model_notes") or {}).items()),  # e.g. an hf: folder's
         "",
         ("Error columns compare each artifact with the compressed torch model that was exported (what compression"
          " itself cost against the original is in the Compression section);" if manifest.get("compress") else

@@ -3,9 +3,11 @@ shapes, and a read-out of every float tensor of a graph."""
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -49,6 +51,15 @@ class GraphIndex:
         return node if node is not None and node.op_type == op_type else None
 
 
+@contextlib.contextmanager
+def scratch_cwd() -> Iterator[None]:
+    """Run ONNX Runtime's tools from a temporary working directory: its symbolic shape inference saves
+    ``sym_shape_infer_temp.onnx`` and external-data files into the current directory when it cannot finish (seen
+    on exports with a dynamic sequence axis); nothing of that may land in the user's folder."""
+    with tempfile.TemporaryDirectory(prefix="edgekit-cwd-") as tmp, contextlib.chdir(tmp):
+        yield
+
+
 def inferred_shapes(model: Any) -> dict[str, list[int | str | None]]:
     """Every tensor's inferred shape (ints, symbolic names or None), initializers included.
 
@@ -59,7 +70,8 @@ def inferred_shapes(model: Any) -> dict[str, list[int | str | None]]:
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+        with scratch_cwd():
+            inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
     except Exception:  # it raises whatever an op handler raises on graphs it does not understand
         inferred = None
     if inferred is None:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from edgekit.backends.base import CalibrationSettings
 from edgekit.backends.onnx import qdq_ranges, stats_cache
 from edgekit.backends.onnx.calibration import FeedCalibrationReader
-from edgekit.backends.onnx.graph import first_line, nodes_of_types, strip_value_info
+from edgekit.backends.onnx.graph import first_line, nodes_of_types, scratch_cwd, strip_value_info
 from edgekit.backends.onnx.session import session
 from edgekit.fsutil import atomic_move
 from edgekit.types import FeedSource, TensorSpec
@@ -72,7 +72,8 @@ def preprocess(src: Path, dst: Path) -> str:
     failures = []
     for label, kwargs in attempts:
         try:
-            quant_pre_process(str(src), str(dst), **kwargs)
+            with scratch_cwd():  # its shape inference writes temporary files into the working directory
+                quant_pre_process(str(src.resolve()), str(dst.resolve()), **kwargs)
             return f"pre-processed ({label})" + (f"; after: {'; '.join(failures)}" if failures else "")
         except Exception as exc:  # ORT raises bare Exceptions here
             failures.append(f"{label} failed ({first_line(exc)})")

@@ -63,6 +63,8 @@ def quantize_dynamic_int8(
                 rewritten = tmp / f"{key}.onnx"
                 notes[key] = rewrite(model, rewritten, PassInputs(calib, specs))
                 model = rewritten
+                if isinstance(notes[key], dict) and notes[key].get("warning"):  # e.g. attention left unfused
+                    notes["warning"] = "; ".join(filter(None, (notes.get("warning"), f"{key}: {notes[key]['warning']}")))
         pre = tmp / "pre.onnx"
         notes["preprocess"] = preprocess(model, pre)
         model = pre

@@ -122,8 +122,10 @@ def _match(g: GraphIndex, shapes: dict[str, list[Any]], softmax: Any) -> dict[st
     merge = g.only_consumer(pv.output[0])
     if merge is None or merge.op_type != "Transpose" or _perm(merge) != [0, 2, 1, 3]:
         return None
-    out_reshape = g.only_consumer(merge.output[0])
-    if out_reshape is None or out_reshape.op_type != "Reshape":
+    # the merged heads are read by one Reshape, or (dynamic sequence axis) by several: the [b, s, hidden] view and the
+    # 2-D one a projection reads; each takes the fused node's [b, s, hidden] output instead (same element order)
+    out_reshapes = g.consumers.get(merge.output[0], [])
+    if not out_reshapes or merge.output[0] in g.graph_outputs or any(not _safe_reshape(g, r) for r in out_reshapes):
         return None
     parts = [_head_split(g, shapes, qk.input[0], [0, 2, 1, 3]), _head_split(g, shapes, qk.input[1], [0, 2, 3, 1]),
              _head_split(g, shapes, pv.input[1], [0, 2, 1, 3])]
@@ -140,7 +142,19 @@ def _match(g: GraphIndex, shapes: dict[str, list[Any]], softmax: Any) -> dict[st
     removed += [pv, merge]
     return {"q": parts[0][1].input[0], "k": parts[1][1].input[0], "v": parts[2][1].input[0],
             "shapes": shapes, "heads": heads, "head_size": head_size, "scale": scale, "bias": bias,
-            "out": out_reshape, "removed": removed}
+            "outs": out_reshapes, "removed": removed}
+
+
+def _safe_reshape(g: GraphIndex, node: Any) -> bool:
+    """A Reshape that gives the same result from a [b, s, hidden] input as from [b, s, heads, d]: no 0 entry that
+    would copy an input dim (allowzero = 0)."""
+    if node.op_type != "Reshape":
+        return False
+    allowzero = next((a.i for a in node.attribute if a.name == "allowzero"), 0)
+    dims = _shape_vector(g, node.input[1])
+    if dims is None:
+        return False
+    return bool(allowzero) or 0 not in dims
 
 
 def fuse_attention(model: Any) -> dict[str, int]:
@@ -163,6 +177,7 @@ def fuse_attention(model: Any) -> dict[str, int]:
     if not found:
         return counts
     drop: set[str] = set()  # nodes by first output (protobuf wrappers are not stable identities)
+    order = {n.output[0]: i for i, n in enumerate(graph.node)}
     before: dict[str, list[Any]] = {}  # new nodes go right before the Reshape that reads the attention output
     masks: dict[str, str] = {}  # additive mask -> its 0/1 int32 mask_index, made once per mask
     for i, m in enumerate(found):
@@ -196,8 +211,10 @@ def fuse_attention(model: Any) -> dict[str, int]:
                 num_heads=m["heads"], scale=m["scale"],
             ))
             counts["MultiHeadAttention"] += 1
-        m["out"].input[0] = added[-1].output[0]
-        before[m["out"].output[0]] = added
+        for out in m["outs"]:
+            out.input[0] = added[-1].output[0]
+        first = min(m["outs"], key=lambda n: order[n.output[0]])  # the new nodes go before the earliest reader
+        before[first.output[0]] = added
         drop.update(n.output[0] for n in m["removed"])
     reorder_nodes(graph, before, drop)
     prune_dead(graph)
@@ -281,7 +298,7 @@ def _mask_index(g: GraphIndex, bias: str, shapes: dict[str, list[Any]], prefix: 
                 masks: dict[str, str]) -> str | None:
     """A [batch, seq, seq] int32 0/1 mask equal to the additive ``bias`` = Where(cond, 0, masked) (or the reverse),
     made from ``cond``; "" when there is no mask; None when ``bias`` is anything else."""
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper, numpy_helper
 
     if not bias:
         return ""
@@ -297,8 +314,8 @@ def _mask_index(g: GraphIndex, bias: str, shapes: dict[str, list[Any]], prefix: 
     if not ((when_true == 0.0 and when_false <= MASKED) or (when_false == 0.0 and when_true <= MASKED)):
         return None
     shape = shapes.get(bias)
-    if shape is None or len(shape) != 4 or shape[1] != 1 or not all(isinstance(d, int) and d > 0 for d in shape[2:]):
-        return None
+    if shape is None or len(shape) != 4 or shape[1] != 1 or any(d is None or (isinstance(d, int) and d <= 0) for d in shape[2:]):
+        return None  # queries and keys literal or named (a dynamic sequence axis), one mask for every head
     if shapes.get(where.input[0]) != shape:
         return None
     if isinstance(shape[0], int) and shape[0] == 1 and g.const(where.input[0]) is not None:
@@ -307,9 +324,12 @@ def _mask_index(g: GraphIndex, bias: str, shapes: dict[str, list[Any]], prefix: 
     if when_true != 0.0:
         keep = f"{prefix}_mask_not"
         added.append(helper.make_node("Not", [where.input[0]], [keep], name=keep))
-    # [batch, 1, 1, keys] -> the 2-D key mask; [batch, 1, queries, keys] -> the 3-D mask
-    rows = _reshape(graph, added, keep, [-1, int(shape[3])] if shape[2] == 1 else [-1, int(shape[2]), int(shape[3])],
-                    f"{prefix}_mask")
+    # [batch, 1, 1, keys] -> the 2-D key mask; [batch, 1, queries, keys] -> the 3-D mask (Squeeze: any axis may be
+    # dynamic)
+    axes = f"{prefix}_mask_axes"
+    graph.initializer.append(numpy_helper.from_array(np.array([1, 2] if shape[2] == 1 else [1], dtype=np.int64), axes))
+    rows = f"{prefix}_mask_rows"
+    added.append(helper.make_node("Squeeze", [keep, axes], [rows], name=rows))
     added.append(helper.make_node("Cast", [rows], [f"{prefix}_mask_index"], to=TensorProto.INT32, name=f"{prefix}_mask_index"))
     masks[bias] = added[-1].output[0]
     return masks[bias]

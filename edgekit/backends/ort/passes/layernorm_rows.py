@@ -10,12 +10,12 @@ import numpy as np
 from edgekit.backends.onnx.graph import GraphIndex, inferred_shapes, prune_dead, rename_uses, reorder_nodes
 
 def _same_3d(a: list[Any] | None, b: list[Any]) -> bool:
-    """Same [batch, seq, hidden]: equal literal seq and hidden, and batch equal or run-time on both sides (two
-    symbolic names can differ only in how shape inference named them; a literal batch against a run-time one could
+    """Same [batch, seq, hidden]: equal literal hidden, and batch and seq each equal or run-time on both sides (two
+    symbolic names can differ only in how shape inference named them; a literal dim against a run-time one could
     be a broadcast)."""
-    if a is None or len(a) != 3 or a[1:] != b[1:]:
+    if a is None or len(a) != 3 or a[2] != b[2]:
         return False
-    return a[0] == b[0] or (not isinstance(a[0], int) and not isinstance(b[0], int))
+    return all(x == y or (not isinstance(x, int) and not isinstance(y, int)) for x, y in zip(a[:2], b[:2]))
 
 
 def layernorm_rows(model: Any) -> int:
@@ -33,7 +33,8 @@ def layernorm_rows(model: Any) -> int:
 
     def static_3d(name: str) -> list[Any] | None:
         s = shapes.get(name)
-        return s if s is not None and len(s) == 3 and all(isinstance(d, int) and d > 0 for d in s[1:]) else None
+        return s if s is not None and len(s) == 3 and isinstance(s[2], int) and s[2] > 0 and \
+            (not isinstance(s[1], int) or s[1] > 0) else None  # hidden literal; seq literal or run-time
 
     def rows_source(name: str, hidden: int) -> str | None:
         """The 2-D [rows, hidden] tensor ``name`` was reshaped from, if any."""
@@ -78,7 +79,10 @@ def layernorm_rows(model: Any) -> int:
         ln_rows.attribute.append(helper.make_attribute("axis", -1))
         added.append(ln_rows)
         three_d = f"{prefix}_3d_shape"
-        graph.initializer.append(numpy_helper.from_array(np.array([-1, seq, hidden], dtype=np.int64), three_d))
+        if isinstance(seq, int):
+            graph.initializer.append(numpy_helper.from_array(np.array([-1, seq, hidden], dtype=np.int64), three_d))
+        else:  # a dynamic sequence axis: back to the residual operand's own [batch, seq, hidden]
+            added.append(helper.make_node("Shape", [add.input[0]], [three_d], name=three_d))
         # the old LayerNormalization's output keeps its name (later nodes and graph outputs read it), now a Reshape
         added.append(helper.make_node("Reshape", [ln_rows.output[0], three_d], [ln.output[0]], name=f"{prefix}_back"))
         rows_of[ln.output[0]] = ln_rows.output[0]

@@ -1,10 +1,14 @@
 """The ``transformer_fusion`` pass: edgekit's attention and LayerNorm rewrites, then ONNX Runtime's transformer
 optimizer for the rest (Gelu, LayerNormalization), checked numerically against the unfused graph before use.
 
-The rewrites are for speed only: when nothing fuses, fusion fails or changes outputs, the graph stays as it was."""
+The rewrites are for speed only: when nothing fuses, fusion fails or changes outputs, the graph stays as it was. When
+the graph has attention (MatMul -> Softmax -> MatMul) that did not become an Attention node, the note carries a
+``warning`` with the reason: dynamic INT8 then quantizes the projections but not into the fused QAttention kernel."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,6 +17,7 @@ import numpy as np
 
 from edgekit.backends.base import CalibrationSettings
 from edgekit.backends.calibration import calibration_feeds
+from edgekit.backends.onnx.graph import scratch_cwd
 from edgekit.backends.onnx.session import session
 from edgekit.backends.ort.passes.attention import fuse_attention
 from edgekit.backends.ort.passes.layernorm_rows import layernorm_rows
@@ -22,11 +27,70 @@ FUSED_OPS = ("Attention", "MultiHeadAttention", "EmbedLayerNormalization", "Gelu
              "SkipLayerNormalization", "LayerNormalization")
 
 
+ATTENTION_OPS = ("Attention", "MultiHeadAttention")
+
+
+def attention_blocks(model: Any) -> tuple[int, bool]:
+    """(how many Softmax nodes sit between two MatMuls, as self-attention does, whether any is torch's
+    scaled_dot_product_attention export: the Softmax output guarded by IsNaN/Where before the second MatMul)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in model.graph.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    count, sdpa = 0, False
+    for node in model.graph.node:
+        if node.op_type != "Softmax":
+            continue
+        up, seen = producer.get(node.input[0]), 0
+        while up is not None and up.op_type in ("Add", "Mul", "Div", "Where", "Cast") and seen < 4:
+            up, seen = producer.get(up.input[0]), seen + 1
+        if up is None or up.op_type != "MatMul":
+            continue
+        frontier, guarded, found = [node.output[0]], False, False
+        for _ in range(3):  # the softmax output, then through IsNaN / Where / Cast
+            nxt = []
+            for name in frontier:
+                for c in consumers.get(name, []):
+                    if c.op_type == "MatMul":
+                        found = True
+                    elif c.op_type in ("IsNaN", "Where", "Cast"):
+                        guarded |= c.op_type == "IsNaN"
+                        nxt.append(c.output[0])
+            frontier = nxt
+        if found:
+            count += 1
+            sdpa |= guarded
+    return count, sdpa
+
+
+def _unfused_warning(blocks: int, sdpa: bool, fused: int, why: str) -> str:
+    reason = why or ("the graph is torch's scaled_dot_product_attention export (Softmax guarded by IsNaN/Where), "
+                     "which neither edgekit's nor ONNX Runtime's fusion matches; export the model with "
+                     "attn_implementation=\"eager\" (an hf: source does so itself)" if sdpa else
+                     "the ops around Softmax match neither edgekit's attention pattern nor ONNX Runtime's")
+    return (f"{blocks - fused} of {blocks} attention block(s) (MatMul-Softmax-MatMul) were not fused into Attention "
+            f"({reason}); their projections are INT8, but each attention core stays separate FP32 ops instead of one "
+            "QAttention kernel")
+
+
 def fuse_transformer(src: Path, dst: Path, check: dict[str, np.ndarray] | None) -> dict[str, Any]:
     """edgekit's transformer rewrites, then ONNX Runtime's transformer fusions, on ``src`` into ``dst``; checked
     against ``src`` on ``check`` inputs.
 
-    Returns the note for the manifest; when nothing fuses, fusion fails or changes outputs, ``dst`` is ``src``."""
+    Returns the note for the manifest; when nothing fuses, fusion fails or changes outputs, ``dst`` is ``src``. The
+    note has a ``warning`` when attention the graph has was not fused."""
+    import onnx
+
+    blocks, sdpa = attention_blocks(onnx.load(str(src)))
+    note = _fuse(src, dst, check)
+    fused = sum(v for k, v in note.get("fused", {}).items() if k in ATTENTION_OPS) if note.get("applied") else 0
+    if blocks > fused:
+        note["warning"] = _unfused_warning(blocks, sdpa, fused, "" if note.get("applied") else str(note.get("why", "")))
+    return note
+
+
+def _fuse(src: Path, dst: Path, check: dict[str, np.ndarray] | None) -> dict[str, Any]:
     import onnx
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
@@ -43,8 +107,10 @@ def fuse_transformer(src: Path, dst: Path, check: dict[str, np.ndarray] | None) 
         ours = {**fuse_attention(model), "LayerNormalization (rows)": layernorm_rows(model)}
         options = FusionOptions("bert")
         options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = False  # slower than Add + LN here
-        fused = optimize_model(model, model_type="bert", num_heads=0, hidden_size=0, opt_level=0,
-                               optimization_options=options)
+        # the optimizer print()s its shape-inference failures and may leave their temporary files in the cwd
+        with contextlib.redirect_stdout(io.StringIO()), scratch_cwd():
+            fused = optimize_model(model, model_type="bert", num_heads=0, hidden_size=0, opt_level=0,
+                                   optimization_options=options)
         counts = {k: v for k, v in fused.get_fused_operator_statistics().items() if v and k in FUSED_OPS}
         counts.update({k: v for k, v in ours.items() if v})
         fused.save_model_to_file(str(dst))
