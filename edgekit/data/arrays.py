@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import zipfile
 from pathlib import Path
+from tokenize import TokenError
 from typing import IO, Iterator
 
 import numpy as np
@@ -18,10 +19,16 @@ import numpy as np
 from edgekit.data.checks import conform, conform_labels, regular_file
 from edgekit.data.stream import Piece, StreamSource
 from edgekit.errors import DataError
+from edgekit.errors import shown as errors_shown
 from edgekit.types import TensorSpec
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+# numpy parses a .npy header with ast.literal_eval: a damaged header raises what Python's parser raises
+# (SyntaxError, tokenize.TokenError, ...), not only ValueError (found by tests/fuzz/test_fuzz_data.py)
+HEADER_ERRORS = (ValueError, EOFError, OSError, SyntaxError, TokenError, TypeError, KeyError, RecursionError, MemoryError)
 
 
 def npy_header(fp: IO[bytes], size: int, origin: str) -> None:
@@ -39,8 +46,9 @@ def npy_header(fp: IO[bytes], size: int, origin: str) -> None:
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
         else:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp, max_header_size=10000)
-    except (ValueError, EOFError, OSError) as exc:
-        raise DataError(f"{origin} has a corrupt .npy header ({exc}); save it again with numpy.save") from None
+    except HEADER_ERRORS as exc:
+        raise DataError(f"{origin} has a corrupt .npy header ({type(exc).__name__}: {errors_shown(exc)}); save it "
+                        "again with numpy.save") from None
     if dtype.hasobject:
         raise DataError(f"{origin} holds pickled objects, which are refused; store plain numeric arrays")
     want = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
@@ -96,8 +104,8 @@ def _parse(load, origin: str):
         if "pickle" in str(exc).lower():
             raise DataError(f"{origin} holds pickled objects, which are refused; store plain numeric arrays") from None
         raise DataError(f"{origin} is not a readable .npy/.npz file: {exc}") from None
-    except (OSError, EOFError, zipfile.BadZipFile, MemoryError) as exc:
-        raise DataError(f"{origin} is not a readable .npy/.npz file: {type(exc).__name__}: {exc}") from None
+    except (OSError, EOFError, zipfile.BadZipFile, *HEADER_ERRORS) as exc:
+        raise DataError(f"{origin} is not a readable .npy/.npz file: {type(exc).__name__}: {errors_shown(exc)}") from None
 
 
 class ArraySource(StreamSource):
