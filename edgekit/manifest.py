@@ -16,8 +16,8 @@ from edgekit.fsutil import atomic_write_json, atomic_write_text
 from edgekit.model import file_sha256
 from edgekit.profiles import parse_profile, profile_to_dict
 from edgekit.report import render_markdown
-from edgekit.types import (Artifact, ArtifactFile, FeedSource, GateVerdict, Metrics, SizeInfo, TargetLatency, TargetProfile,
-                           TargetResult)
+from edgekit.types import (Artifact, ArtifactFile, FeedSource, GateVerdict, Metrics, Recovery, SizeInfo, TargetLatency,
+                           TargetProfile, TargetResult)
 from edgekit.validate.verdict import exit_code
 
 MANIFEST = "manifest.json"
@@ -75,6 +75,7 @@ def result_to_dict(r: TargetResult) -> dict[str, Any]:
         "build_seconds": r.build_seconds,
         "device": r.device,
         "measured_on": r.measured_on,
+        **({"recovery": r.recovery.to_dict()} if r.recovery is not None else {}),
     }
 
 
@@ -89,6 +90,7 @@ def result_from_dict(name: str, d: dict[str, Any]) -> TargetResult:
         size=SizeInfo.from_dict(size) if size else None,
         gates=[GateVerdict.from_dict(g) for g in d.get("gates", [])], build_seconds=d.get("build_seconds"),
         device=d.get("device", ""), measured_on=d.get("measured_on", ""),
+        recovery=Recovery.from_dict(d["recovery"]) if d.get("recovery") else None,
     )
 
 

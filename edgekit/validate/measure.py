@@ -57,6 +57,13 @@ class Measured:
     targets: dict[str, TargetMeasure] = field(default_factory=dict)
 
 
+def gate_values(metrics: Metrics, p50_ms: float, size: SizeInfo, speedup: float | None) -> dict[str, float | None]:
+    """The flat numbers gates read (gates.py), from one artifact's measurements; the build's recovery reads them too."""
+    return {**metrics.primary["worst"], "top1_agreement": metrics.primary.get("top1_agreement"),
+            "top1_drop": metrics.top1_drop, "p50_ms": p50_ms, "size_mb": size.bytes / 1e6, "size_ratio": size.ratio_to_fp32,
+            "speedup": speedup}
+
+
 def measured_on(profile: TargetProfile, artifact: Artifact) -> str:
     if artifact.measured_on:
         return artifact.measured_on
@@ -133,7 +140,6 @@ def measure(
         speedup = baseline / t.p50_ms if baseline else None
         latency = TargetLatency(t, batch, profile.runtime.threads, profile.runtime.warmup, speedup, baseline_name)
         size = SizeInfo(artifact.bytes, artifact.bytes / fp32_bytes, fp32_bytes)
-        flat = {**metrics.primary["worst"], "top1_agreement": metrics.primary.get("top1_agreement"),
-                "top1_drop": metrics.top1_drop, "p50_ms": t.p50_ms, "size_mb": size.bytes / 1e6, "size_ratio": size.ratio_to_fp32}
+        flat = gate_values(metrics, t.p50_ms, size, speedup)
         targets[name] = TargetMeasure("", metrics, latency, size, check(name, profile.gates, flat), measured_on(profile, artifact))
     return Measured(validation, references, targets)
