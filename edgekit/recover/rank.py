@@ -27,6 +27,13 @@ def quantized_nodes(qdq: Any) -> list[Any]:
             and any(made_by.get(i) == "DequantizeLinear" for i in n.input)]
 
 
+def compute_nodes(qdq_path: Path) -> set[str]:
+    """The quantized Conv/Gemm/MatMul nodes of a QDQ file."""
+    import onnx
+
+    return {n.name for n in quantized_nodes(onnx.load(str(qdq_path))) if n.op_type in COMPUTE}
+
+
 def bypassed(qdq: Any, fp32: Any, names: Sequence[str]) -> Any:
     """A copy of ``qdq`` where the nodes ``names`` read FP32 inputs: every input coming out of a DequantizeLinear
     is replaced by the FP32 graph's tensor at that position (a weight: its initializer), when the INT8 graph has it."""

@@ -23,11 +23,11 @@ from typing import Any
 from edgekit.console import Progress
 from edgekit.recover.candidates import StaticQdq, Spec, describe, iter_methods
 from edgekit.recover.meter import Measurement, Meter
-from edgekit.recover.rank import rank_layers
+from edgekit.recover.rank import compute_nodes, rank_layers
 from edgekit.types import Recovery, RecoveryAttempt, TargetResult
 
 SLOWER_TOLERANCE = 0.9  # a candidate's speed-up may be this fraction of the bound and still count as "not slower"
-MAX_FP32_SHARE = 0.5  # the precision step keeps at most this share of the quantized nodes FP32
+MAX_FP32_SHARE = 0.5  # the precision step keeps at most this share of the quantized Conv/Gemm/MatMul FP32
 PATIENCE = 5  # the precision step stops after this many layers in a row that did not help
 
 
@@ -155,12 +155,15 @@ class Search:
             self.builder.build(spec, artifact)
         fp32 = self.builder.preprocessed(spec.graph, spec.method)
         ranked = rank_layers(artifact, fp32, self.builder.feeds(), max(1.0, min(60.0, self.remaining() / 3)))
-        limit = max(1, int(len(ranked) * MAX_FP32_SHARE))
+        compute = compute_nodes(artifact)  # never a silent FP32: at least half of them stay INT8
+        limit = int(len(compute) * MAX_FP32_SHARE)
         excluded: list[str] = list(spec.exclude)
         current, idle = start, 0
-        for node in ranked[:limit]:
+        for node in ranked:
             if idle >= PATIENCE:
                 break
+            if node in compute and len(compute.intersection([*excluded, node])) > limit:
+                continue
             trial = dataclasses.replace(spec, exclude=tuple(excluded + [node]))
             if self.attempt("precision", trial, describe(trial, current.spec)):
                 return self.prune(self.tried[-1])
