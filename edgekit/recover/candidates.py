@@ -37,8 +37,10 @@ class StaticQdq:
     """Builds candidates of one static QDQ target from its reference, calibration data and recipe settings."""
 
     def __init__(self, reference: Path, calib: FeedSource, specs: tuple[TensorSpec, ...], settings: CalibrationSettings,
-                 qdq: QdqSettings, tmp: Path):
+                 qdq: QdqSettings, tmp: Path, tensorrt_keep_ops: tuple[str, ...] | None = None):
+        """``tensorrt_keep_ops``: build tensorrt-int8's QDQ ONNX (these op types unquantized) instead of ort-int8's."""
         self.reference, self.calib, self.specs, self.settings, self.qdq, self.tmp = reference, calib, specs, settings, qdq, tmp
+        self.tensorrt_keep_ops = tensorrt_keep_ops
         self.graphs: dict[str, Path | None] = {"reference": reference}
         self.built: dict[Spec, Path] = {}
 
@@ -50,13 +52,19 @@ class StaticQdq:
         src = self.graph(spec.graph, spec.method)
         assert src is not None, spec
         qdq = self.qdq if spec.reduce_range is None else dataclasses.replace(self.qdq, reduce_range=spec.reduce_range)
+        keep = set(qdq.exclude_op_types) | set(self.tensorrt_keep_ops or ())
         if spec.compute_only:
             import onnx
 
-            others = {n.op_type for n in onnx.load(str(src)).graph.node} - set(COMPUTE)
-            qdq = dataclasses.replace(qdq, exclude_op_types=tuple(sorted(others | set(qdq.exclude_op_types))))
-        notes = quantize_static_qdq(src, dst, self.calib, self.specs, dataclasses.replace(self.settings, method=spec.method),
-                                    qdq, exclude_nodes=spec.exclude)
+            keep |= {n.op_type for n in onnx.load(str(src)).graph.node} - set(COMPUTE)
+        settings = dataclasses.replace(self.settings, method=spec.method)
+        if self.tensorrt_keep_ops is not None:
+            from edgekit.backends.tensorrt.int8 import make_int8_qdq_onnx
+
+            notes = make_int8_qdq_onnx(src, dst, self.calib, self.specs, settings, tuple(sorted(keep)), spec.exclude)
+        else:
+            notes = quantize_static_qdq(src, dst, self.calib, self.specs, settings,
+                                        dataclasses.replace(qdq, exclude_op_types=tuple(sorted(keep))), exclude_nodes=spec.exclude)
         self.built[spec] = dst
         return notes
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -64,22 +65,24 @@ class Measurement:
 
 
 class Meter:
-    """Measures candidate ONNX files of one target against the references, on the validation data."""
+    """Measures candidate ONNX files of one target against the references, on the validation data; ``load`` runs a
+    candidate file as the target's backend runs its artifact."""
 
     def __init__(self, name: str, profile: TargetProfile, reference: Reference, torch_source: SourceModel | None,
-                 data: ValidationData, shapes: dict[str, tuple[int, ...]], task: str | None, baseline: Path):
-        self.name, self.profile, self.reference, self.data = name, profile, reference, data
+                 data: ValidationData, shapes: dict[str, tuple[int, ...]], task: str | None, baseline: Path,
+                 load: Callable[[Path], Runner]):
+        self.name, self.profile, self.reference, self.data, self.load = name, profile, reference, data, load
         self.classification = task == "classification"
         threads = profile.runtime.threads
         self.onnx_ref = Replay(reference_runner(reference, threads))
         self.torch_ref = Replay(TorchRunner(torch_source, reference.outputs, threads)) if torch_source is not None else None
-        self.baseline = OrtRunner(baseline, reference.inputs, reference.outputs, threads, spinning=False)
+        self.baseline = OrtRunner(baseline, reference.inputs, reference.outputs, threads)
         self.feed = latency_feed(data, reference.inputs, shapes, None)
         self.fp32_bytes = reference.path.stat().st_size
         self.ref_accuracy: float | None = None
 
     def measure(self, path: Path) -> Measurement:
-        runner = OrtRunner(path, self.reference.inputs, self.reference.outputs, self.profile.runtime.threads, spinning=False)
+        runner = self.load(path)
         try:
             for ref in (self.onnx_ref, self.torch_ref):
                 if ref is not None:
