@@ -346,3 +346,28 @@ def test_layernorm_smoothing_is_exact_and_shrinks_outlier_channels(tmp_path):
     np.testing.assert_allclose(_run(tmp_path / "s.onnx", {"x": x}), _run(src, {"x": x}), rtol=1e-4, atol=1e-4)
     g2 = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "s.onnx")).graph.initializer}["g"]
     assert np.abs(g2).max() / np.median(np.abs(g2)) < 0.5 * gamma.max() / np.median(gamma)
+
+
+def test_rank_layers_blames_the_layer_reading_a_tensor_with_an_outlier_channel(tmp_path):
+    from edgekit.backends.base import CalibrationSettings
+    from edgekit.backends.onnx.qdq import QdqSettings, preprocess, quantize_static_qdq
+    from conftest import calibration_feed
+    from edgekit.recover.rank import rank_layers
+    from edgekit.types import TensorSpec
+
+    rng = np.random.default_rng(3)
+    w2 = rng.standard_normal((32, 32)) / 6
+    w3 = rng.standard_normal((32, 8)) / 6
+    w2[:, 5] *= 1000.0  # planted: channel 5 of mm2's output is 1000x the others...
+    w3[5, :] /= 1000.0  # ...and mm3 reads it back down, so the FP32 model is unchanged in scale
+    inits = {"w1": rng.standard_normal((16, 32)) / 4, "w2": w2, "w3": w3}
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["a"], name="mm1"), helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["b"], name="mm2"), helper.make_node("MatMul", ["b", "w3"], ["y"], name="mm3")]
+    src = _save(nodes, inits, tmp_path / "src.onnx", inputs=(("x", ["n", 16]),))
+    specs = (TensorSpec("x", ("n", 16)),)
+    x = rng.standard_normal((64, 16)).astype(np.float32)
+    quantize_static_qdq(src, tmp_path / "q.onnx", calibration_feed(tmp_path / "c.npz", specs, x=x), specs,
+                        CalibrationSettings(), QdqSettings())
+    preprocess(src, tmp_path / "pre.onnx")
+    ranked = rank_layers(tmp_path / "q.onnx", tmp_path / "pre.onnx", [{"x": x[:16]}], seconds=30)
+    assert ranked[0] == "mm3", ranked
