@@ -140,9 +140,9 @@ def models(tmp_path_factory) -> Path:
     spec.loader.exec_module(mod)
     for name in ("mbv2", "vit"):
         save_file({k: v.contiguous() for k, v in getattr(mod, name)().state_dict().items()}, str(root / f"{name}.safetensors"))
-    x = np.random.default_rng(0).standard_normal((96, 3, 32, 32)).astype(np.float32)
-    np.savez(root / "calib.npz", x=x[:64])
-    np.savez(root / "val.npz", x=x[64:])
+    x = np.random.default_rng(0).standard_normal((160, 3, 32, 32)).astype(np.float32)
+    np.savez(root / "calib.npz", x=x[:96])
+    np.savez(root / "val.npz", x=x[96:])
     torch.manual_seed(0)
     return root
 

@@ -6,8 +6,9 @@ first that meets every gate or at the budget, write the best so far in place of 
     precision    the layers ``rank_layers`` blames kept FP32 one by one (greedy), then every exclusion that
                  turns out unnecessary dropped again
 
-Best so far: among candidates not slower than the FP32 baseline (or the original, when INT8 is slower already), the
-one meeting most gates, then the most accurate, then the faster. Every attempt is recorded (types.Recovery).
+Best so far: a candidate meeting every gate (the one with the fewest FP32 layers); otherwise, among candidates not
+slower than the FP32 baseline (or the original, when INT8 is slower already), the one meeting most gates, then the
+most accurate, then the faster. Every attempt is recorded (types.Recovery).
 """
 
 from __future__ import annotations
@@ -110,8 +111,10 @@ class Search:
 
         def key(t: Tried) -> tuple[Any, ...]:
             a = t.attempt
-            return (a.gates_passed, t.passed_count, a.accuracy if a.accuracy is not None else -math.inf,
-                    round(a.cosine, 6) if a.cosine is not None else -math.inf, -(a.p50_ms or math.inf))
+            cosine = round(a.cosine, 6) if a.cosine is not None else -math.inf
+            if a.gates_passed:  # meeting every gate: the fewest FP32 layers (what pruning found), then the most accurate
+                return (1, t.passed_count, -len(a.excluded), cosine)
+            return (0, t.passed_count, a.accuracy if a.accuracy is not None else -math.inf, cosine, -(a.p50_ms or math.inf))
         return max(pool or self.tried[:1], key=key)
 
     # --------------------------------------------------------------------------------------------- steps
