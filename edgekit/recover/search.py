@@ -8,7 +8,7 @@ first that meets every gate or at the budget, write the best so far in place of 
 
 Best so far: a candidate meeting every gate (the one with the fewest FP32 layers); otherwise, among candidates not
 slower than the FP32 baseline (or the original, when INT8 is slower already), the one meeting most gates, then the
-most accurate, then the faster. Every attempt is recorded (types.Recovery).
+most accurate (cosine to 6 digits), then the earlier. Every attempt is recorded (types.Recovery).
 """
 
 from __future__ import annotations
@@ -114,7 +114,9 @@ class Search:
             cosine = round(a.cosine, 6) if a.cosine is not None else -math.inf
             if a.gates_passed:  # meeting every gate: the fewest FP32 layers (what pruning found), then the most accurate
                 return (1, t.passed_count, -len(a.excluded), cosine)
-            return (0, t.passed_count, a.accuracy if a.accuracy is not None else -math.inf, cosine, -(a.p50_ms or math.inf))
+            return (0, t.passed_count, a.accuracy if a.accuracy is not None else -math.inf, cosine)
+        # max() keeps the first of equals: a tie goes to the earlier attempt (closer to the configured recipe), not to
+        # the faster one, since timing noise would make the choice differ between two builds of the same config
         return max(pool or self.tried[:1], key=key)
 
     # --------------------------------------------------------------------------------------------- steps
