@@ -32,6 +32,22 @@ def config(name: str, budget: float) -> dict[str, Any]:
     return cfg
 
 
+def prepare(models: list[str]) -> None:
+    """bench.prepare_data's weights and data, MiniLM's only when it is asked for (it needs transformers)."""
+    import numpy as np
+
+    if "minilm" in models:
+        bench.prepare_data()
+        return
+    (bench.WORK / "data").mkdir(parents=True, exist_ok=True)
+    for name in models:
+        if not (bench.WORK / f"{name}.safetensors").is_file():
+            bench.bench_models.make_cnn_weights(name, bench.WORK / f"{name}.safetensors")
+    if not (bench.WORK / "data" / "cnn_val.npz").is_file():
+        np.savez(bench.WORK / "data" / "cnn_calib.npz", image=bench.bench_models.random_crops(bench.CNN_CALIB, seed=101))
+        np.savez(bench.WORK / "data" / "cnn_val.npz", image=bench.bench_models.random_crops(bench.CNN_VAL, seed=202))
+
+
 def bench_model(name: str, budget: float, out: Path) -> dict[str, Any]:
     from edgekit.config import load_config
     from edgekit.console import Console
@@ -59,9 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, from: " + ", ".join(MODELS))
     parser.add_argument("--budget", type=float, default=180.0, help="[targets.ort-int8.recover] budget_s (default 180)")
     args = parser.parse_args(argv)
-    bench.prepare_data()
+    names = args.models.split(",")
+    prepare(names)
     results = []
-    for name in args.models.split(","):
+    for name in names:
         out = bench.WORK / f"recover_{name}"
         results.append(bench_model(name, args.budget, out))
         print(json.dumps({k: v for k, v in results[-1].items() if k != "recovery"}), flush=True)
