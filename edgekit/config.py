@@ -105,6 +105,21 @@ class DataConfig:
     text: TextSettings | None = None
 
 
+MAX_RECOVER_BUDGET_S = 86_400.0
+
+
+@dataclass(frozen=True)
+class RecoverSettings:
+    """``[targets.NAME.recover]``: the build's recovery of an INT8 target that misses a gate (docs/recovery.md)."""
+
+    enabled: bool = True
+    budget_s: float = 180.0  # seconds of candidate search per target, after the first validation
+
+    def __post_init__(self) -> None:
+        if not 0 < self.budget_s <= MAX_RECOVER_BUDGET_S:
+            raise ConfigError(f"budget_s = {self.budget_s:g} must be > 0 and at most {MAX_RECOVER_BUDGET_S:g} seconds")
+
+
 @dataclass(frozen=True)
 class TargetOverride:
     """Per-target overrides from ``[targets.NAME]``: gates, runtime, recipe, or a user profile file."""
@@ -113,6 +128,7 @@ class TargetOverride:
     runtime: dict[str, Any] = field(default_factory=dict)
     recipe: dict[str, Any] = field(default_factory=dict)
     profile: Path | None = None
+    recover: RecoverSettings | None = None  # None: the defaults
 
 
 @dataclass(frozen=True)
@@ -295,6 +311,7 @@ def _parse_targets(t: Any, base: Path) -> tuple[tuple[str, ...], dict[str, Targe
             runtime=coerce(o.get("runtime", {}), dict, f"[targets.{name}.runtime]"),
             recipe=coerce(o.get("recipe", {}), dict, f"[targets.{name}.recipe]"),
             profile=profile,
+            recover=parse_table(RecoverSettings, o["recover"], f"[targets.{name}.recover]") if "recover" in o else None,
         )
     return use, overrides
 
@@ -427,6 +444,8 @@ def resolved_dict(cfg: BuildConfig) -> dict[str, Any]:
         t: dict[str, Any] = {k: v for k, v in (("gates", o.gates), ("runtime", o.runtime), ("recipe", o.recipe)) if v}
         if o.profile is not None:
             t["profile"] = str(o.profile)
+        if o.recover is not None:
+            t["recover"] = to_table(o.recover)
         targets[name] = t
     out["targets"] = targets
     if cfg.bundle is not None:

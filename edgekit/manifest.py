@@ -18,8 +18,8 @@ from edgekit.profiles import parse_profile, profile_to_dict
 from edgekit.report import ReportData, read_report_data, render_html, render_markdown
 from edgekit.report.data import HISTOGRAM_KEY
 from edgekit.report.markdown import debug_reports
-from edgekit.types import (Artifact, ArtifactFile, FeedSource, GateVerdict, Metrics, SizeInfo, TargetLatency, TargetProfile,
-                           TargetResult)
+from edgekit.types import (Artifact, ArtifactFile, FeedSource, GateVerdict, Metrics, Recovery, SizeInfo, TargetLatency,
+                           TargetProfile, TargetResult)
 from edgekit.validate.verdict import exit_code
 
 MANIFEST = "manifest.json"
@@ -77,6 +77,7 @@ def result_to_dict(r: TargetResult) -> dict[str, Any]:
         "build_seconds": r.build_seconds,
         "device": r.device,
         "measured_on": r.measured_on,
+        **({"recovery": r.recovery.to_dict()} if r.recovery is not None else {}),
     }
 
 
@@ -91,6 +92,7 @@ def result_from_dict(name: str, d: dict[str, Any]) -> TargetResult:
         size=SizeInfo.from_dict(size) if size else None,
         gates=[GateVerdict.from_dict(g) for g in d.get("gates", [])], build_seconds=d.get("build_seconds"),
         device=d.get("device", ""), measured_on=d.get("measured_on", ""),
+        recovery=Recovery.from_dict(d["recovery"]) if d.get("recovery") else None,
     )
 
 

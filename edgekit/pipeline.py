@@ -1,7 +1,8 @@
 """The one place that knows the order of the steps; read top to bottom, it is the architecture.
 
     load config -> resolve profiles -> load model -> open data -> check availability
-    -> (staging dir) compress -> export + simplify -> build each target -> validate -> manifest + report
+    -> (staging dir) compress -> export + simplify -> build each target -> validate -> recover failed INT8 targets
+    -> manifest + report
     -> move staging into place
 """
 
@@ -31,6 +32,7 @@ from edgekit.outdir import check_output_dir, make_staging, promote
 from edgekit.profiles import load_profile, profile_to_dict
 from edgekit.tables import check_field_types
 from edgekit.readback import changed_inputs, load_build, verify_build
+from edgekit.recover.build import recover_build
 from edgekit.types import FeedSource, Reference, SourceModel, TargetProfile, TargetResult
 from edgekit.validate.measure import ReferenceTiming, measure, timed_on_device
 from edgekit.validate.run import ValidationData, validation_data
@@ -175,6 +177,9 @@ def _build_into(root: Path, p: Plan, options: BuildOptions, progress: Progress, 
     if options.validate:
         data = validation_data(p.validation, cfg.validation, source.inputs, p.shapes)
         _measure_into(root, manifest, reference, source if source.is_torch else None, p.profiles, data, p.shapes,
+                      cfg.model.task, progress, options.reference_timing)
+        recover_build(root, manifest, p.profiles, p.recipes, {n: o.recover for n, o in cfg.overrides.items()}, p.calibration,
+                      calibration_settings(cfg.calibration), reference, source if source.is_torch else None, data, p.shapes,
                       cfg.model.task, progress, options.reference_timing)
     else:
         manifest.validation = {"description": "not validated (--no-validate)", "samples": 0}

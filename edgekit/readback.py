@@ -102,7 +102,7 @@ def check_structure(root: Path, data: Any, manifest: Path) -> None:
             raise _bad(manifest, f"target '{name}' is {status} but lists no files")
         if files and not isinstance(profiles.get(name), dict):
             raise _bad(manifest, f"target '{name}' has files but no entry in 'profiles'")
-        for key in ("notes", "metrics", "latency", "size"):
+        for key in ("notes", "metrics", "latency", "size", "recovery"):
             if key in t and not isinstance(t[key], dict):
                 raise _bad(manifest, f"'{where}{key}' is not an object")
         if "gates" in t and not isinstance(t["gates"], list):

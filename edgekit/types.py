@@ -367,6 +367,50 @@ class GateVerdict:
                    (interval[0], interval[1]) if interval else None)
 
 
+@dataclass(frozen=True)
+class RecoveryAttempt:
+    """One candidate the build's recovery measured (edgekit/recover/): what changed and what it gave."""
+
+    step: str  # "original" | "calibration" | "recipe" | "precision"
+    change: str
+    cosine: float | None
+    accuracy: float | None
+    p50_ms: float | None
+    speedup: float | None
+    seconds: float
+    gates_passed: bool
+    excluded: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**vars(self), "excluded": list(self.excluded)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RecoveryAttempt":
+        return cls(d["step"], d["change"], d.get("cosine"), d.get("accuracy"), d.get("p50_ms"), d.get("speedup"),
+                   d["seconds"], d["gates_passed"], tuple(d.get("excluded", ())))
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What the build's recovery tried for one target; ``chosen`` indexes the attempt written (None: the original)."""
+
+    enabled: bool
+    budget_s: float
+    seconds: float
+    met: bool
+    chosen: int | None
+    attempts: tuple[RecoveryAttempt, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"enabled": self.enabled, "budget_s": self.budget_s, "seconds": self.seconds, "met": self.met,
+                "chosen": self.chosen, "attempts": [a.to_dict() for a in self.attempts]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Recovery":
+        return cls(d["enabled"], d["budget_s"], d["seconds"], d["met"], d.get("chosen"),
+                   tuple(RecoveryAttempt.from_dict(a) for a in d.get("attempts", ())))
+
+
 @dataclass
 class TargetResult:
     """Everything measured for one target; ``status`` is one of STATUSES."""
@@ -382,3 +426,4 @@ class TargetResult:
     build_seconds: float | None = None
     device: str = ""
     measured_on: str = ""
+    recovery: Recovery | None = None  # set when the build's recovery ran for this target

@@ -104,9 +104,11 @@ def with_fallbacks(src: Path, tmp: Path, attempt: Callable[[Path], None]) -> str
 
 
 def quantize_static_qdq(
-    src: Path, dst: Path, calib: FeedSource, specs: tuple[TensorSpec, ...], settings: CalibrationSettings, qdq: QdqSettings
+    src: Path, dst: Path, calib: FeedSource, specs: tuple[TensorSpec, ...], settings: CalibrationSettings, qdq: QdqSettings,
+    exclude_nodes: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Static QDQ quantization of ``src`` into ``dst`` as ``qdq`` asks, calibrated on the first samples of ``calib``."""
+    """Static QDQ quantization of ``src`` into ``dst`` as ``qdq`` asks, calibrated on the first samples of ``calib``.
+    ``exclude_nodes``: more nodes kept FP32 (the build's recovery, edgekit/recover/, names them)."""
     import onnx
     from onnxruntime.quantization import QuantFormat, quantize_static
 
@@ -159,7 +161,7 @@ def quantize_static_qdq(
             weight_type=qtype(qdq.weight_type),
             calibrate_method=calibrate_method("minmax" if settings.method == "mse" or cache else settings.method),
             op_types_to_quantize=None,
-            nodes_to_exclude=nodes_of_types(model, qdq.exclude_op_types) + fp32_layers + stats.fill_nodes,
+            nodes_to_exclude=nodes_of_types(model, qdq.exclude_op_types) + fp32_layers + stats.fill_nodes + list(exclude_nodes),
             extra_options=extra,
             **cache,
         )

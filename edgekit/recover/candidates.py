@@ -1,0 +1,127 @@
+"""Recovery candidates of a static QDQ target (ort-int8): each is a ``Spec`` (calibration method, which FP32 graph,
+weight range, nodes kept FP32) that ``StaticQdq.build`` quantizes with the target's own quantizer
+(edgekit/backends/onnx/qdq.py), so a candidate differs from the original build only in what its spec changes."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from edgekit.backends.base import CalibrationSettings
+from edgekit.backends.calibration import calibration_feeds
+from edgekit.backends.onnx.qdq import QdqSettings, preprocess, quantize_static_qdq
+from edgekit.recover import graphs
+from edgekit.types import FeedSource, TensorSpec
+
+COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+GRAPHS = ("reference", "equalized", "corrected", "smoothed")
+RANK_SAMPLES = 16  # calibration samples the layer ranking and bias correction read
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How one candidate is built."""
+
+    method: str
+    graph: str = "reference"  # one of GRAPHS
+    reduce_range: bool | str | None = None  # None: the recipe's
+    exclude: tuple[str, ...] = ()
+    compute_only: bool = False  # quantize only COMPUTE ops; the others (elementwise, norms, softmax, reshapes) stay FP32
+
+
+class StaticQdq:
+    """Builds candidates of one static QDQ target from its reference, calibration data and recipe settings."""
+
+    def __init__(self, reference: Path, calib: FeedSource, specs: tuple[TensorSpec, ...], settings: CalibrationSettings,
+                 qdq: QdqSettings, tmp: Path, tensorrt_keep_ops: tuple[str, ...] | None = None):
+        """``tensorrt_keep_ops``: build tensorrt-int8's QDQ ONNX (these op types unquantized) instead of ort-int8's."""
+        self.reference, self.calib, self.specs, self.settings, self.qdq, self.tmp = reference, calib, specs, settings, qdq, tmp
+        self.tensorrt_keep_ops = tensorrt_keep_ops
+        self.graphs: dict[str, Path | None] = {"reference": reference}
+        self.built: dict[Spec, Path] = {}
+
+    def feeds(self, samples: int = RANK_SAMPLES) -> list[Mapping[str, np.ndarray]]:
+        settings = dataclasses.replace(self.settings, samples=min(samples, self.settings.samples))
+        return list(calibration_feeds(self.calib, self.specs, settings))
+
+    def build(self, spec: Spec, dst: Path) -> dict[str, Any]:
+        src = self.graph(spec.graph, spec.method)
+        assert src is not None, spec
+        qdq = self.qdq if spec.reduce_range is None else dataclasses.replace(self.qdq, reduce_range=spec.reduce_range)
+        keep = set(qdq.exclude_op_types) | set(self.tensorrt_keep_ops or ())
+        if spec.compute_only:
+            import onnx
+
+            keep |= {n.op_type for n in onnx.load(str(src)).graph.node} - set(COMPUTE)
+        settings = dataclasses.replace(self.settings, method=spec.method)
+        if self.tensorrt_keep_ops is not None:
+            from edgekit.backends.tensorrt.int8 import make_int8_qdq_onnx
+
+            notes = make_int8_qdq_onnx(src, dst, self.calib, self.specs, settings, tuple(sorted(keep)), spec.exclude)
+        else:
+            notes = quantize_static_qdq(src, dst, self.calib, self.specs, settings,
+                                        dataclasses.replace(qdq, exclude_op_types=tuple(sorted(keep))), exclude_nodes=spec.exclude)
+        self.built[spec] = dst
+        return notes
+
+    def preprocessed(self, name: str, method: str) -> Path:
+        """The graph the quantizer reads for ``name`` (its node names are the QDQ graph's)."""
+        dst = self.tmp / f"pre_{name}.onnx"
+        if not dst.exists():
+            preprocess(self.graph(name, method), dst)
+        return dst
+
+    def graph(self, name: str, method: str) -> Path | None:
+        """The FP32 graph ``name`` (GRAPHS), made on first use; None when the repair finds nothing to change."""
+        if name not in self.graphs:
+            self.graphs[name] = getattr(self, f"_{name}")(method)
+        return self.graphs[name]
+
+    def _equalized(self, method: str) -> Path | None:
+        dst = self.tmp / "equalized.onnx"
+        return dst if graphs.equalize(self.reference, dst) else None
+
+    def _corrected(self, method: str) -> Path | None:
+        base = "equalized" if self.graph("equalized", method) is not None else "reference"
+        quantized = self.tmp / f"for_correction_{base}.onnx"
+        self.build(Spec(method, base), quantized)
+        dst = self.tmp / "corrected.onnx"
+        return dst if graphs.correct_biases(self.preprocessed(base, method), quantized, self.feeds(), dst) else None
+
+    def _smoothed(self, method: str) -> Path | None:
+        from edgekit.backends.ort.matmul_stats import activation_stats
+
+        stats = activation_stats(self.reference, self.calib, self.specs, self.settings, max_samples=RANK_SAMPLES * 2)
+        dst = self.tmp / "smoothed.onnx"
+        return dst if graphs.smooth_layernorms(self.reference, dst, {t: s.channel_absmax for t, s in stats.items()}) else None
+
+
+def describe(spec: Spec, base: Spec) -> str:
+    """What ``spec`` changes against ``base``, for the manifest and the report."""
+    parts = []
+    if spec.method != base.method:
+        parts.append(f"calibrate_method = {spec.method}")
+    if spec.graph != base.graph:
+        parts.append({"equalized": "cross-layer equalization", "corrected": "bias correction (after equalization where it applies)",
+                      "smoothed": "SmoothQuant-style smoothing (alpha 0.5) folded into LayerNorms",
+                      "reference": "the unmodified graph"}[spec.graph])
+    if spec.compute_only and not base.compute_only:
+        parts.append("only Conv/Gemm/MatMul quantized (elementwise, normalization, softmax and reshaping ops FP32)")
+    if spec.reduce_range is not None and spec.reduce_range != base.reduce_range:
+        parts.append(f"reduce_range = {str(spec.reduce_range).lower()} (8-bit weights: this host has exact INT8 dot products)")
+    added = [n for n in spec.exclude if n not in base.exclude]
+    dropped = [n for n in base.exclude if n not in spec.exclude]
+    if added:
+        parts.append("FP32: " + ", ".join(added))
+    if dropped:
+        parts.append("INT8 again: " + ", ".join(dropped))
+    return "; ".join(parts) or "as before"
+
+
+def iter_methods(configured: str) -> Iterator[str]:
+    """The other calibration methods, the one most often best first (per-tensor MSE-optimal ranges)."""
+    yield from (m for m in ("mse", "percentile", "entropy", "minmax") if m != configured)
