@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.errors import EdgekitError, OutputDirError
-from edgekit.fsutil import atomic_write_text
 from edgekit.manifest import MANIFEST, Manifest, verify_files
 from edgekit.readback import load_build, verify_build
 
