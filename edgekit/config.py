@@ -52,6 +52,7 @@ class ModelConfig:
     inputs: tuple[InputConfig, ...] = ()
     outputs: tuple[str, ...] = ()
     task: str | None = None
+    weights_key: str | None = None  # the key of a training checkpoint dict holding the state_dict
 
 
 @dataclass(frozen=True)
@@ -205,7 +206,10 @@ def _parse_model(t: Any, base: Path) -> ModelConfig:
         raise ConfigError(f"[model] inputs has duplicate names: {names}")
     outputs = coerce(t.get("outputs", ()), tuple[str, ...], "[model] outputs")
     task = _choice(t["task"], TASKS, "[model] task") if "task" in t else None
-    return ModelConfig(source, weights, inputs, outputs, task)
+    weights_key = coerce(t["weights_key"], str, "[model] weights_key") if "weights_key" in t else None
+    if weights_key is not None and weights is None and not source.startswith("example:"):
+        raise ConfigError("[model] weights_key names a key of the weights file, but [model] has no 'weights'")
+    return ModelConfig(source, weights, inputs, outputs, task, weights_key)
 
 
 # The keys each data section takes (DataConfig holds the union); [train]'s batch size is each training step's own.
@@ -365,6 +369,8 @@ def resolved_dict(cfg: BuildConfig) -> dict[str, Any]:
     }
     if m.weights is not None:
         model["weights"] = str(m.weights)
+    if m.weights_key is not None:
+        model["weights_key"] = m.weights_key
     if m.outputs:
         model["outputs"] = list(m.outputs)
     if m.task:

@@ -91,6 +91,7 @@ class SourceModel:
     module: "torch.nn.Module | None" = None
     onnx_path: Path | None = None
     fingerprint: str = ""
+    weights_note: str = ""  # how the state_dict was found in the weights file (a checkpoint key, a stripped prefix)
 
     @property
     def is_torch(self) -> bool:

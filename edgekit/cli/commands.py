@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,10 @@ def cmd_build(args: argparse.Namespace, console: Console) -> int:
     if args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     cfg = load_config(args.config)
+    if args.weights_key is not None:
+        if cfg.model.weights is None and not cfg.model.source.startswith("example:"):
+            raise UsageError(f"--weights-key {args.weights_key!r}: the config's [model] has no 'weights' file")
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights_key=args.weights_key))
     from edgekit.publish import parse_publish  # [publish]: checked before the build, used after it
 
     target = parse_publish(cfg.raw["publish"], "[publish]") if "publish" in cfg.raw else None

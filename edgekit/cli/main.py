@@ -64,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--jobs", type=int, default=1, metavar="N", help="build targets in N worker processes (artifacts byte-identical to --jobs 1; a build with [[compress]] builds one at a time)")
     b.add_argument("--no-validate", action="store_true", help="build artifacts without measuring them")
     b.add_argument("--strict", action="store_true", help="exit 3 before any work if a target cannot run on this host")
+    b.add_argument("--weights-key", metavar="KEY", help="the key of the training checkpoint dict ([model] weights) that "
+                   "holds the state_dict, e.g. model or ema (overrides [model] weights_key)")
 
     v = sub.add_parser("validate", help="re-check an output directory: sha256 first, then re-measure",
                        description="Check that every artifact in DIR still has the sha256 its manifest vouches for "
