@@ -1,4 +1,5 @@
-"""The ONNX Runtime Backend: FP32 (offline-optimized), static INT8 QDQ with calibration, dynamic INT8.
+"""The ONNX Runtime Backend: FP32 (offline-optimized), static INT8 QDQ with calibration, dynamic INT8, weight-only
+4-bit (MatMulNBits).
 
 The smallest real backend and the documentation of the Backend interface.
 """
@@ -13,6 +14,7 @@ from edgekit.backends.base import Availability, Backend, BuildContext, Runner
 from edgekit.backends.onnx.qdq import quantize_static_qdq
 from edgekit.backends.onnx.session import OrtRunner, session
 from edgekit.backends.ort.dynamic import quantize_dynamic_int8
+from edgekit.backends.ort.int4 import quantize_int4
 from edgekit.backends.ort.recipe import OrtRecipe
 from edgekit.errors import ProfileError
 from edgekit.fsutil import atomic_move
@@ -25,7 +27,10 @@ class OrtBackend(Backend):
         return OrtRecipe.parse(profile)
 
     def needs_calibration(self, profile: TargetProfile, recipe: OrtRecipe) -> bool:
-        return recipe.mode == "static"
+        return recipe.mode == "static" or (recipe.mode == "int4" and recipe.algorithm == "gptq")
+
+    def uses_calibration(self, profile: TargetProfile, recipe: OrtRecipe) -> bool:
+        return recipe.mode in ("static", "dynamic") or self.needs_calibration(profile, recipe)
 
     def availability(self, profile: TargetProfile, source: SourceModel | None = None) -> Availability:
         try:
@@ -47,6 +52,8 @@ class OrtBackend(Backend):
             if ctx.calibration is None:
                 raise ProfileError(f"target '{ctx.profile.name}' needs calibration data: add a [calibration] section")
             notes = quantize_static_qdq(ctx.reference.path, dst, ctx.calibration, ctx.reference.inputs, ctx.calibration_settings, recipe.qdq())
+        elif recipe.mode == "int4":
+            notes = quantize_int4(ctx.reference.path, dst, recipe, ctx.calibration, ctx.reference.inputs, ctx.calibration_settings)
         else:
             notes = quantize_dynamic_int8(ctx.reference.path, dst, recipe, ctx.calibration, ctx.reference.inputs, ctx.calibration_settings)
         return Artifact(ctx.profile.name, (ArtifactFile.of(dst, ctx.root),), notes,
