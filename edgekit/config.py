@@ -60,6 +60,9 @@ class ExportConfig:
     exporter: str = "dynamo"
     opset: int = 18
     simplify: bool = True
+    # a model whose weights exceed this many MiB is written as model.onnx + model.onnx.data (external data); protobuf
+    # cannot hold more than 2 GiB, so the bound is 2000
+    external_data_mb: int = 1800
 
 
 @dataclass(frozen=True)
@@ -317,6 +320,9 @@ def parse_config(raw: dict[str, Any], base: Path, path: Path | None = None) -> B
     _choice(export.exporter, EXPORTERS, "[export] exporter")
     if not 13 <= export.opset <= 21:
         raise ConfigError(f"[export] opset = {export.opset} is outside the supported range 13..21")
+    if not 0 <= export.external_data_mb <= 2000:
+        raise ConfigError(f"[export] external_data_mb = {export.external_data_mb} is outside 0..2000 (MiB of weights "
+                          "above which the model is written with external data; protobuf's limit is 2 GiB)")
     steps = _parse_compress(coerce(raw["compress"], list, "[[compress]]"), raw) if "compress" in raw else ()
     use, overrides = _parse_targets(raw.get("targets", {"use": ["ort-fp32"]}), base)
     cfg = BuildConfig(
@@ -379,6 +385,8 @@ def resolved_dict(cfg: BuildConfig) -> dict[str, Any]:
         "model": model,
         "export": {"exporter": cfg.export.exporter, "opset": cfg.export.opset, "simplify": cfg.export.simplify},
     }
+    if cfg.export.external_data_mb != ExportConfig.external_data_mb:
+        out["export"]["external_data_mb"] = cfg.export.external_data_mb
     if cfg.compress:
         out["compress"] = [to_table(s) for s in cfg.compress]
     for section in ("calibration", "validation", "train"):

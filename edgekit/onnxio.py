@@ -81,18 +81,22 @@ def save_onnx(model: Any, path: Path, external: bool | None = None) -> list[Path
     return [path, data] if data.exists() else [path]
 
 
+def save_like(model: Any, path: Path, source: Path) -> list[Path]:
+    """Write ``model``, rewritten from the file ``source``, in that file's form: external data when ``source`` had
+    it (or when the model is large enough to need it)."""
+    return save_onnx(model, path, external=has_external_data(source) or None)
+
+
 def model_files(path: Path, root: Path) -> tuple[ArtifactFile, ...]:
     """The ONNX file at ``path`` and each external data file it names, with sha256 and size, relative to ``root``."""
     return (ArtifactFile.of(path, root), *(ArtifactFile.of(p, root) for p in external_files(path)))
 
 
 def move_model(src: Path, dst: Path) -> None:
-    """Move the ONNX file ``src`` and its external data files into ``dst``'s folder (``src`` must be named like
-    ``dst``: an external data file is found by the name the model records)."""
+    """Move the ONNX file ``src`` to ``dst`` and its external data files beside it, under the names the model
+    records for them."""
     from edgekit.fsutil import atomic_move
 
-    if src.name != dst.name:
-        raise ValueError(f"move_model: {src.name} must be named {dst.name} (external data names follow the model)")
     for data in external_files(src):
         atomic_move(data, dst.parent / data.name)
     atomic_move(src, dst)

@@ -96,7 +96,7 @@ def measure(
     for runner in runners.values():
         runner.close()
 
-    fp32_bytes = reference.path.stat().st_size
+    fp32_bytes = reference.disk_bytes
     baseline, baseline_name = None, "ort-fp32"
     if "ort-fp32" in runners and not isinstance(lat["ort-fp32"], str):
         baseline = lat["ort-fp32"].p50_ms

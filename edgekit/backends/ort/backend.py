@@ -17,8 +17,8 @@ from edgekit.backends.ort.dynamic import quantize_dynamic_int8
 from edgekit.backends.ort.int4 import quantize_int4
 from edgekit.backends.ort.recipe import OrtRecipe
 from edgekit.errors import ProfileError
-from edgekit.fsutil import atomic_move
-from edgekit.types import Artifact, ArtifactFile, Reference, SourceModel, TargetProfile
+from edgekit.onnxio import has_external_data, model_files, move_model
+from edgekit.types import Artifact, Reference, SourceModel, TargetProfile
 
 class OrtBackend(Backend):
     name = "ort"
@@ -45,8 +45,8 @@ class OrtBackend(Backend):
         if recipe.mode == "fp32":
             with tempfile.TemporaryDirectory(prefix="edgekit-ort-") as tmpdir:
                 out = Path(tmpdir) / "model.onnx"
-                session(str(ctx.reference.path), 1, save_to=out)
-                atomic_move(out, dst)
+                session(str(ctx.reference.path), 1, save_to=out, external_data=has_external_data(ctx.reference.path))
+                move_model(out, dst)
             notes: dict[str, Any] = {"optimization": "ONNX Runtime ORT_ENABLE_BASIC, saved offline; ORT_ENABLE_ALL at load"}
         elif recipe.mode == "static":
             if ctx.calibration is None:
@@ -56,7 +56,7 @@ class OrtBackend(Backend):
             notes = quantize_int4(ctx.reference.path, dst, recipe, ctx.calibration, ctx.reference.inputs, ctx.calibration_settings)
         else:
             notes = quantize_dynamic_int8(ctx.reference.path, dst, recipe, ctx.calibration, ctx.reference.inputs, ctx.calibration_settings)
-        return Artifact(ctx.profile.name, (ArtifactFile.of(dst, ctx.root),), notes,
+        return Artifact(ctx.profile.name, model_files(dst, ctx.root), notes,
                         warnings=(notes["warning"],) if "warning" in notes else ())
 
     def load(self, artifact: Artifact, root: Path, profile: TargetProfile, reference: Reference) -> Runner:

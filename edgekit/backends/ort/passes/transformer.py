@@ -16,6 +16,7 @@ from edgekit.backends.calibration import calibration_feeds
 from edgekit.backends.onnx.session import session
 from edgekit.backends.ort.passes.attention import fuse_attention
 from edgekit.backends.ort.passes.layernorm_rows import layernorm_rows
+from edgekit.onnxio import has_external_data, load_onnx, save_like
 from edgekit.types import FeedSource, TensorSpec
 
 FUSED_OPS = ("Attention", "MultiHeadAttention", "EmbedLayerNormalization", "Gelu", "FastGelu", "BiasGelu",
@@ -32,7 +33,7 @@ def fuse_transformer(src: Path, dst: Path, check: dict[str, np.ndarray] | None) 
     from onnxruntime.transformers.optimizer import optimize_model
 
     def keep_unfused(why: str) -> dict[str, Any]:
-        dst.write_bytes(src.read_bytes())
+        save_like(load_onnx(src), dst, src)  # a copy that finds its external data, if any
         return {"applied": False, "why": why}
 
     quiet = logging.getLogger("onnxruntime.transformers")
@@ -47,7 +48,7 @@ def fuse_transformer(src: Path, dst: Path, check: dict[str, np.ndarray] | None) 
                                optimization_options=options)
         counts = {k: v for k, v in fused.get_fused_operator_statistics().items() if v and k in FUSED_OPS}
         counts.update({k: v for k, v in ours.items() if v})
-        fused.save_model_to_file(str(dst))
+        fused.save_model_to_file(str(dst), use_external_data_format=has_external_data(src))
     except Exception as exc:  # the rewrites and the optimizer raise whatever their passes raise
         return keep_unfused(f"transformer rewrites failed ({type(exc).__name__}: {str(exc)[:200]}); kept unfused")
     finally:
