@@ -95,6 +95,23 @@ def test_matmul_gemm_and_embeddings_become_4_bit_and_stay_close_to_fp32(fp32, tm
     assert _cosine(want, _run(dst, ids)) > bound
 
 
+def test_gptq_runs_on_calibration_data(fp32, tmp_path, capsys):
+    from edgekit.config import DataConfig
+    from edgekit.data import open_feed
+    from edgekit.types import TensorSpec
+
+    src, ids, want = fp32
+    np.savez(tmp_path / "calib.npz", ids=np.random.default_rng(2).integers(0, VOCAB, (16, SEQ)).astype(np.int64))
+    specs = (TensorSpec("ids", ("batch", SEQ), "int64"),)
+    calib = open_feed(DataConfig(str(tmp_path / "calib.npz")), specs, "calibration")
+
+    notes = quantize_int4(src, tmp_path / "model.onnx", _recipe(algorithm="gptq"), calib, specs)
+
+    assert notes["quantized"]["MatMulNBits"] == 2 and "GPTQ" in notes["weights"]
+    assert _cosine(want, _run(tmp_path / "model.onnx", ids)) > 0.99
+    assert capsys.readouterr().out == ""  # ORT's progress bar kept off the terminal
+
+
 def test_symmetric_without_embeddings_keeps_the_table_fp32(fp32, tmp_path):
     src, ids, want = fp32
     dst = tmp_path / "model.onnx"

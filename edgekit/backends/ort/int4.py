@@ -11,6 +11,7 @@ A MatMul whose K is under ``block_size`` stays FP32 (one block would be mostly p
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import tempfile
 import warnings
@@ -183,7 +184,8 @@ def quantize_int4(src: Path, dst: Path, recipe: "OrtRecipe", calib: FeedSource |
                     staged = Path(tmp) / "gptq_in.onnx"
                     save_onnx(model, staged)
                     quantizer = MatMulNBitsQuantizer(str(staged), algo_config=algo, **common)
-                    quantizer.process()
+                    with contextlib.redirect_stdout(io.StringIO()):  # its progress bar
+                        quantizer.process()
                     model = quantizer.model.model
             else:
                 quantizer = MatMulNBitsQuantizer(model, algo_config=algo, **common)
