@@ -25,6 +25,10 @@ def int4_section(path: Path = RESULT) -> list[str]:
         f"{r['other_cpu_load'] if r['other_cpu_load'] is None else round(r['other_cpu_load'], 2)} CPUs busy during the timing. "
         "Cosine: against the torch model on the held-out sentences (mean; worst sentence). Bytes: files on disk, "
         f"ratio to the FP32 ONNX reference ({r['fp32_bytes'] / 1e6:.1f} MB).", "",
+        *([f"**The host was saturated during this timing** ({r['other_cpu_load']:.2f} of {host.get('cores', '?')} CPUs busy "
+           "with other processes): the milliseconds are many times a quiet host's and the speed ratios are indicative "
+           "only (interleaving spreads the load over every path, not evenly over kernels that differ in memory traffic). "
+           "Sizes and cosines do not depend on the load.", ""] if (r.get("other_cpu_load") or 0) > 1.0 else []),
         "| target | bytes | ratio to FP32 | cosine mean | cosine worst | p50 ms | speed vs ort-fp32 |",
         "|---|---|---|---|---|---|---|",
     ]
