@@ -39,6 +39,16 @@ def tensor_bytes(model: Any) -> int:
     return total
 
 
+def file_bytes(path: Path) -> int:
+    """Bytes on disk of the ONNX file at ``path`` and its external data files."""
+    return sum(p.stat().st_size for p in (path, *external_files(path)))
+
+
+def in_memory_ok(path: Path) -> bool:
+    """Whether the model at ``path`` can be serialized as one protobuf (what a session from bytes needs)."""
+    return file_bytes(path) < PROTOBUF_LIMIT - (64 << 20)
+
+
 def has_external_data(path: Path) -> bool:
     """Whether the ONNX file at ``path`` keeps any tensor in an external file."""
     return bool(external_files(path))

@@ -143,3 +143,20 @@ def test_external_data_mb_is_bounded():
 
     with pytest.raises(ConfigError, match="external_data_mb = 4096 is outside 0..2000"):
         load_config({"model": {"source": "m.onnx"}, "export": {"external_data_mb": 4096}})
+
+
+def test_dynamic_int8_over_the_limit_quantizes_without_calibration_statistics(tmp_path, monkeypatch, calib_x32):
+    from edgekit import onnxio
+    from edgekit.backends.ort.dynamic import quantize_dynamic_int8
+    from edgekit.backends.ort.recipe import OrtRecipe
+    from edgekit.profiles import load_profile
+    from edgekit.types import TensorSpec
+
+    _linear_onnx(tmp_path / "m.onnx", k=32)
+    monkeypatch.setattr(onnxio, "PROTOBUF_LIMIT", (64 << 20) + 1000)  # the 4 KB model stands for one over 2 GB
+    recipe = OrtRecipe.parse(load_profile("ort-int8-dynamic"))
+
+    notes = quantize_dynamic_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", recipe, calib_x32, (TensorSpec("x", (1, 32)),))
+
+    assert "over protobuf's 2 GB limit" in notes["calibration"] and "smoothing" not in notes
+    assert (tmp_path / "q.onnx").is_file()

@@ -31,7 +31,7 @@ from edgekit.backends.onnx.qdq import preprocess, qtype, range_note, with_fallba
 from edgekit.backends.ort.matmul_stats import activation_stats, fp32_fallback_nodes
 from edgekit.backends.ort.passes import REWRITES, PassInputs
 from edgekit.backends.ort.passes.smooth import smooth
-from edgekit.onnxio import has_external_data, move_model
+from edgekit.onnxio import has_external_data, in_memory_ok, move_model
 from edgekit.types import FeedSource, TensorSpec
 
 if TYPE_CHECKING:
@@ -67,7 +67,11 @@ def quantize_dynamic_int8(
         notes["preprocess"] = preprocess(model, pre)
         model = pre
         needs_data = recipe.smooth_alpha > 0 or recipe.fp32_fallback_sqnr_db > 0
-        if needs_data and calib is None:
+        if needs_data and calib is not None and not in_memory_ok(model):
+            notes["calibration"] = ("not used: the model is over protobuf's 2 GB limit and the activation statistics run it "
+                                    "from memory; no smoothing, every MatMul/Gemm is quantized")
+            calib = None
+        elif needs_data and calib is None:
             notes["calibration"] = "no calibration data reached this target: no smoothing, every MatMul/Gemm is quantized"
         if recipe.smooth_alpha > 0 and calib is not None:
             smoothed = tmp / "smoothed.onnx"
