@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast fuzz install bench bench-fleet clean verify-arm64 system-deps
+.PHONY: demo test test-fast fuzz install bench bench-fleet clean verify-arm64 system-deps check-large
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,11 @@ bench: $(STAMP)
 # needs root and downloads about 300 MB once (an arm64 Debian root, aarch64 numpy + onnxruntime wheels).
 verify-arm64: $(STAMP)
 	PYTHON=$(abspath $(PY)) tools/verify_arm64.sh
+
+# A synthetic model just over protobuf's 2 GB limit through build (every built-in target), validate and a bundle, with
+# external data files (tools/check_large.py). Not part of `make test`: about 12 GB of disk, 6-10 GB of memory.
+check-large: $(STAMP)
+	$(PY) tools/check_large.py
 
 bench-fleet: $(STAMP)
 	$(PY) benchmarks/fleet_bench.py

@@ -339,7 +339,9 @@ def render(doc: dict[str, Any], json_path: Path | str) -> str:
         body += ANALYSIS.get(model, lambda r, c: [])(result, checks)
         body.append("")
     runs = history_section(load_history(), cpu["model"])
-    lines += summary + [""] + runs + body + calibration_section() + ST_NOTE(doc)
+    from int4_report import int4_section  # benchmarks/int4_bench.py's result, when it has been run
+
+    lines += summary + [""] + runs + body + int4_section() + calibration_section() + ST_NOTE(doc)
     return "\n".join(lines) + "\n"
 
 

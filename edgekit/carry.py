@@ -15,6 +15,7 @@ from pathlib import Path
 
 from edgekit.errors import EdgekitError, OutputDirError
 from edgekit.manifest import MANIFEST, Manifest, verify_files
+from edgekit.types import reference_files
 from edgekit.readback import load_build, verify_build
 
 REWRITTEN = (MANIFEST, "report.md", "report.html", "reference")  # every build writes these itself
@@ -64,8 +65,8 @@ def check_inputs(earlier: Earlier, inputs: dict[str, object], rebuilt: tuple[str
 
 def carry_into(staging: Path, manifest: Manifest, earlier: Earlier, rebuilt: tuple[str, ...]) -> None:
     """Copy the kept targets and the folder's other entries into ``staging``, re-check them, merge their records."""
-    old_ref, new_ref = earlier.manifest.reference["file"], manifest.reference["file"]
-    if old_ref["sha256"] != new_ref["sha256"]:
+    old_ref, new_ref = reference_files(earlier.manifest.reference), reference_files(manifest.reference)
+    if [f.sha256 for f in old_ref] != [f.sha256 for f in new_ref]:
         raise _refuse(earlier.root, "this build's reference/model.onnx differs from the one its targets were built "
                       "from (another model, export setting or library version)", rebuilt)
     for entry in sorted(earlier.root.iterdir()):

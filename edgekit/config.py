@@ -53,6 +53,7 @@ class ModelConfig:
     inputs: tuple[InputConfig, ...] = ()
     outputs: tuple[str, ...] = ()
     task: str | None = None
+    weights_key: str | None = None  # the key of a training checkpoint dict holding the state_dict
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,9 @@ class ExportConfig:
     exporter: str = "dynamo"
     opset: int = 18
     simplify: bool = True
+    # a model whose weights exceed this many MiB is written as model.onnx + model.onnx.data (external data); protobuf
+    # cannot hold more than 2 GiB, so the bound is 2000
+    external_data_mb: int = 1800
 
 
 @dataclass(frozen=True)
@@ -225,7 +229,10 @@ def _parse_model(t: Any, base: Path) -> ModelConfig:
         raise ConfigError(f"[model] inputs has duplicate names: {names}")
     outputs = coerce(t.get("outputs", ()), tuple[str, ...], "[model] outputs")
     task = _choice(t["task"], TASKS, "[model] task") if "task" in t else None
-    return ModelConfig(source, weights, inputs, outputs, task)
+    weights_key = coerce(t["weights_key"], str, "[model] weights_key") if "weights_key" in t else None
+    if weights_key is not None and weights is None and not source.startswith("example:"):
+        raise ConfigError("[model] weights_key names a key of the weights file, but [model] has no 'weights'")
+    return ModelConfig(source, weights, inputs, outputs, task, weights_key)
 
 
 # The keys each data section takes (DataConfig holds the union); [train]'s batch size is each training step's own.
@@ -344,6 +351,9 @@ def parse_config(raw: dict[str, Any], base: Path, path: Path | None = None) -> B
     _choice(export.exporter, EXPORTERS, "[export] exporter")
     if not 13 <= export.opset <= 21:
         raise ConfigError(f"[export] opset = {export.opset} is outside the supported range 13..21")
+    if not 0 <= export.external_data_mb <= 2000:
+        raise ConfigError(f"[export] external_data_mb = {export.external_data_mb} is outside 0..2000 (MiB of weights "
+                          "above which the model is written with external data; protobuf's limit is 2 GiB)")
     steps = _parse_compress(coerce(raw["compress"], list, "[[compress]]"), raw) if "compress" in raw else ()
     use, overrides = _parse_targets(raw.get("targets", {"use": ["ort-fp32"]}), base)
     model = _parse_model(raw["model"], base)
@@ -411,6 +421,8 @@ def resolved_dict(cfg: BuildConfig) -> dict[str, Any]:
     }
     if m.weights is not None:
         model["weights"] = str(m.weights)
+    if m.weights_key is not None:
+        model["weights_key"] = m.weights_key
     if m.outputs:
         model["outputs"] = list(m.outputs)
     if m.task:
@@ -419,6 +431,8 @@ def resolved_dict(cfg: BuildConfig) -> dict[str, Any]:
         "model": model,
         "export": {"exporter": cfg.export.exporter, "opset": cfg.export.opset, "simplify": cfg.export.simplify},
     }
+    if cfg.export.external_data_mb != ExportConfig.external_data_mb:
+        out["export"]["external_data_mb"] = cfg.export.external_data_mb
     if cfg.compress:
         out["compress"] = [to_table(s) for s in cfg.compress]
     for section in ("calibration", "validation", "train"):

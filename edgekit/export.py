@@ -17,13 +17,19 @@ from edgekit.config import ExportConfig
 from edgekit.console import silenced_fds
 from edgekit.errors import ModelError
 from edgekit.faults import interrupted_by, raise_if_signalled, write_fault
-from edgekit.fsutil import atomic_write_bytes
+from edgekit.onnxio import EXTERNAL_DATA_BYTES, PROTOBUF_LIMIT, has_external_data, move_model, save_onnx, tensor_bytes
 from edgekit.types import Reference, SourceModel, TensorSpec
 
 log = logging.getLogger(__name__)
 
 SIMPLIFY_RTOL = 1e-4
 SIMPLIFY_TRIALS = 3
+SIMPLIFY_MAX_BYTES = PROTOBUF_LIMIT - (64 << 20)  # onnxsim and the check below hold the model as one protobuf
+
+
+def parameter_bytes(module: Any) -> int:
+    """Bytes of a torch module's parameters and buffers (what its ONNX export will hold)."""
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
 
 
 def example_inputs(specs: tuple[TensorSpec, ...], shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
@@ -94,7 +100,8 @@ def export_torch(source: SourceModel, shapes: dict[str, tuple[int, ...]], cfg: E
     dynamo = cfg.exporter == "dynamo"
     kwargs: dict[str, Any] = {}
     if dynamo:
-        kwargs["external_data"] = False
+        # over protobuf's limit the exporter must write the weights beside the graph (export.onnx.data)
+        kwargs["external_data"] = parameter_bytes(module) > EXTERNAL_DATA_BYTES
         shapes_arg = tuple({ax: dims.setdefault(n, torch.export.Dim(n)) for ax, n in s.dynamic_axes.items()} or None for s in source.inputs)
         if any(shapes_arg):
             kwargs["dynamic_shapes"] = shapes_arg
@@ -190,7 +197,10 @@ def rename_outputs(path: Path, names: tuple[str, ...]) -> None:
             vi.name = swap(vi.name)
     for init in graph.initializer:
         init.name = swap(init.name)
-    atomic_write_bytes(path, model.SerializeToString())
+    external = has_external_data(path)
+    with tempfile.TemporaryDirectory(prefix="edgekit-rename-", dir=path.parent) as tmp:
+        save_onnx(model, Path(tmp) / path.name, external=external or None)
+        move_model(Path(tmp) / path.name, path)
 
 
 def _run(model_bytes: bytes, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -213,6 +223,11 @@ def outputs_match(a: list[np.ndarray], b: list[np.ndarray], rtol: float = SIMPLI
 
 def simplify(model: Any, specs: tuple[TensorSpec, ...], shapes: dict[str, tuple[int, ...]]) -> tuple[Any, bool, str]:
     """Run onnxsim and check it numerically on random inputs; return (model to keep, simplified?, note)."""
+    size = tensor_bytes(model)
+    if size > SIMPLIFY_MAX_BYTES:
+        return model, False, (f"not simplified: the weights ({size / 1e9:.2f} GB) are over protobuf's 2 GB limit, where "
+                              "onnxsim serializes the model in memory and its external-data fallbacks fail (onnxsim "
+                              "issues 158, 262, 308, 355); kept the exported graph")
     try:
         import onnxsim
     except ImportError as exc:
@@ -249,12 +264,12 @@ def make_reference(source: SourceModel, shapes: dict[str, tuple[int, ...]], cfg:
         else:
             raw_path = source.onnx_path
             exporter = "none (ONNX source)"
+        try:  # by path: a model over 2 GB cannot be checked in memory
+            onnx.checker.check_model(str(raw_path), full_check=False)
+        except onnx.checker.ValidationError as exc:
+            what = "the exported ONNX model" if source.is_torch else f"the ONNX model {source.onnx_path}"
+            raise ModelError(f"{what} fails onnx.checker: {str(exc).splitlines()[0][:300]}") from None
         model = onnx.load(str(raw_path))
-    try:
-        onnx.checker.check_model(model, full_check=False)
-    except onnx.checker.ValidationError as exc:
-        what = "the exported ONNX model" if source.is_torch else f"the ONNX model {source.onnx_path}"
-        raise ModelError(f"{what} fails onnx.checker: {str(exc).splitlines()[0][:300]}") from None
     if cfg.simplify:
         model, simplified, note = simplify(model, source.inputs, shapes)
     else:
@@ -262,7 +277,13 @@ def make_reference(source: SourceModel, shapes: dict[str, tuple[int, ...]], cfg:
     from edgekit import __version__
 
     model.producer_name, model.producer_version = "edgekit", __version__
-    atomic_write_bytes(out, model.SerializeToString())
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     names = tuple(o.name for o in model.graph.output)
-    return Reference(out, source.inputs, names if not source.is_torch else tuple(outputs), exporter, opset, simplified, note)
+    external = tensor_bytes(model) > cfg.external_data_mb * (1 << 20)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="edgekit-reference-", dir=out.parent) as tmp:
+        written = save_onnx(model, Path(tmp) / out.name, external=external)  # `model` is spent after this
+        move_model(Path(tmp) / out.name, out)
+    data = tuple(out.parent / p.name for p in written[1:])
+    return Reference(out, source.inputs, names if not source.is_torch else tuple(outputs), exporter, opset, simplified, note,
+                     data)

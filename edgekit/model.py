@@ -7,9 +7,7 @@ import hashlib
 import importlib
 import importlib.util
 import logging
-import pickle
 import sys
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ from edgekit.errors import ConfigError, ModelError, WeightsError, shown
 from edgekit.fsutil import check_regular_file
 from edgekit.hf import is_hf, load_hf
 from edgekit.types import SourceModel, TensorSpec
+from edgekit.weights import load_weights
 
 log = logging.getLogger(__name__)
 
@@ -81,68 +80,6 @@ def _import_module(dotted: str) -> Any:
         raise ModelError(f"cannot import module '{dotted}': {exc}; is it installed or on PYTHONPATH?") from exc
     except Exception as exc:
         raise ModelError(f"importing module '{dotted}' failed: {type(exc).__name__}: {exc}") from exc
-
-
-def read_state_dict(path: Path) -> dict[str, Any]:
-    """Read weights from .safetensors, or a torch state_dict with ``weights_only=True`` (never unpickles code)."""
-    import torch
-
-    check_regular_file(path, "weights file", error=WeightsError)
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(path))
-        except (SafetensorError, OSError, ValueError, RuntimeError, OverflowError, TypeError) as exc:
-            raise WeightsError(f"weights file {path} is not a readable safetensors file: {shown(exc, 200)}") from None
-        if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
-            raise WeightsError(f"weights file {path} does not hold a state_dict (a mapping of names to tensors)")
-        return state
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        text = str(exc)
-        culprit = next((ln.strip() for ln in text.splitlines() if "GLOBAL" in ln or "global" in ln.split()[:3]), "")
-        if not culprit:
-            raise WeightsError(f"weights file {path} is not a readable torch state_dict (its pickle stream is corrupt)") from None
-        raise WeightsError(
-            f"weights file {path} was refused: loading it would execute code or build arbitrary objects "
-            f"({culprit[:160]}); save a plain state_dict (torch.save(model.state_dict(), ...)) or use .safetensors"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError, TypeError,
-            AttributeError, OverflowError, MemoryError, UnicodeDecodeError, NotImplementedError) as exc:
-        # torch.load on damaged bytes raises many kinds; all mean the same to the user
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-        raise WeightsError(f"weights file {path} is not a readable torch file ({type(exc).__name__}: {first})") from None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-        raise WeightsError(f"weights file {path} does not hold a state_dict (a mapping of names to tensors)")
-    return obj
-
-
-def load_weights(module: Any, path: Path) -> None:
-    """Load a state_dict into ``module``; every missing/unexpected key and shape mismatch is named."""
-    state = read_state_dict(path)
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [
-        f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
-        for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {', '.join(missing[:8])}{' …' if len(missing) > 8 else ''}")
-    if unexpected:
-        problems.append(f"unexpected keys: {', '.join(unexpected[:8])}{' …' if len(unexpected) > 8 else ''}")
-    if mismatched:
-        problems.append(f"shape mismatches: {', '.join(mismatched[:8])}{' …' if len(mismatched) > 8 else ''}")
-    if problems:
-        raise WeightsError(f"weights {path} do not fit the model: {'; '.join(problems)}")
-    module.load_state_dict(state, strict=True)
 
 
 def onnx_specs(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[str, ...]]:
@@ -236,8 +173,9 @@ def load_model(cfg: ModelConfig) -> SourceModel:
             if unknown:
                 raise ConfigError(f"[model] inputs {unknown} are not inputs of {path.name}: it takes {[s.name for s in inputs]}")
             inputs = tuple(declared[s.name].spec if s.name in declared else s for s in inputs)
-        if cfg.weights is not None:
-            raise ConfigError("[model] weights: an ONNX model carries its own weights; remove 'weights'")
+        if cfg.weights is not None or cfg.weights_key is not None:
+            raise ConfigError("[model] weights: an ONNX model carries its own weights; remove 'weights'"
+                              + (" and 'weights_key'" if cfg.weights_key is not None else ""))
         return SourceModel(source, inputs, cfg.outputs or outputs, cfg.task, None, path, file_sha256(path))
 
     if not cfg.inputs:
@@ -245,12 +183,16 @@ def load_model(cfg: ModelConfig) -> SourceModel:
     module, bundled = build_module(source)
     weights = cfg.weights or bundled
     fingerprint_parts = [file_sha256(Path(source.rsplit(":", 1)[0]))] if _is_file_source(source) else [source]
+    weights_note = ""
     if weights is not None:
-        load_weights(module, Path(weights))
+        weights_note = load_weights(module, Path(weights), cfg.weights_key)
         fingerprint_parts.append(file_sha256(Path(weights)))
+        if cfg.weights_key is not None:
+            fingerprint_parts.append(f"weights_key={cfg.weights_key}")
     else:
         log.warning("no weights given: the model keeps the weights its factory made")
     module.eval()
     fingerprint = hashlib.sha256("|".join(fingerprint_parts).encode()).hexdigest()
     outputs = cfg.outputs or ("output",)
-    return SourceModel(source, tuple(i.spec for i in cfg.inputs), outputs, cfg.task, module, None, fingerprint)
+    return SourceModel(source, tuple(i.spec for i in cfg.inputs), outputs, cfg.task, module, None, fingerprint,
+                       weights_note=weights_note)

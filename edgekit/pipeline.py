@@ -82,6 +82,8 @@ def plan(cfg: BuildConfig, options: BuildOptions, progress: Progress | None = No
         check_field_types(recipe, f"target '{name}' [recipe]", ProfileError)
     progress.step(f"loading model {cfg.model.source}")
     source = load_model(cfg.model)
+    if source.weights_note:
+        progress.note(f"weights {cfg.model.weights.name if cfg.model.weights else ''}: {source.weights_note}")
     shapes = _shapes(cfg, source)
     needs_calibration = [n for n, p in profiles.items() if get_backend(p.backend).needs_calibration(p, recipes[n])]
     if needs_calibration and cfg.calibration is None:
@@ -197,8 +199,11 @@ def _build_into(root: Path, p: Plan, options: BuildOptions, progress: Progress, 
 
 def _inputs(p: Plan) -> dict[str, Any]:
     """The manifest's ``inputs`` of this plan: the (uncompressed) model, weights, every data section, profiles."""
-    return input_hashes(p.source.fingerprint, p.cfg.model.weights,
-                        {"calibration": p.calibration, "validation": p.validation, "train": p.train}, p.profiles)
+    hashes = input_hashes(p.source.fingerprint, p.cfg.model.weights,
+                          {"calibration": p.calibration, "validation": p.validation, "train": p.train}, p.profiles)
+    if p.source.weights_note:  # only when the weights file was not a plain state_dict of the model's keys
+        hashes["weights_note"] = p.source.weights_note
+    return hashes
 
 
 def _build_targets(root: Path, p: Plan, reference: Reference, source: SourceModel, jobs: int, progress: Progress) -> dict[str, TargetResult]:

@@ -17,7 +17,7 @@ from edgekit.resources import targets_dir
 from edgekit.tables import check_keys, coerce, parse_table
 from edgekit.types import Gates, RuntimeSettings, TargetProfile
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
 TOP_KEYS = ("description", "backend", "precision", "device", "host_is_device", "recipe", "runtime", "gates")
 
 

@@ -22,7 +22,7 @@ from typing import Any, Callable
 from edgekit.errors import ConfigError, EdgekitError, TamperError, UsageError
 from edgekit.fsutil import atomic_write_bytes
 from edgekit.tables import parse_table
-from edgekit.types import ArtifactFile
+from edgekit.types import ArtifactFile, reference_files
 
 INDEX = "index.json"
 INDEX_FORMAT = 1
@@ -93,7 +93,7 @@ def local_files(root: Path) -> list[ArtifactFile]:
         raise UsageError(f"{root} holds no {MANIFEST}; publish an output directory of edgekit build or edgekit fleet")
     for folder in manifests:  # never publish a file the manifest no longer vouches for
         m = read_manifest(folder)
-        verify_files(folder, [ArtifactFile(**m.reference["file"])] + [f for r in m.results.values() if r.artifact
+        verify_files(folder, reference_files(m.reference) + [f for r in m.results.values() if r.artifact
                                                                       for f in r.artifact.files])
     return [ArtifactFile.of(p, root) for p in files]
 

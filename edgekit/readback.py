@@ -17,7 +17,7 @@ from edgekit import strictjson
 from edgekit.errors import EdgekitError, TamperError
 from edgekit.fsutil import check_regular_file
 from edgekit.manifest import MANIFEST, Manifest, verify_files
-from edgekit.types import STATUSES, ArtifactFile
+from edgekit.types import STATUSES, ArtifactFile, reference_files
 
 MAX_MANIFEST_BYTES = 64 << 20  # a manifest is a few hundred KB; anything this large is not one
 _SHA = re.compile(r"[0-9a-f]{64}")
@@ -71,6 +71,11 @@ def check_structure(root: Path, data: Any, manifest: Path) -> None:
         _need(data, key, dict, "", manifest)
     ref = data["reference"]
     _file_entry(root, _need(ref, "file", dict, "reference.", manifest), "reference.file", manifest)
+    data_files = ref.get("data_files", [])
+    if not isinstance(data_files, list):
+        raise _bad(manifest, "'reference.data_files' is not a list")
+    for i, entry in enumerate(data_files):
+        _file_entry(root, entry, f"reference.data_files[{i}]", manifest)
     for key, kind in (("exporter", str), ("opset", int), ("simplified", bool), ("simplify_note", str),
                       ("inputs", list), ("outputs", list)):
         _need(ref, key, kind, "reference.", manifest)
@@ -131,7 +136,7 @@ def load_build(root: Path) -> Manifest:
 
 def verify_build(root: Path, manifest: Manifest, targets: tuple[str, ...]) -> None:
     """Re-check the sha256 of the reference and of every file of ``targets`` (TamperError names the first that differs)."""
-    verify_files(root, [ArtifactFile(**manifest.reference["file"])])
+    verify_files(root, reference_files(manifest.reference))
     for name in targets:
         r = manifest.results[name]
         if r.artifact is not None:

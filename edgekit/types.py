@@ -92,6 +92,7 @@ class SourceModel:
     onnx_path: Path | None = None
     fingerprint: str = ""
     notes: dict[str, Any] = field(default_factory=dict)  # what loading decided (hf: head, pooling, attention exported)
+    weights_note: str = ""  # how the state_dict was found in the weights file (a checkpoint key, a stripped prefix)
 
     @property
     def is_torch(self) -> bool:
@@ -109,10 +110,13 @@ class Reference:
     opset: int
     simplified: bool
     simplify_note: str
+    data_files: tuple[Path, ...] = ()  # the external data files beside ``path`` (a model over 2 GB, or when asked)
 
     def to_dict(self, root: Path) -> dict[str, Any]:
         """The manifest's ``reference`` entry; the file path is relative to the output directory ``root``."""
+        extra = {"data_files": [vars(ArtifactFile.of(p, root)) for p in self.data_files]} if self.data_files else {}
         return {
+            **extra,
             "file": vars(ArtifactFile.of(self.path, root)),
             "exporter": self.exporter,
             "opset": self.opset,
@@ -129,7 +133,18 @@ class Reference:
             root / d["file"]["path"],
             tuple(TensorSpec(s["name"], tuple(s["shape"]), s["dtype"]) for s in d["inputs"]),
             tuple(d["outputs"]), d["exporter"], d["opset"], d["simplified"], d["simplify_note"],
+            tuple(root / f["path"] for f in d.get("data_files", [])),
         )
+
+    @property
+    def disk_bytes(self) -> int:
+        """The FP32 model's size on disk: the .onnx file and its external data."""
+        return sum(p.stat().st_size for p in (self.path, *self.data_files))
+
+
+def reference_files(d: Mapping[str, Any]) -> list["ArtifactFile"]:
+    """The files a manifest's ``reference`` entry vouches for: the .onnx and each external data file."""
+    return [ArtifactFile(**d["file"]), *(ArtifactFile(**f) for f in d.get("data_files", []))]
 
 
 @dataclass(frozen=True)

@@ -300,7 +300,7 @@ def _three_verdicts(python: Path, bundles: Path, name: str, tmp_path: Path) -> N
 def test_onnx_bundles_in_a_venv_with_only_numpy_and_onnxruntime(ort_venv, bundles, tmp_path):
     assert _cannot_import(ort_venv, "torch", tmp_path) and _cannot_import(ort_venv, "edgekit", tmp_path)
     onnx = [p.name for p in sorted(bundles.iterdir()) if p.is_dir() and _strict(p / "bundle.json")["runtime"]["name"] != "torch"]
-    assert onnx == ["ort-fp32", "ort-int8", "ort-int8-dynamic", "tensorrt-fp16", "tensorrt-int8"]
+    assert onnx == ["ort-fp32", "ort-int4", "ort-int8", "ort-int8-dynamic", "tensorrt-fp16", "tensorrt-int8"]
     for name in onnx:
         _three_verdicts(ort_venv, bundles, name, tmp_path)
     trt = _run(ort_venv, bundles / "tensorrt-int8", tmp_path, "--json", str(tmp_path / "trt.json"))

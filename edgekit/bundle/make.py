@@ -26,7 +26,7 @@ from edgekit.errors import UsageError
 from edgekit.fsutil import atomic_write_bytes, atomic_write_text
 from edgekit.manifest import profile_from_dict, verify_files
 from edgekit.readback import load_build
-from edgekit.types import ArtifactFile, Feed, Reference, TargetProfile, TargetResult
+from edgekit.types import ArtifactFile, Feed, Reference, TargetProfile, TargetResult, reference_files
 from edgekit.validate.run import reference_runner, validation_data
 
 DEFAULT_COSINE = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.99}  # when a profile gates no min_cosine
@@ -70,7 +70,7 @@ def write_bundles(root: Path, out: Path | None = None, targets: tuple[str, ...] 
             raise UsageError(f"target '{name}' has no artifact to bundle ({without[name].status}: {without[name].reason})")
     chosen = [n for n in (targets or manifest.results) if n not in without]
     reference = Reference.from_dict(manifest.reference, root)
-    verify_files(root, [ArtifactFile(**manifest.reference["file"])])
+    verify_files(root, reference_files(manifest.reference))
     for name in chosen:
         verify_files(root, list(manifest.results[name].artifact.files))
     golden = golden_feeds(manifest.config, reference, samples)
@@ -90,7 +90,8 @@ def write_bundles(root: Path, out: Path | None = None, targets: tuple[str, ...] 
         inputs = {s.name: np.stack([f[s.name] for f in golden.feeds]) for s in reference.inputs}
         arrays = {"golden_inputs.npz": inputs, "expected_reference.npz": expected_ref, "expected_host.npz": expected_host}
         artifact = root / _artifact_file(profile, manifest.results[name]).path
-        written.append(_write(out, name, artifact, meta, arrays))
+        external = tuple(root / f.path for f in manifest.results[name].artifact.files if f.path.endswith(".onnx.data"))
+        written.append(_write(out, name, artifact, meta, arrays, external))
     return written
 
 
@@ -231,14 +232,18 @@ runtime. Then, on the build host: edgekit validate DIST --device-report device-r
 """
 
 
-def _write(out: Path, name: str, artifact: Path, meta: dict[str, Any], arrays: dict[str, dict[str, np.ndarray]]) -> Written:
-    """Write the bundle folder in a staging folder, then move it into place and write the .tar.gz beside it."""
+def _write(out: Path, name: str, artifact: Path, meta: dict[str, Any], arrays: dict[str, dict[str, np.ndarray]],
+           external: tuple[Path, ...] = ()) -> Written:
+    """Write the bundle folder in a staging folder, then move it into place and write the .tar.gz beside it.
+    ``external``: the artifact's external data files, copied under their names (the model names them)."""
     out.mkdir(parents=True, exist_ok=True)
     staging = out / f".{name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
         shutil.copyfile(artifact, staging / meta["runtime"]["artifact"])
+        for data in external:
+            shutil.copyfile(data, staging / data.name)
         for file, data in arrays.items():
             atomic_write_bytes(staging / file, npz_bytes(data))
         shutil.copyfile(verify.__file__, staging / "verify.py")

@@ -76,6 +76,10 @@ def cmd_build(args: argparse.Namespace, console: Console) -> int:
             raise UsageError("--calibration-cache is empty: give a folder, or none for no statistics cache")
         cache = False if chosen.strip().lower() == "none" else str(Path(chosen).expanduser().absolute())
         cfg = dataclasses.replace(cfg, calibration=dataclasses.replace(cfg.calibration, cache=cache))
+    if args.weights_key is not None:
+        if cfg.model.weights is None and not cfg.model.source.startswith("example:"):
+            raise UsageError(f"--weights-key {args.weights_key!r}: the config's [model] has no 'weights' file")
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights_key=args.weights_key))
     from edgekit.publish import parse_publish  # [publish]: checked before the build, used after it
 
     target = parse_publish(cfg.raw["publish"], "[publish]") if "publish" in cfg.raw else None

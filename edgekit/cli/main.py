@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
                    "the same inputs reuse them, verified by sha256 (artifacts byte-identical); 'none' disables "
                    "(default: [calibration] cache, else $EDGEKIT_CALIBRATION_CACHE, else "
                    "$XDG_CACHE_HOME/edgekit/calibration or ~/.cache/edgekit/calibration; docs/data.md)")
+    b.add_argument("--weights-key", metavar="KEY", help="the key of the training checkpoint dict ([model] weights) that "
+                   "holds the state_dict, e.g. model or ema (overrides [model] weights_key)")
 
     v = sub.add_parser("validate", help="re-check an output directory: sha256 first, then re-measure",
                        description="Check that every artifact in DIR still has the sha256 its manifest vouches for "

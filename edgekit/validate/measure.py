@@ -103,7 +103,7 @@ def measure(
     for runner in runners.values():
         runner.close()
 
-    fp32_bytes = reference.path.stat().st_size
+    fp32_bytes = reference.disk_bytes
     baseline, baseline_name, fastest = None, "ort-fp32", None
     if "ort-fp32" in runners and not isinstance(lat["ort-fp32"], str):
         baseline, fastest = lat["ort-fp32"].p50_ms, lat["ort-fp32"].min_ms

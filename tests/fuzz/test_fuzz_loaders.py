@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from edgekit.config import ModelConfig
 from edgekit.errors import EdgekitError
-from edgekit.model import load_model, read_state_dict
+from edgekit.model import load_model
+from edgekit.weights import read_state_dict
 from fuzzing import outcome, scaled
 
 

@@ -12,6 +12,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from edgekit.backends.onnx.session import session
+from edgekit.onnxio import save_like
 
 MS_DOMAIN = "com.microsoft"
 
@@ -143,7 +144,7 @@ def nodes_of_types(model: Path, op_types: tuple[str, ...]) -> list[str]:
         return []
     import onnx
 
-    return [n.name for n in onnx.load(str(model)).graph.node if n.op_type in op_types]
+    return [n.name for n in onnx.load(str(model), load_external_data=False).graph.node if n.op_type in op_types]
 
 
 def strip_value_info(src: Path, dst: Path) -> None:
@@ -151,7 +152,7 @@ def strip_value_info(src: Path, dst: Path) -> None:
 
     model = onnx.load(str(src))
     del model.graph.value_info[:]
-    onnx.save(model, str(dst))
+    save_like(model, dst, src)
 
 
 def float_tensors(model: Any) -> list[str]:

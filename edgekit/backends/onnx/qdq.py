@@ -19,7 +19,7 @@ from edgekit.backends.onnx import qdq_ranges, stats_cache
 from edgekit.backends.onnx.calibration import FeedCalibrationReader
 from edgekit.backends.onnx.graph import first_line, nodes_of_types, scratch_cwd, strip_value_info
 from edgekit.backends.onnx.session import session
-from edgekit.fsutil import atomic_move
+from edgekit.onnxio import has_external_data, load_onnx, move_model, save_like
 from edgekit.types import FeedSource, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -70,15 +70,16 @@ def preprocess(src: Path, dst: Path) -> str:
 
     attempts = (("full", {}), ("without symbolic shape inference", {"skip_symbolic_shape": True}))
     failures = []
+    external = {"save_as_external_data": True, "external_data_location": f"{dst.name}.data"} if has_external_data(src) else {}
     for label, kwargs in attempts:
         try:
             with scratch_cwd():  # its shape inference writes temporary files into the working directory
-                quant_pre_process(str(src.resolve()), str(dst.resolve()), **kwargs)
+                quant_pre_process(str(src.resolve()), str(dst.resolve()), **kwargs, **external)
             return f"pre-processed ({label})" + (f"; after: {'; '.join(failures)}" if failures else "")
         except Exception as exc:  # ORT raises bare Exceptions here
             failures.append(f"{label} failed ({first_line(exc)})")
             log.debug("quant_pre_process %s failed: %s", label, exc)
-    dst.write_bytes(src.read_bytes())
+    save_like(load_onnx(src), dst, src)
     return f"not pre-processed: {'; '.join(failures)}"
 
 
@@ -98,7 +99,7 @@ def with_fallbacks(src: Path, tmp: Path, attempt: Callable[[Path], None]) -> str
     except Exception as exc:
         second = first_line(exc)
     optimized = tmp / "ort_basic.onnx"
-    session(str(src), 1, save_to=optimized)
+    session(str(src), 1, save_to=optimized, external_data=has_external_data(src))
     attempt(optimized)
     return f"first attempts failed ({first}; {second}); succeeded on the ORT-basic-optimized graph"
 
@@ -163,6 +164,7 @@ def quantize_static_qdq(
             op_types_to_quantize=None,
             nodes_to_exclude=nodes_of_types(model, qdq.exclude_op_types) + fp32_layers + stats.fill_nodes + list(exclude_nodes),
             extra_options=extra,
+            use_external_data_format=has_external_data(model),
             **cache,
         )
 
@@ -170,9 +172,9 @@ def quantize_static_qdq(
         tmp = Path(tmpdir)
         pre = tmp / "pre.onnx"
         pre_note = preprocess(src, pre)
-        out = tmp / "quant.onnx"
+        out = tmp / dst.name  # the external data file, if any, is named after it
         fallback = with_fallbacks(pre, tmp, attempt)
-        atomic_move(out, dst)
+        move_model(out, dst)
     notes = {
         "preprocess": pre_note,
         "calibration": {"method": settings.method, "samples": chosen["collected"].samples,

@@ -11,13 +11,14 @@ from edgekit.backends.base import Runner
 from edgekit.types import Feed, TensorSpec
 
 def session(model: str | bytes, threads: int, optimize: bool = True, save_to: Path | None = None, spinning: bool = True,
-            profile_prefix: str | None = None) -> Any:
+            profile_prefix: str | None = None, external_data: bool = False) -> Any:
     """An ONNX Runtime CPU session with a fixed thread count (timing is only comparable with threads fixed; 0 is
     ONNX Runtime's default, one per core, for sessions that only compute).
 
     ``spinning=False`` stops idle intra-op workers from spin-waiting: needed when several sessions take turns in
     one process (a benchmark interleaving them), where one session's spinning workers steal the cores of the next.
-    ``profile_prefix``: ONNX Runtime's profiler on, its trace written under that prefix by ``end_profiling()``."""
+    ``profile_prefix``: ONNX Runtime's profiler on, its trace written under that prefix by ``end_profiling()``.
+    ``external_data``: the model saved to ``save_to`` keeps its weights in ``<save_to name>.data`` beside it."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -37,6 +38,9 @@ def session(model: str | bytes, threads: int, optimize: bool = True, save_to: Pa
         # Offline optimization saved to disk stays portable only at the BASIC level (standard ONNX ops).
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         opts.optimized_model_filepath = str(save_to)
+        if external_data:
+            opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", f"{save_to.name}.data")
+            opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 

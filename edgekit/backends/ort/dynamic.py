@@ -31,7 +31,7 @@ from edgekit.backends.onnx.qdq import preprocess, qtype, range_note, with_fallba
 from edgekit.backends.ort.matmul_stats import activation_stats, fp32_fallback_nodes
 from edgekit.backends.ort.passes import REWRITES, PassInputs
 from edgekit.backends.ort.passes.smooth import smooth
-from edgekit.fsutil import atomic_move
+from edgekit.onnxio import has_external_data, in_memory_ok, move_model
 from edgekit.types import FeedSource, TensorSpec
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def _exclusions(model: Path, names: list[str]) -> list[str]:
     """quantize_dynamic rewrites a Gemm as '<name>_MatMul' + Add before quantizing: exclude under both names."""
     import onnx
 
-    gemms = {n.name for n in onnx.load(str(model)).graph.node if n.op_type == "Gemm"}
+    gemms = {n.name for n in onnx.load(str(model), load_external_data=False).graph.node if n.op_type == "Gemm"}
     return [x for name in names for x in ((name, f"{name}_MatMul") if name in gemms else (name,))]
 
 
@@ -69,7 +69,11 @@ def quantize_dynamic_int8(
         notes["preprocess"] = preprocess(model, pre)
         model = pre
         needs_data = recipe.smooth_alpha > 0 or recipe.fp32_fallback_sqnr_db > 0
-        if needs_data and calib is None:
+        if needs_data and calib is not None and not in_memory_ok(model):
+            notes["calibration"] = ("not used: the model is over protobuf's 2 GB limit and the activation statistics run it "
+                                    "from memory; no smoothing, every MatMul/Gemm is quantized")
+            calib = None
+        elif needs_data and calib is None:
             notes["calibration"] = "no calibration data reached this target: no smoothing, every MatMul/Gemm is quantized"
         if recipe.smooth_alpha > 0 and calib is not None:
             smoothed = tmp / "smoothed.onnx"
@@ -90,7 +94,7 @@ def quantize_dynamic_int8(
                 "kept_fp32": keep, "quantized": len(predicted) - len(keep),
                 "lowest_predicted_sqnr_db": {k: round(v, 1) for k, v in lowest},
             }
-        out = tmp / "quant.onnx"
+        out = tmp / dst.name  # the external data file, if any, is named after it
 
         def attempt(graph: Path) -> None:
             quantize_dynamic(
@@ -100,10 +104,11 @@ def quantize_dynamic_int8(
                 reduce_range=recipe.resolved_reduce_range(),
                 weight_type=qtype(recipe.weight_type),
                 nodes_to_exclude=_exclusions(graph, nodes_of_types(graph, recipe.exclude_op_types) + keep),
+                use_external_data_format=has_external_data(graph),
             )
 
         fallback = with_fallbacks(model, tmp, attempt)
-        atomic_move(out, dst)
+        move_model(out, dst)
     notes["weights"] = f"{recipe.weight_type} {'per-channel' if recipe.per_channel else 'per-tensor'}" + range_note(recipe.reduce_range)
     notes["activations"] = "uint8, quantized at run time"
     if fallback:

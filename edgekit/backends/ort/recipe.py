@@ -9,7 +9,7 @@ from edgekit.errors import ProfileError
 from edgekit.tables import check_keys
 from edgekit.types import TargetProfile
 
-MODES = ("fp32", "static", "dynamic")
+MODES = ("fp32", "static", "dynamic", "int4")
 # The keys each mode reads (beside `mode`); a key of another mode is an error naming the mode it belongs to.
 MODE_KEYS = {
     "fp32": (),
@@ -17,7 +17,9 @@ MODE_KEYS = {
                "fp32_input_layers"),
     "dynamic": ("weight_type", "per_channel", "reduce_range", "exclude_op_types", "fp32_fallback_sqnr_db",
                 "transformer_fusion", "gelu_approximation", "smooth_alpha", "smooth_below_sqnr_db"),
+    "int4": ("block_size", "symmetric", "algorithm", "accuracy_level", "embeddings"),
 }
+INT4_ALGORITHMS = ("rtn", "hqq", "gptq")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,14 @@ class OrtRecipe(QdqSettings):
     gelu_approximation: bool = False
     smooth_alpha: float = 0.0
     smooth_below_sqnr_db: float = 30.0
+    # int4 mode, see ort/int4.py: weight-only 4-bit MatMul (and Gemm) weights in blocks of block_size along K; an
+    # asymmetric block has a zero point; algorithm rtn | hqq | gptq (gptq runs on [calibration] data);
+    # accuracy_level is MatMulNBits' compute type (0 unset = fp32, 4 = int8); embeddings: Gather tables too.
+    block_size: int = 32
+    symmetric: bool = False
+    algorithm: str = "rtn"
+    accuracy_level: int = 0
+    embeddings: bool = False
 
     @classmethod
     def parse(cls, profile: TargetProfile) -> "OrtRecipe":
@@ -64,13 +74,33 @@ class OrtRecipe(QdqSettings):
             raise ProfileError(f"target '{profile.name}' recipe smooth_alpha = {recipe.smooth_alpha!r}; expected a number in [0, 1] (0 disables)")
         if isinstance(recipe.smooth_below_sqnr_db, bool) or not isinstance(recipe.smooth_below_sqnr_db, (int, float)) or recipe.smooth_below_sqnr_db < 0:
             raise ProfileError(f"target '{profile.name}' recipe smooth_below_sqnr_db = {recipe.smooth_below_sqnr_db!r}; expected a number of dB >= 0")
+        if recipe.mode == "int4":
+            recipe._check_int4(profile.name)
         for key in ("transformer_fusion", "gelu_approximation"):
             if not isinstance(getattr(recipe, key), bool):
                 raise ProfileError(f"target '{profile.name}' recipe {key} = {getattr(recipe, key)!r}; expected true or false")
         for key in ("activation_type", "weight_type"):
             if getattr(recipe, key) not in QUANT_TYPES:
-                raise ProfileError(f"target '{profile.name}' recipe {key} = {getattr(recipe, key)!r}; expected int8 or uint8")
+                four = "; 4-bit weights are mode = \"int4\" (the ort-int4 target)" if getattr(recipe, key) in ("int4", "uint4") else ""
+                raise ProfileError(f"target '{profile.name}' recipe {key} = {getattr(recipe, key)!r}; expected int8 or uint8{four}")
         return recipe
+
+    def _check_int4(self, name: str) -> None:
+        bs = self.block_size
+        if isinstance(bs, bool) or not isinstance(bs, int) or bs < 16 or bs & (bs - 1):
+            raise ProfileError(f"target '{name}' recipe block_size = {bs!r}; expected a power of two >= 16 (32, 64, 128)")
+        if self.algorithm not in INT4_ALGORITHMS:
+            raise ProfileError(f"target '{name}' recipe algorithm = {self.algorithm!r}; expected one of {', '.join(INT4_ALGORITHMS)}")
+        al = self.accuracy_level
+        if isinstance(al, bool) or not isinstance(al, int) or not 0 <= al <= 4:
+            raise ProfileError(f"target '{name}' recipe accuracy_level = {al!r}; expected 0 (unset), 1 (fp32), 2 (fp16), "
+                               "3 (bf16) or 4 (int8)")
+        for key in ("symmetric", "embeddings"):
+            if not isinstance(getattr(self, key), bool):
+                raise ProfileError(f"target '{name}' recipe {key} = {getattr(self, key)!r}; expected true or false")
+        if self.algorithm == "hqq" and self.symmetric:
+            raise ProfileError(f"target '{name}' recipe algorithm = \"hqq\" is asymmetric (its zero points are "
+                               "optimised); remove symmetric = true")
 
     def resolved_reduce_range(self) -> bool:
         """``auto`` resolves per host: x86 without VNNI/AMX saturates u8 x s8 products, so weights get 7 bits."""

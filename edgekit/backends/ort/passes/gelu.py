@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgekit.onnxio import save_like
+
 def approximate_gelu(src: Path, dst: Path) -> int:
     """``src`` with every exact Gelu (ONNX opset 20 or com.microsoft, erf form) as com.microsoft FastGelu into
     ``dst``; returns how many."""
@@ -20,5 +22,5 @@ def approximate_gelu(src: Path, dst: Path) -> int:
             count += 1
     if count and not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    onnx.save(model, str(dst))
+    save_like(model, dst, src)
     return count

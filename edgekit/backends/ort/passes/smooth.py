@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.backends.ort.matmul_stats import TensorStats, weighted_matmuls
+from edgekit.onnxio import save_like
 
 SCALE_LIMITS = (1e-4, 1e4)
 
@@ -73,5 +74,5 @@ def smooth(src: Path, dst: Path, stats: dict[str, TensorStats], alpha: float, be
         for n in nodes:
             n.input[0] = smoothed
         done[tensor] = round(st.sqnr_db, 1)
-    onnx.save(model, str(dst))
+    save_like(model, dst, src)
     return done

@@ -21,6 +21,7 @@ from edgekit.backends.onnx.graph import scratch_cwd
 from edgekit.backends.onnx.session import session
 from edgekit.backends.ort.passes.attention import fuse_attention
 from edgekit.backends.ort.passes.layernorm_rows import layernorm_rows
+from edgekit.onnxio import has_external_data, load_onnx, save_like
 from edgekit.types import FeedSource, TensorSpec
 
 FUSED_OPS = ("Attention", "MultiHeadAttention", "EmbedLayerNormalization", "Gelu", "FastGelu", "BiasGelu",
@@ -96,7 +97,7 @@ def _fuse(src: Path, dst: Path, check: dict[str, np.ndarray] | None) -> dict[str
     from onnxruntime.transformers.optimizer import optimize_model
 
     def keep_unfused(why: str) -> dict[str, Any]:
-        dst.write_bytes(src.read_bytes())
+        save_like(load_onnx(src), dst, src)  # a copy that finds its external data, if any
         return {"applied": False, "why": why}
 
     quiet = logging.getLogger("onnxruntime.transformers")
@@ -113,7 +114,7 @@ def _fuse(src: Path, dst: Path, check: dict[str, np.ndarray] | None) -> dict[str
                                    optimization_options=options)
         counts = {k: v for k, v in fused.get_fused_operator_statistics().items() if v and k in FUSED_OPS}
         counts.update({k: v for k, v in ours.items() if v})
-        fused.save_model_to_file(str(dst))
+        fused.save_model_to_file(str(dst), use_external_data_format=has_external_data(src))
     except Exception as exc:  # the rewrites and the optimizer raise whatever their passes raise
         return keep_unfused(f"transformer rewrites failed ({type(exc).__name__}: {str(exc)[:200]}); kept unfused")
     finally:
