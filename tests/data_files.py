@@ -97,6 +97,9 @@ def make_bad_data(root: Path) -> None:
     np.save(root / "zero_folder" / "a.npy", x[0])
     (root / "zero_folder" / "b.npy").write_bytes(b"")
     (root / "text.npy").write_text("1.0, 2.0, 3.0\n")
+    header = bytearray(npy_bytes(x))
+    header[9] ^= 1  # the header length off by 256: numpy's header parser raises tokenize.TokenError (found by fuzzing)
+    (root / "flipped_header.npy").write_bytes(bytes(header))
     big = x.astype(np.float64)
     big[5, 0, 3, 3] = 1e39  # finite in float64, inf in float32
     np.savez(root / "overflow.npz", x=big)
