@@ -53,7 +53,7 @@ fuzz: $(STAMP)
 
 bench: $(STAMP)
 	$(PIP) install --quiet -c constraints.txt -e ".[test,minilm]"
-	$(PY) benchmarks/kernels.py
+	$(PY) benchmarks/kernel_timings.py
 	$(PY) benchmarks/run.py
 
 # Every ONNX bundle of the demo verified on ARM64 kernels under qemu-user (docs/devices.md). Not part of `make test`:

@@ -170,15 +170,15 @@ def mobilenet(result: dict[str, Any], checks: list[dict[str, Any]]) -> list[str]
 
 
 def _gemm_ratio(result: dict[str, Any]) -> str:
-    """The FP32 / dynamic-INT8 time of MiniLM's feed-forward GEMM from benchmarks/kernels.py (run just before)."""
+    """The FP32 / dynamic-INT8 time of MiniLM's feed-forward GEMM from benchmarks/kernel_timings.py (run just before)."""
     cases = (result.get("kernels") or {}).get("cases", {})
     gemm = next((v for k, v in cases.items() if k.startswith("MiniLM feed-forward GEMM")), None)
     fp32 = (gemm or {}).get("FP32 MatMul")
     int8 = next((v for k, v in (gemm or {}).items() if k.startswith("dynamic INT8, 7-bit")), None)
     if not fp32 or not int8:
-        return "the INT8 GEMM's own speedup over FP32 was not measured in this run (benchmarks/kernels.py)"
+        return "the INT8 GEMM's own speedup over FP32 was not measured in this run (benchmarks/kernel_timings.py)"
     return (f"an INT8 GEMM of MiniLM's feed-forward shape ran {fp32 / int8:.2f}x faster than the FP32 one in "
-            f"benchmarks/kernels.py ({result['kernels']['date']}, benchmarks/results/kernels.md)")
+            f"benchmarks/kernel_timings.py ({result['kernels']['date']}, benchmarks/results/kernels.md)")
 
 
 def minilm(result: dict[str, Any], checks: list[dict[str, Any]]) -> list[str]:
@@ -209,7 +209,7 @@ def minilm(result: dict[str, Any], checks: list[dict[str, Any]]) -> list[str]:
         "QAttention (INT8 projection, heads laid out inside the kernel: no Transpose, Split or per-head Reshape ops); "
         "the residual Add + LayerNormalization pairs run on 2-D [tokens, hidden] rows, where ONNX Runtime does not "
         "fuse them into SkipLayerNormalization, whose CPU kernel measured over twice as slow "
-        "(benchmarks/results/kernels.md, from `benchmarks/kernels.py`); ONNX Runtime's own Gelu fusion is kept, and "
+        "(benchmarks/results/kernels.md, from `benchmarks/kernel_timings.py`); ONNX Runtime's own Gelu fusion is kept, and "
         f"the fused GELUs become FastGelu, the tanh approximation ({notes.get('gelu_approximation', 'not applied')}). "
         "Then per-channel smoothing (SmoothQuant, "
         f"alpha 0.8) of the MatMul inputs whose predicted 8-bit SQNR on calibration data is under 30 dB "
@@ -275,7 +275,7 @@ def ST_NOTE(doc: dict[str, Any]) -> list[str]:  # noqa: N802 - a constant-like r
         "    .venv/bin/python benchmarks/run.py --quick   # smoke run (1 repeat, few calls)",
         "    .venv/bin/python benchmarks/run.py --models resnet18_like,minilm",
         "    .venv/bin/python benchmarks/recipe_sweep.py  # the recipe measurements quoted above",
-        "    .venv/bin/python benchmarks/kernels.py       # single-kernel timings (benchmarks/results/kernels.md; make bench runs it)",
+        "    .venv/bin/python benchmarks/kernel_timings.py       # single-kernel timings (benchmarks/results/kernels.md; make bench runs it)",
         "    .venv/bin/python benchmarks/profile_ops.py benchmarks/work/minilm/edgekit/ort-int8-dynamic/model.onnx "
         "benchmarks/work/minilm_val.npz  # time per op type",
         "",

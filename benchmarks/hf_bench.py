@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-# Python puts this script's folder first on sys.path; its kernels.py would then shadow the `kernels` package that
-# transformers (>= 5) imports. The benchmarks modules this script needs are loaded by file path instead (_module).
+# Python puts this script's folder first on sys.path, where a file could shadow a package transformers imports (a
+# benchmarks/kernels.py once hid `kernels`); the benchmarks modules this script needs are loaded by file (_module).
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 WORK = HERE / "work" / "hf"
 RESULT = HERE / "results" / "hf_minilm.json"
@@ -39,8 +39,7 @@ THREADS = 2
 
 
 def _module(name: str) -> Any:
-    """A benchmarks/ module by file (benchmarks/ is not put on sys.path: its kernels.py would shadow the `kernels`
-    package transformers imports)."""
+    """A benchmarks/ module by file (benchmarks/ is kept off sys.path)."""
     spec = importlib.util.spec_from_file_location(f"bench_{name}", HERE / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(HERE))
 import run  # noqa: E402  (data preparation, the MiniLM config)
 import timing  # noqa: E402
 
-# benchmarks/kernels.py would shadow the `kernels` package transformers imports
+# benchmarks/ leaves sys.path once its modules are imported: none of its files may shadow a package transformers imports
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 WORK = run.WORK / "int4"

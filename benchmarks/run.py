@@ -491,7 +491,7 @@ def _commit() -> str | None:
     root = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        # results are not code: kernels.py rewrites benchmarks/results/ just before this script runs
+        # results are not code: kernel_timings.py rewrites benchmarks/results/ just before this script runs
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
                                 ":(exclude)benchmarks/results", ":(exclude)BENCHMARKS.md"], cwd=root, capture_output=True,
                                text=True, check=True)
@@ -547,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"{name}: done in {time.time() - t0:.0f} s")
     meta["loadavg_end"] = os.getloadavg()
     meta["seconds"] = time.time() - start
-    kernels = RESULTS / "kernels.json"  # benchmarks/kernels.py, which `make bench` runs just before this script
+    kernels = RESULTS / "kernels.json"  # benchmarks/kernel_timings.py, which `make bench` runs just before this script
     if "minilm" in results and kernels.is_file():
         results["minilm"]["kernels"] = json.loads(kernels.read_text())
     doc = {"meta": meta, "models": results}

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-# `python benchmarks/subproc.py` puts benchmarks/ first on sys.path, where benchmarks/kernels.py would shadow the PyPI
-# package `kernels` that transformers 5 imports (ImportError building MiniLM); nothing here imports a sibling module
+# nothing here imports a sibling module: benchmarks/ leaves sys.path, so no file of it can shadow a package a model
+# imports (a benchmarks/kernels.py once hid the PyPI package `kernels` that transformers 5 imports)
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 

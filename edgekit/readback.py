@@ -130,7 +130,7 @@ def load_build(root: Path) -> Manifest:
     check_structure(root, data, path)
     try:
         return Manifest.from_dict(data)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (LookupError, TypeError, ValueError, AttributeError) as exc:  # a key missing, a list too short, ...
         raise TamperError(f"{path} is not a valid edgekit manifest ({type(exc).__name__}: {exc}); {REBUILD}") from None
 
 

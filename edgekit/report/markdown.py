@@ -176,7 +176,7 @@ def render_markdown(manifest: dict[str, Any], debug: dict[str, dict[str, Any]] |
             shown_ci = f" (95% CI [{ci[0]:.4g}, {ci[1]:.4g}])" if ci and "95% CI" not in g["message"] else ""
             lines.append(f"- gate {mark}: {g['message']}{shown_ci}")
         lines.append("")
-        if t.get("recovery"):
+        if isinstance(t.get("recovery"), dict) and t["recovery"]:
             lines += recovery_section(t["recovery"])
     if manifest.get("compress"):
         lines += compression_section(manifest["compress"])
@@ -346,13 +346,16 @@ def recovery_section(r: dict[str, Any]) -> list[str]:
     chosen = r.get("chosen")
     outcome = ("met every gate" if r.get("met") else "no candidate met every gate; the best so far was written") + (
         f", attempt {chosen} written" if chosen is not None else ", the original kept")
-    lines = [f"#### Recovery: {outcome} ({r.get('seconds', 0):.0f} s of a {r.get('budget_s', 0):g} s budget)", ""]
+    lines = [f"#### Recovery: {outcome} ({_fmt(r.get('seconds'), '.0f')} s of a {_fmt(r.get('budget_s'), 'g')} s budget)", ""]
     rows = []
-    for i, a in enumerate(r.get("attempts", [])):
-        speed = f"{a['speedup']:.2f}x" if a.get("speedup") is not None else "—"
-        rows.append([str(i) + (" ✓" if i == chosen else ""), a["step"], a["change"], _fmt(a.get("cosine"), ".6f"),
-                     _fmt(a.get("accuracy"), ".2f"), _fmt(a.get("p50_ms"), ".3f"), speed, f"{a['seconds']:.1f}",
-                     "yes" if a["gates_passed"] else "no"])
+    for i, a in enumerate(r.get("attempts", [])):  # a record read back from a folder may be partial: "—" for a gap
+        if not isinstance(a, dict):
+            continue
+        speed = f"{a['speedup']:.2f}x" if isinstance(a.get("speedup"), (int, float)) else "—"
+        passed = {True: "yes", False: "no"}.get(a.get("gates_passed"), "—")
+        rows.append([str(i) + (" ✓" if i == chosen else ""), str(a.get("step", "—")), str(a.get("change", "—")),
+                     _fmt(a.get("cosine"), ".6f"), _fmt(a.get("accuracy"), ".2f"), _fmt(a.get("p50_ms"), ".3f"), speed,
+                     _fmt(a.get("seconds"), ".1f"), passed])
     lines += [_md_table(["#", "step", "change", "cosine", "accuracy %", "p50 ms", "speedup", "seconds", "gates"], rows), ""]
     return lines
 

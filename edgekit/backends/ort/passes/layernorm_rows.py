@@ -22,7 +22,7 @@ def layernorm_rows(model: Any) -> int:
     """Run each residual ``LayerNormalization(Add(a, b))`` over [rows, hidden] instead of [batch, seq, hidden].
 
     ONNX Runtime fuses a 3-D Add + LayerNormalization into ``SkipLayerNormalization``, whose CPU kernel is slower than
-    Add + LayerNormalization on the same data (benchmarks/kernels.py; docs/backends.md). On 2-D rows the
+    Add + LayerNormalization on the same data (benchmarks/kernel_timings.py; docs/backends.md). On 2-D rows the
     fusion does not apply. Reshapes that only moved a projection's 2-D output to 3-D and back are bypassed, so the
     residual stream stays 2-D from one projection to the next. Edits ``model`` in place; returns how many were moved."""
     from onnx import helper, numpy_helper

@@ -1,6 +1,6 @@
 """Single-kernel timings behind edgekit's transformer recipe, on this host, at the benchmark's thread count.
 
-    .venv/bin/python benchmarks/kernels.py            # writes benchmarks/results/kernels.md and kernels.json
+    .venv/bin/python benchmarks/kernel_timings.py            # writes benchmarks/results/kernels.md and kernels.json
 
 1. GEMM: one MiniLM feed-forward MatMul (128 x 384 @ 384 x 1536) in FP32, as ONNX Runtime dynamic INT8
    (``quantize_dynamic``, int8 per-channel weights, 7-bit and 8-bit) and as weight-only ``MatMulNBits``: the ceiling
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     host = cpu()
     record: dict = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "threads": THREADS,
                     "cpu": host["model"], "isa": host["isa"], "cases": {}}
-    lines = ["# Kernel timings (benchmarks/kernels.py)", "",
+    lines = ["# Kernel timings (benchmarks/kernel_timings.py)", "",
              f"Host: {host['model']}, ISA flags: {', '.join(host['isa']) or 'none of AVX2/AVX512/VNNI/AMX'}; "
              f"{THREADS} threads, idle workers sleep; median of {max(1, args.calls // 2) * 2} interleaved timed calls per "
              "variant.", ""]
