@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEBUG_FILE = "debug.json"
+from edgekit.report.data import DEBUG_FILE  # noqa: F401 - where a target's analysis is written
+
 SCHEMA = 1
 
 

@@ -24,8 +24,14 @@ class ReportData:
     debug: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def _read(path: Path) -> Any:
+MAX_FILE_BYTES = 16 << 20  # a build folder is input: a file larger than this is not read for a report
+
+
+def read_json(path: Path) -> Any:
+    """The JSON of a report's side file, or None when it is missing, a link, too large or not JSON."""
     try:
+        if not path.is_file() or path.is_symlink() or path.stat().st_size > MAX_FILE_BYTES:
+            return None
         return strictjson.restore(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         return None
@@ -57,10 +63,10 @@ def read_report_data(root: Path, targets: Iterable[str]) -> ReportData:
     """The histograms and debug analyses of ``targets`` found under ``root``."""
     data = ReportData()
     for name in targets:
-        metrics = _read(root / name / METRICS_FILE) if (root / name / METRICS_FILE).is_file() else None
+        metrics = read_json(root / name / METRICS_FILE)
         if isinstance(metrics, dict) and valid_histogram(metrics.get(HISTOGRAM_KEY)):
             data.histograms[name] = metrics[HISTOGRAM_KEY]
-        debug = _read(root / name / DEBUG_FILE) if (root / name / DEBUG_FILE).is_file() else None
+        debug = read_json(root / name / DEBUG_FILE)
         if valid_debug(debug):
             data.debug[name] = debug
     return data

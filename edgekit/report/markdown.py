@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from edgekit.report.data import DEBUG_FILE
+
 COLUMNS = ("target", "status", "accuracy %", "top-1 agree", "cosine", "SQNR dB", "p50 ms", "p90 ms", "speedup", "size", "size ratio")
 
 
@@ -262,7 +264,6 @@ def compression_section(steps: list[dict[str, Any]]) -> list[str]:
 
 # ---------------------------------------------------------------- per-layer analysis (edgekit debug)
 
-DEBUG_FILE = "debug.json"
 DEBUG_TOP = 10
 LAYER_COLUMNS = ("rank", "layer", "op", "local SQNR dB", "accumulated SQNR dB", "weight / act. SQNR dB", "keep-FP32 cosine",
                  "cost ms", "recovered/ms")
@@ -278,21 +279,14 @@ def artifact_digest(files: list[dict[str, Any]]) -> str:
 def debug_reports(root: Any, manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """{target: its debug.json} for every target of ``manifest`` with a readable ``root/<target>/debug.json``; an
     analysis of other artifact bytes than the manifest's is marked ``stale``. Never raises: a report still renders."""
-    import json
     from pathlib import Path
 
-    from edgekit import strictjson
+    from edgekit.report.data import read_json, valid_debug
 
     found = {}
     for name, t in manifest.get("targets", {}).items():
-        path = Path(root) / name / DEBUG_FILE
-        try:
-            if not path.is_file() or path.is_symlink() or path.stat().st_size > (16 << 20):
-                continue
-            d = strictjson.restore(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError, RecursionError):
-            continue
-        if not isinstance(d, dict) or not isinstance(d.get("layers"), list):
+        d = read_json(Path(root) / name / DEBUG_FILE)
+        if not valid_debug(d):
             continue
         d["stale"] = bool(d.get("artifact_sha256")) and d.get("artifact_sha256") != artifact_digest(t.get("files", []))
         found[name] = d
