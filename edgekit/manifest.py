@@ -215,7 +215,7 @@ def _metrics_record(path: Path, name: str, result: TargetResult) -> dict[str, An
 def write_reports(root: Path, data: dict[str, Any], extra: ReportData) -> None:
     """report.md and report.html of the manifest-shaped ``data`` into ``root``."""
     plain = json.loads(json.dumps(data, default=str))
-    atomic_write_text(root / "report.md", render_markdown(plain, debug_reports(root, plain)))
+    atomic_write_text(root / "report.md", render_markdown(plain, debug_reports(extra.debug, plain)))
     atomic_write_text(root / "report.html", render_html(plain, extra))
 
 

@@ -183,6 +183,7 @@ def _build_into(root: Path, p: Plan, options: BuildOptions, progress: Progress, 
         recover_build(root, manifest, p.profiles, p.recipes, {n: o.recover for n, o in cfg.overrides.items()}, p.calibration,
                       calibration_settings(cfg.calibration), reference, source if source.is_torch else None, data, p.shapes,
                       cfg.model.task, progress, options.reference_timing)
+        _name_passing_peers(manifest, p.profiles)
     else:
         manifest.validation = {"description": "not validated (--no-validate)", "samples": 0}
     if p.data_warnings:
@@ -284,6 +285,7 @@ def revalidate(root: Path, targets: tuple[str, ...] = (), data: Path | None = No
     profiles = {name: profile_from_dict(name, manifest.profiles[name]) for name in chosen}
     sub = dataclasses.replace(manifest, results={n: dataclasses.replace(manifest.results[n]) for n in chosen})
     _measure_into(root, sub, reference, torch_source, profiles, vdata, shapes, cfg.model.task, progress, timing)
+    _name_passing_peers(sub, profiles)
     sub.versions = library_versions()
     sub.validation["against"] = ("the torch model and the ONNX reference" if torch_source is not None else
                                  "the ONNX reference in this folder (the torch model is re-run with --against-torch)")
@@ -311,8 +313,12 @@ def _measure_into(root: Path, manifest: Manifest, reference: Reference, torch_so
     manifest.validation, manifest.references = measured.validation, measured.references
     for name, m in measured.targets.items():
         m.apply(manifest.results[name], unavailable=artifacts[name].proxy)
-    peers = {n: f"{profiles[n].precision} on {'the build host' if timed_on_device(profiles[n], a) else profiles[n].device}"
-             for n, a in artifacts.items() if n in profiles}
+
+
+def _name_passing_peers(manifest: Manifest, profiles: dict[str, TargetProfile]) -> None:
+    """Once every status is final (after recovery): each failed target's reason names the peers that passed."""
+    peers = {n: f"{profiles[n].precision} on {'the build host' if timed_on_device(profiles[n], r.artifact) else profiles[n].device}"
+             for n, r in manifest.results.items() if n in profiles and r.artifact is not None}
     point_to_passing(manifest.results, peers)
 
 

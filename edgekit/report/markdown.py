@@ -276,17 +276,13 @@ def artifact_digest(files: list[dict[str, Any]]) -> str:
     return hashlib.sha256("".join(f["sha256"] for f in files).encode()).hexdigest()
 
 
-def debug_reports(root: Any, manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """{target: its debug.json} for every target of ``manifest`` with a readable ``root/<target>/debug.json``; an
-    analysis of other artifact bytes than the manifest's is marked ``stale``. Never raises: a report still renders."""
-    from pathlib import Path
-
-    from edgekit.report.data import read_json, valid_debug
-
+def debug_reports(debug: dict[str, dict[str, Any]], manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{target: its debug.json} (as report/data.read_report_data read them) for the targets of ``manifest``; an
+    analysis of other artifact bytes than the manifest's is marked ``stale``."""
     found = {}
     for name, t in manifest.get("targets", {}).items():
-        d = read_json(Path(root) / name / DEBUG_FILE)
-        if not valid_debug(d):
+        d = debug.get(name)
+        if d is None:
             continue
         d["stale"] = bool(d.get("artifact_sha256")) and d.get("artifact_sha256") != artifact_digest(t.get("files", []))
         found[name] = d
