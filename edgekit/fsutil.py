@@ -1,14 +1,31 @@
-"""Atomic file writes: a temp file in the same folder, fsync, then rename; readers never see half a file."""
+"""Atomic file writes (a temp file in the same folder, fsync, then rename; readers never see half a file) and file
+hashing in bounded memory."""
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from edgekit import strictjson
+
+
+CHUNK = 1 << 20
+
+
+def hash_file(digest: "hashlib._Hash", path: Path) -> "hashlib._Hash":
+    """``digest`` updated with the bytes of ``path``, read in 1 MiB chunks (weights files can exceed memory)."""
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest
+
+
+def file_sha256(path: Path) -> str:
+    return hash_file(hashlib.sha256(), path).hexdigest()
 
 
 _UMASK = os.umask(0)

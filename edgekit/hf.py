@@ -15,6 +15,7 @@ from typing import Any
 
 from edgekit.config import InputConfig, ModelConfig
 from edgekit.errors import ConfigError, ModelError
+from edgekit.fsutil import hash_file
 from edgekit.types import SourceModel
 
 log = logging.getLogger(__name__)
@@ -361,9 +362,7 @@ def _fingerprint(folder: HfFolder) -> str:
         if rel.name.startswith(".") or rel.parts[0].startswith(".") or rel.suffix == ".md":
             continue
         digest.update(str(rel).encode() + b"\0")
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
+        hash_file(digest, path)
     return digest.hexdigest()
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from edgekit import strictjson
 from edgekit.errors import EdgekitError, TamperError
 from edgekit.fsutil import atomic_write_json, atomic_write_text
-from edgekit.model import file_sha256
+from edgekit.fsutil import file_sha256
 from edgekit.profiles import parse_profile, profile_to_dict
 from edgekit.report import ReportData, read_report_data, render_html, render_markdown
 from edgekit.report.data import HISTOGRAM_KEY

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.config import ModelConfig
-from edgekit.errors import ConfigError, ModelError, WeightsError, shown
-from edgekit.fsutil import check_regular_file
+from edgekit.errors import ConfigError, ModelError, shown
+from edgekit.fsutil import check_regular_file, file_sha256
 from edgekit.hf import is_hf, load_hf
 from edgekit.types import SourceModel, TensorSpec
 from edgekit.weights import load_weights
@@ -22,14 +22,6 @@ log = logging.getLogger(__name__)
 
 EXAMPLES = ("digits",)
 MAX_SOURCE_BYTES = 64 << 20  # a model's Python file; anything larger is not source code
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _call_factory(module: Any, factory: str, where: str) -> Any:

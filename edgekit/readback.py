@@ -148,7 +148,7 @@ def changed_inputs(manifest: Manifest, model: str | None = None, weights: Path |
     """Raise when an input the build recorded (model fingerprint, weights sha256, validation data fingerprint) is
     no longer what the manifest says: an input changed, not an artifact, and the message says which."""
     from edgekit.errors import DataError, ModelError, WeightsError
-    from edgekit.model import file_sha256
+    from edgekit.fsutil import file_sha256
 
     recorded = manifest.inputs
     if weights is not None and recorded.get("weights") is not None:

@@ -6,12 +6,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
+
+from edgekit.fsutil import file_sha256
 
 if TYPE_CHECKING:  # torch is heavy; import it only where a torch model is touched
     import torch
@@ -199,11 +200,7 @@ class ArtifactFile:
 
     @classmethod
     def of(cls, path: Path, root: Path) -> "ArtifactFile":
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        return cls(str(path.relative_to(root)), digest.hexdigest(), path.stat().st_size)
+        return cls(str(path.relative_to(root)), file_sha256(path), path.stat().st_size)
 
 
 @dataclass(frozen=True)

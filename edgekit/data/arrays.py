@@ -20,6 +20,7 @@ from edgekit.data.checks import conform, conform_labels, regular_file
 from edgekit.data.stream import Piece, StreamSource
 from edgekit.errors import DataError
 from edgekit.errors import shown as errors_shown
+from edgekit.fsutil import hash_file
 from edgekit.types import TensorSpec
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -155,9 +156,7 @@ class ArraySource(StreamSource):
         h = hashlib.sha256()
         for path in self.files:
             h.update(path.name.encode())
-            with open(path, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
+            hash_file(h, path)
         h.update(str(self.limit).encode())
         return h.hexdigest()
 

@@ -17,6 +17,7 @@ from edgekit.config import ImageSettings
 from edgekit.data.checks import conform, regular_file
 from edgekit.data.stream import Piece, StreamSource
 from edgekit.errors import DataError
+from edgekit.fsutil import hash_file
 from edgekit.types import TensorSpec
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -191,9 +192,7 @@ class ImageSource(StreamSource):
         h = hashlib.sha256(repr((self.settings, self.label_key, self.limit)).encode())
         for path in self.files:
             h.update(path.relative_to(self.folder).as_posix().encode())
-            with open(path, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
+            hash_file(h, path)
         if self.label_key and self.label_key.endswith(".csv"):
             h.update(Path(self.label_key).read_bytes())
         return h.hexdigest()

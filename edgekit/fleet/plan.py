@@ -12,7 +12,7 @@ from typing import Any
 from edgekit.console import Progress
 from edgekit.fleet.cache import Cache, Entry, changed, digest, step_key
 from edgekit.fleet.spec import FleetBuild
-from edgekit.model import file_sha256
+from edgekit.fsutil import file_sha256
 from edgekit.pipeline import BuildOptions, Plan, plan
 from edgekit.profiles import profile_to_dict
 from edgekit.validate.measure import ReferenceTiming

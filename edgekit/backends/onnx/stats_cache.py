@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 
 from edgekit import strictjson
 from edgekit.backends.onnx.qdq_ranges import ActivationStats
-from edgekit.fsutil import atomic_write_bytes
+from edgekit.fsutil import atomic_write_bytes, hash_file
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,7 @@ def graph_sha256(model: Path, graph: Any) -> str:
             files.append(Path(model).parent / location)
     for path in dict.fromkeys(files):
         h.update(path.name.encode())
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        hash_file(h, path)
     return h.hexdigest()
 
 
