@@ -33,11 +33,12 @@ system-deps:
 	else echo "system-deps: chromium is missing; install it as root (apt-get install chromium) or the report.html browser test skips"; fi
 
 # Two worker processes (one per core on the CI machines); each test file runs whole in one worker, so its module
-# fixtures are built once. TEST_WORKERS=0 runs everything in this process.
+# fixtures are built once. TEST_WORKERS=0 runs everything in this process. The 25 slowest steps are listed at the
+# end, so a test (or a fixture's build) that grows is seen in every CI log.
 TEST_WORKERS ?= 2
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
