@@ -63,7 +63,7 @@ verify-arm64: $(STAMP)
 	PYTHON=$(abspath $(PY)) tools/verify_arm64.sh
 
 # A synthetic model just over protobuf's 2 GB limit through build (every built-in target), validate and a bundle, with
-# external data files (tools/check_large.py). Not part of `make test`: about 12 GB of disk, 6-10 GB of memory.
+# external data files (tools/check_large.py). Not part of `make test`: about 12 GB of disk, 20 GB of memory.
 check-large: $(STAMP)
 	$(PY) tools/check_large.py
 

@@ -28,12 +28,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Built:
-    """One target's build: its artifact, or the error that stopped it (``error`` non-empty)."""
+    """One target's build: its artifact, or the error that stopped it (``error`` non-empty), or why the target
+    cannot be built for this model here (``unavailable``: a build step past protobuf's 2 GB limit)."""
 
     target: str
     artifact: Artifact | None
     error: str
     seconds: float
+    unavailable: str = ""
 
 
 @dataclass(frozen=True)
@@ -86,11 +88,31 @@ def build_target(job: TargetJob, source: SourceModel, calibration: FeedSource | 
         if fault is not None:  # a full disk or read-only folder is the build's problem, not this target's
             raise fault from None
         log.debug("building %s failed", job.profile.name, exc_info=True)
+        too_large = over_protobuf_limit(exc, job.reference)
+        if too_large:
+            return Built(job.profile.name, None, "", 0.0, unavailable=too_large)
         return Built(job.profile.name, None, f"build failed: {type(exc).__name__}: {str(exc)[:400]}", 0.0)
     for text in (printed.getvalue(), *native):
         if text.strip():
             log.debug("output of building %s:\n%s", job.profile.name, text)
     return Built(job.profile.name, artifact, "", round(time.perf_counter() - start, 3))
+
+
+def over_protobuf_limit(exc: BaseException, reference: Reference) -> str:
+    """Why a build step that failed serializing the model cannot work for this model ("" when that is not what
+    happened): some steps (static INT8 range measurement, the FP16 rewrite) hold the whole model as one protobuf."""
+    from google.protobuf.message import EncodeError
+
+    from edgekit.onnxio import file_bytes, in_memory_ok
+
+    text = str(exc)
+    serializing = isinstance(exc, EncodeError) or ("2GB" in text and "protobuf" in text)
+    if not serializing or in_memory_ok(reference.path):
+        return ""
+    size = file_bytes(reference.path) / 1e9
+    return (f"not available at this size: this target's build holds the whole model as one protobuf, and the model "
+            f"({size:.2f} GB with its external data) is over protobuf's 2 GB limit; docs/limits.md lists the targets "
+            "that build models this large")
 
 
 _worker: dict[str, object] = {}  # a worker process's opened model and calibration data, shared by its jobs

@@ -232,7 +232,7 @@ def _build_targets(root: Path, p: Plan, reference: Reference, source: SourceMode
     for name, profile in p.profiles.items():
         b: Built | None = built.get(name)
         if b is None or b.artifact is None:
-            status, reason = target_status(b.error if b else "", unavailable=p.unavailable.get(name, ""))
+            status, reason = target_status(b.error if b else "", unavailable=(b.unavailable if b else "") or p.unavailable.get(name, ""))
             results[name] = TargetResult(name, status, reason, device=profile.device)
             continue
         for warning in b.artifact.warnings:

@@ -160,3 +160,28 @@ def test_dynamic_int8_over_the_limit_quantizes_without_calibration_statistics(tm
 
     assert "over protobuf's 2 GB limit" in notes["calibration"] and "smoothing" not in notes
     assert (tmp_path / "q.onnx").is_file()
+
+
+def test_a_build_step_past_protobufs_limit_makes_the_target_unavailable_with_the_reason(tmp_path):
+    """What `make check-large` met: ort-int8's range measurement and TensorRT's FP16 rewrite hold the model as one
+    protobuf and raise protobuf's EncodeError past 2 GB. The target is then unavailable, with a reason a person can
+    act on, not "build failed: EncodeError: Failed to serialize proto"."""
+    from google.protobuf.message import EncodeError
+
+    from edgekit.jobs import over_protobuf_limit
+    from edgekit.onnxio import load_onnx, save_onnx
+    from edgekit.types import Reference, TensorSpec
+
+    model = tmp_path / "big" / "model.onnx"
+    model.parent.mkdir()
+    _linear_onnx(tmp_path / "plain.onnx")
+    save_onnx(load_onnx(tmp_path / "plain.onnx"), model, external=True)
+    ref = Reference(model, (TensorSpec("x", (1, 64)),), ("y",), "dynamo", 18, False, "")
+    failure = EncodeError("Failed to serialize proto")
+    assert over_protobuf_limit(failure, ref) == ""  # 8 KB of weights: that EncodeError is a real error
+
+    with open(model.parent / "model.onnx.data", "r+b") as fh:  # sparse: 2.2 GB on paper, no disk used
+        fh.truncate(2_200_000_000)
+    reason = over_protobuf_limit(failure, ref)
+    assert reason.startswith("not available at this size") and "2.20 GB" in reason and "docs/limits.md" in reason
+    assert over_protobuf_limit(RuntimeError("a kernel failed"), ref) == ""  # other failures stay errors
