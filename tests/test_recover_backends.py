@@ -180,3 +180,43 @@ def test_the_same_build_twice_picks_the_same_candidates_and_onnx_bytes(builds):
         assert [x["change"] for x in a["recovery"]["attempts"]] == [x["change"] for x in b["recovery"]["attempts"]]
     a, b = first["targets"]["ort-int8-dynamic"], second["targets"]["ort-int8-dynamic"]
     assert a["files"][0]["sha256"] == b["files"][0]["sha256"]
+
+
+# -------------------------------------------------------------------------------------------- no build needed
+
+
+def test_which_targets_recovery_rebuilds():
+    from edgekit.backends.ort.recipe import OrtRecipe
+    from edgekit.backends.torch_ao.recipe import TorchAoRecipe
+    from edgekit.recover.build import needs_calibration, supported
+    from edgekit.types import Artifact, ArtifactFile, TargetProfile
+
+    one = Artifact("t", (ArtifactFile("t/model.onnx", "0" * 64, 1),))
+    two = Artifact("t", (ArtifactFile("t/model.onnx", "0" * 64, 1), ArtifactFile("t/model.onnx.data", "0" * 64, 1)))
+    ort_profile = TargetProfile("t", "ort", "int8", "cpu")
+    for mode in ("static", "dynamic"):
+        assert supported(ort_profile, OrtRecipe(mode=mode), one)
+        assert not supported(ort_profile, OrtRecipe(mode=mode), two)  # external data: not rewritten in place
+    assert not supported(ort_profile, OrtRecipe(mode="int4"), one)
+    torch_profile = TargetProfile("t", "torch_ao", "int8", "cpu")
+    assert supported(torch_profile, TorchAoRecipe(), one) and supported(torch_profile, TorchAoRecipe(mode="dynamic"), one)
+    assert needs_calibration(ort_profile, OrtRecipe(mode="static")) and not needs_calibration(ort_profile, OrtRecipe(mode="dynamic"))
+    assert not needs_calibration(torch_profile, TorchAoRecipe(mode="dynamic"))
+
+
+def test_torch_calibration_candidates_are_distinct_observers(tmp_path):
+    from edgekit.backends.base import CalibrationSettings
+    from edgekit.backends.torch_ao.recipe import TorchAoRecipe
+    from edgekit.recover.torch_ao import TorchAoBuilder, TorchSpec
+    from edgekit.types import TargetProfile
+
+    def builder(mode: str) -> TorchAoBuilder:
+        return TorchAoBuilder(TargetProfile("t", "torch_ao", "int8", "cpu"), TorchAoRecipe(mode=mode), None, None, None,
+                              CalibrationSettings(), tmp_path)
+
+    assert builder("static").methods("minmax") == ["mse", "percentile"]
+    assert builder("static").methods("entropy") == ["percentile", "minmax"]  # entropy and mse: one HistogramObserver
+    assert builder("dynamic").methods("minmax") == []
+    spec = TorchSpec("minmax", ("stem", "fc1"))
+    assert spec.describe(TorchSpec("minmax")) == "float: stem, fc1"
+    assert TorchSpec("mse").describe(spec) == "calibrate_method = mse; INT8 again: stem, fc1"
