@@ -60,7 +60,8 @@ class TorchAoBuilder:
     def build(self, spec: TorchSpec, dst: Path) -> dict[str, Any]:
         from edgekit.backends.torch_ao.backend import TorchAoBackend
 
-        keep = [*self.recipe.keep_float, *(m for m in spec.exclude if m not in self.recipe.keep_float)]
+        wanted = [m for entry in spec.exclude for m in entry.split(JOIN)]
+        keep = list(dict.fromkeys([*self.recipe.keep_float, *wanted]))
         profile = dataclasses.replace(self.profile, recipe={**self.profile.recipe, "keep_float": keep})
         work = self.tmp / f"work_{dst.stem}"
         if work.exists():
@@ -104,8 +105,13 @@ class TorchAoBuilder:
         return list(calibration_feeds(self.calib, self.reference.inputs, settings))
 
     def rank(self, spec: TorchSpec, artifact: Path, seconds: float) -> tuple[list[str], set[str]]:
-        """Module names of the artifact's quantized layers, lowest local SQNR first (module docstring), and the set
-        of them all. ``seconds`` is not binding: the analysis runs each layer once on the feeds."""
+        """Entries to keep float, most to blame first (module docstring), and the set of them all. An entry is one
+        module, or, where the layer's input quantization costs more than its weights' (activation-only SQNR under
+        weight-only), the module with the modules writing its input, joined by ``+``: torch.ao quantizes a tensor
+        wherever its producer is INT8, so only then is the input float. ``seconds`` is not binding: the analysis
+        runs each layer once on RANK_SAMPLES samples."""
+        import onnx
+
         from edgekit.console import Silent
         from edgekit.debug.run import Timing
         from edgekit.debug.torch_ao import analyze_torch
@@ -118,6 +124,41 @@ class TorchAoBuilder:
             shutil.copyfile(artifact, pt)
         report = analyze_torch(self.reference, [pt], [dict(f) for f in feeds], self.profile, Silent(), Timing(warmup=0, runs=1))
         found = [x for x in report.layers if x.torch_module]
-        modules = {x.torch_module for x in found}
-        ranked = sorted(found, key=lambda x: (x.local_sqnr_db if x.local_sqnr_db is not None else float("inf"), x.torch_module))
-        return list(dict.fromkeys(x.torch_module for x in ranked)), modules  # type: ignore[misc]
+        producers = _layer_producers(onnx.load(str(self.reference.path)), {x.onnx_node: x.torch_module for x in found})
+        ranked = sorted(found, key=lambda x: (round(x.local_sqnr_db, 6) if x.local_sqnr_db is not None else float("inf"),
+                                              x.torch_module))
+        entries = []
+        for x in ranked:
+            act, weight = x.activation_only_sqnr_db, x.weight_only_sqnr_db
+            before = producers.get(x.onnx_node, [])
+            input_to_blame = act is not None and (weight is None or act < weight)
+            entries.append(JOIN.join([*before, x.torch_module]) if input_to_blame and before else x.torch_module)
+        return list(dict.fromkeys(entries)), {x.torch_module for x in found} | set(entries)  # type: ignore[misc]
+
+
+JOIN = "+"  # an entry of several modules kept float together (TorchSpec.exclude)
+
+
+def _layer_producers(reference: Any, modules: Mapping[str, str]) -> dict[str, list[str]]:
+    """{layer node: the modules of the layers whose outputs reach its first input through non-layer ops} in the
+    ONNX reference (``modules``: layer node -> module name), in graph order."""
+    producer = {o: n for n in reference.graph.node for o in n.output}
+    order = {n.name: i for i, n in enumerate(reference.graph.node)}
+    out: dict[str, list[str]] = {}
+    for node in reference.graph.node:
+        if node.name not in modules or not node.input:
+            continue
+        found: set[str] = set()
+        todo, seen = [node.input[0]], set()
+        while todo and len(seen) < 64:
+            name = todo.pop()
+            n = producer.get(name)
+            if n is None or n.name in seen:
+                continue
+            seen.add(n.name)
+            if n.name in modules:
+                found.add(n.name)
+            else:
+                todo.extend(i for i in n.input if i in producer)
+        out[node.name] = list(dict.fromkeys(modules[n] for n in sorted(found, key=order.__getitem__)))
+    return out
