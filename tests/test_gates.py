@@ -335,6 +335,9 @@ runs = 20
 [targets.ort-int8-dynamic.runtime]
 warmup = 2
 runs = 20
+
+[targets.ort-int8-dynamic.recover]
+enabled = false  # the verdict on the artifact as built (recovery would keep a conv FP32 to gain speed)
 """
 
 

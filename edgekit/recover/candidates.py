@@ -102,6 +102,8 @@ class StaticQdq:
 
 def describe(spec: Spec, base: Spec) -> str:
     """What ``spec`` changes against ``base``, for the manifest and the report."""
+    if hasattr(spec, "describe"):  # the candidates of other backend families (recover/dynamic.py, recover/torch_ao.py)
+        return spec.describe(base)
     parts = []
     if spec.method != base.method:
         parts.append(f"calibrate_method = {spec.method}")

@@ -12,7 +12,7 @@ import numpy as np
 
 from edgekit.backends.base import Runner
 from edgekit.backends.onnx.session import OrtRunner
-from edgekit.types import Feed, GateVerdict, Metrics, Reference, SizeInfo, SourceModel, TargetLatency, TargetProfile
+from edgekit.types import Feed, GateVerdict, LayerCensus, Metrics, Reference, SizeInfo, SourceModel, TargetLatency, TargetProfile
 from edgekit.backends.onnx.census import onnx_census
 from edgekit.validate.gates import check, measured_values, speed_resolution
 from edgekit.validate.latency import Timed, interleaved
@@ -70,8 +70,11 @@ class Meter:
 
     def __init__(self, name: str, profile: TargetProfile, reference: Reference, torch_source: SourceModel | None,
                  data: ValidationData, shapes: dict[str, tuple[int, ...]], task: str | None, baseline: Path,
-                 load: Callable[[Path], Runner], on_device: bool = True):
+                 load: Callable[[Path], Runner], on_device: bool = True,
+                 census: Callable[[Path], LayerCensus | None] = onnx_census):
+        """``census``: counts a candidate file's INT8 layers (a torch.ao artifact is no ONNX file)."""
         self.name, self.profile, self.reference, self.data, self.load = name, profile, reference, data, load
+        self.census = census
         self.on_device = on_device  # timed on a device of the target's kind (validate.measure.timed_on_device)
         self.classification = task == "classification"
         threads = profile.runtime.threads
@@ -111,7 +114,7 @@ class Meter:
         # the evidence the validator hands the gates (validate/measure.py), so a candidate is judged as the target is
         latency = None if isinstance(cand, str) else TargetLatency(cand, 1, self.profile.runtime.threads, WARMUP, speedup, "ort-fp32")
         speed = speed_resolution(None if isinstance(base, str) else base.min_ms, "ort-fp32", self.on_device)
-        gates = check(self.name, self.profile.gates, measured_values(metrics, latency, size, onnx_census(path), speed))
+        gates = check(self.name, self.profile.gates, measured_values(metrics, latency, size, self.census(path), speed))
         return Measurement(metrics, p50, speedup, gates)
 
     def close(self) -> None:

@@ -133,9 +133,12 @@ class Search:
         return Outcome(recovery, chosen.path, chosen.notes)
 
     def calibration(self) -> bool:
-        return any(self.attempt("calibration", dataclasses.replace(self.base, method=m)) for m in iter_methods(self.base.method))
+        methods = self.builder.methods(self.base.method) if hasattr(self.builder, "methods") else iter_methods(self.base.method)
+        return any(self.attempt("calibration", dataclasses.replace(self.base, method=m)) for m in methods)
 
     def recipe(self) -> bool:
+        if hasattr(self.builder, "repairs"):  # other backend families: their own repairs, each applied to the best so far
+            return any(self.attempt("recipe", repair(self.best().spec)) for repair in self.builder.repairs())
         method = self.best().spec.method
         for graph in ("equalized", "corrected", "smoothed"):
             if self.remaining() < self.slowest:
@@ -158,9 +161,13 @@ class Search:
         artifact = start.path or self.builder.tmp / "start.onnx"
         if start.path is None:
             self.builder.build(spec, artifact)
-        fp32 = self.builder.preprocessed(spec.graph, spec.method)
-        ranked = rank_layers(artifact, fp32, self.builder.feeds(), max(1.0, min(60.0, self.remaining() / 3)))
-        compute = compute_nodes(artifact)  # never a silent FP32: at least half of them stay INT8
+        seconds = max(1.0, min(60.0, self.remaining() / 3))
+        if hasattr(self.builder, "rank"):  # other backend families rank their own layers (names their builds exclude)
+            ranked, compute = self.builder.rank(spec, artifact, seconds)
+        else:
+            fp32 = self.builder.preprocessed(spec.graph, spec.method)
+            ranked = rank_layers(artifact, fp32, self.builder.feeds(), seconds)
+            compute = compute_nodes(artifact)  # never a silent FP32: at least half of them stay INT8
         limit = int(len(compute) * MAX_FP32_SHARE)
         excluded: list[str] = list(spec.exclude)
         current, idle = start, 0

@@ -21,6 +21,7 @@ approximation, faster on MiniLM's feed-forward, with an error far under INT8's (
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,71 +47,99 @@ def _exclusions(model: Path, names: list[str]) -> list[str]:
     return [x for name in names for x in ((name, f"{name}_MatMul") if name in gemms else (name,))]
 
 
+@dataclass
+class Prepared:
+    """The FP32 graph ``quantize_dynamic`` reads (rewritten, preprocessed, smoothed) and the nodes the FP32 fallback
+    keeps: made once, so recovery's candidates (edgekit/recover/dynamic.py) quantize the very graph the build did and
+    name its nodes in ``nodes_to_exclude``."""
+
+    model: Path
+    keep: tuple[str, ...]
+    notes: dict[str, Any]
+
+
+def prepare_dynamic(src: Path, tmp: Path, recipe: "OrtRecipe", calib: FeedSource | None = None,
+                    specs: tuple[TensorSpec, ...] = (), settings: CalibrationSettings | None = None) -> Prepared:
+    """Steps 1-3 of the module docstring on ``src``, written under ``tmp``."""
+    settings = settings or CalibrationSettings()
+    notes: dict[str, Any] = {}
+    model = src
+    for key, rewrite in REWRITES.items():  # the graph rewrites the recipe turns on, in their order
+        if getattr(recipe, key):
+            rewritten = tmp / f"{key}.onnx"
+            notes[key] = rewrite(model, rewritten, PassInputs(calib, specs))
+            model = rewritten
+            if isinstance(notes[key], dict) and notes[key].get("warning"):  # e.g. attention left unfused
+                notes["warning"] = "; ".join(filter(None, (notes.get("warning"), f"{key}: {notes[key]['warning']}")))
+    pre = tmp / "pre.onnx"
+    notes["preprocess"] = preprocess(model, pre)
+    model = pre
+    needs_data = recipe.smooth_alpha > 0 or recipe.fp32_fallback_sqnr_db > 0
+    if needs_data and calib is not None and not in_memory_ok(model):
+        notes["calibration"] = ("not used: the model is over protobuf's 2 GB limit and the activation statistics run it "
+                                "from memory; no smoothing, every MatMul/Gemm is quantized")
+        calib = None
+    elif needs_data and calib is None:
+        notes["calibration"] = "no calibration data reached this target: no smoothing, every MatMul/Gemm is quantized"
+    if recipe.smooth_alpha > 0 and calib is not None:
+        smoothed = tmp / "smoothed.onnx"
+        stats = activation_stats(model, calib, specs, settings)
+        done = smooth(model, smoothed, stats, recipe.smooth_alpha, recipe.smooth_below_sqnr_db)
+        notes["smoothing"] = {
+            "rule": f"MatMul/Gemm/Attention inputs with predicted 8-bit SQNR < {recipe.smooth_below_sqnr_db:g} dB, "
+            f"alpha {recipe.smooth_alpha:g}",
+            "smoothed_inputs": len(done), "predicted_sqnr_db_before": dict(sorted(done.items(), key=lambda kv: kv[1])[:5]),
+        }
+        model = smoothed
+    keep: list[str] = []
+    if recipe.fp32_fallback_sqnr_db > 0 and calib is not None:
+        keep, predicted = fp32_fallback_nodes(model, calib, specs, settings, recipe.fp32_fallback_sqnr_db)
+        lowest = sorted(predicted.items(), key=lambda kv: kv[1])[:5]
+        notes["fp32_fallback"] = {
+            "rule": f"MatMul/Gemm/Attention inputs with predicted 8-bit SQNR < {recipe.fp32_fallback_sqnr_db:g} dB stay FP32",
+            "kept_fp32": keep, "quantized": len(predicted) - len(keep),
+            "lowest_predicted_sqnr_db": {k: round(v, 1) for k, v in lowest},
+        }
+    return Prepared(model, tuple(keep), notes)
+
+
+def quantize_prepared(prepared: Prepared, out: Path, recipe: "OrtRecipe", tmp: Path,
+                      exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``quantize_dynamic`` of the prepared graph into ``out`` as ``recipe`` asks, the nodes ``exclude`` (names in
+    the prepared graph) kept FP32 beside the fallback's; returns the notes of this step."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    def attempt(graph: Path) -> None:
+        quantize_dynamic(
+            str(graph),
+            str(out),
+            per_channel=recipe.per_channel,
+            reduce_range=recipe.resolved_reduce_range(),
+            weight_type=qtype(recipe.weight_type),
+            nodes_to_exclude=_exclusions(graph, nodes_of_types(graph, recipe.exclude_op_types) + list(prepared.keep)
+                                         + list(exclude)),
+            use_external_data_format=has_external_data(graph),
+        )
+
+    fallback = with_fallbacks(prepared.model, tmp, attempt)
+    notes: dict[str, Any] = {
+        "weights": f"{recipe.weight_type} {'per-channel' if recipe.per_channel else 'per-tensor'}" + range_note(recipe.reduce_range),
+        "activations": "uint8, quantized at run time",
+    }
+    if fallback:
+        notes["quantizer"] = fallback
+    return notes
+
+
 def quantize_dynamic_int8(
     src: Path, dst: Path, recipe: "OrtRecipe", calib: FeedSource | None = None, specs: tuple[TensorSpec, ...] = (),
     settings: CalibrationSettings | None = None,
 ) -> dict[str, Any]:
     """Dynamic INT8 of ``src`` into ``dst``: fusion, smoothing and FP32 fallback as the recipe asks, then quantize."""
-    from onnxruntime.quantization import quantize_dynamic
-
-    settings = settings or CalibrationSettings()
-    notes: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="edgekit-ort-") as tmpdir:
         tmp = Path(tmpdir)
-        model = src
-        for key, rewrite in REWRITES.items():  # the graph rewrites the recipe turns on, in their order
-            if getattr(recipe, key):
-                rewritten = tmp / f"{key}.onnx"
-                notes[key] = rewrite(model, rewritten, PassInputs(calib, specs))
-                model = rewritten
-                if isinstance(notes[key], dict) and notes[key].get("warning"):  # e.g. attention left unfused
-                    notes["warning"] = "; ".join(filter(None, (notes.get("warning"), f"{key}: {notes[key]['warning']}")))
-        pre = tmp / "pre.onnx"
-        notes["preprocess"] = preprocess(model, pre)
-        model = pre
-        needs_data = recipe.smooth_alpha > 0 or recipe.fp32_fallback_sqnr_db > 0
-        if needs_data and calib is not None and not in_memory_ok(model):
-            notes["calibration"] = ("not used: the model is over protobuf's 2 GB limit and the activation statistics run it "
-                                    "from memory; no smoothing, every MatMul/Gemm is quantized")
-            calib = None
-        elif needs_data and calib is None:
-            notes["calibration"] = "no calibration data reached this target: no smoothing, every MatMul/Gemm is quantized"
-        if recipe.smooth_alpha > 0 and calib is not None:
-            smoothed = tmp / "smoothed.onnx"
-            stats = activation_stats(model, calib, specs, settings)
-            done = smooth(model, smoothed, stats, recipe.smooth_alpha, recipe.smooth_below_sqnr_db)
-            notes["smoothing"] = {
-                "rule": f"MatMul/Gemm/Attention inputs with predicted 8-bit SQNR < {recipe.smooth_below_sqnr_db:g} dB, "
-                f"alpha {recipe.smooth_alpha:g}",
-                "smoothed_inputs": len(done), "predicted_sqnr_db_before": dict(sorted(done.items(), key=lambda kv: kv[1])[:5]),
-            }
-            model = smoothed
-        keep: list[str] = []
-        if recipe.fp32_fallback_sqnr_db > 0 and calib is not None:
-            keep, predicted = fp32_fallback_nodes(model, calib, specs, settings, recipe.fp32_fallback_sqnr_db)
-            lowest = sorted(predicted.items(), key=lambda kv: kv[1])[:5]
-            notes["fp32_fallback"] = {
-                "rule": f"MatMul/Gemm/Attention inputs with predicted 8-bit SQNR < {recipe.fp32_fallback_sqnr_db:g} dB stay FP32",
-                "kept_fp32": keep, "quantized": len(predicted) - len(keep),
-                "lowest_predicted_sqnr_db": {k: round(v, 1) for k, v in lowest},
-            }
+        prepared = prepare_dynamic(src, tmp, recipe, calib, specs, settings)
         out = tmp / dst.name  # the external data file, if any, is named after it
-
-        def attempt(graph: Path) -> None:
-            quantize_dynamic(
-                str(graph),
-                str(out),
-                per_channel=recipe.per_channel,
-                reduce_range=recipe.resolved_reduce_range(),
-                weight_type=qtype(recipe.weight_type),
-                nodes_to_exclude=_exclusions(graph, nodes_of_types(graph, recipe.exclude_op_types) + keep),
-                use_external_data_format=has_external_data(graph),
-            )
-
-        fallback = with_fallbacks(model, tmp, attempt)
+        notes = {**prepared.notes, **quantize_prepared(prepared, out, recipe, tmp)}
         move_model(out, dst)
-    notes["weights"] = f"{recipe.weight_type} {'per-channel' if recipe.per_channel else 'per-tensor'}" + range_note(recipe.reduce_range)
-    notes["activations"] = "uint8, quantized at run time"
-    if fallback:
-        notes["quantizer"] = fallback
     return notes

@@ -1,0 +1,109 @@
+"""Recovery (docs/recovery.md) of the dynamic and torch.ao INT8 targets on the tests' small models (the seeded
+MobileNetV2-style CNN and ViT-style transformer of tests/test_recover.py, the issue's models), against ort-fp32 in
+the same build. Per model and target: the original cosine, the chosen candidate, the validator's cosine and
+speed-up after recovery, the recovery's seconds, and every attempt.
+
+    .venv/bin/python benchmarks/recover_backends_bench.py                       # mbv2 and vit, budget 180 s
+    .venv/bin/python benchmarks/recover_backends_bench.py --models vit --budget 300
+
+Writes benchmarks/results/recover_backends.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+TARGETS = ("ort-int8-dynamic", "torch-fbgemm", "torch-qnnpack")
+
+
+def _tests_net() -> str:
+    spec = importlib.util.spec_from_file_location("_test_recover", HERE.parent / "tests" / "test_recover.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    spec.loader.exec_module(mod)
+    return mod.NET
+
+
+def _config(model: str, budget: float) -> str:
+    targets = ["ort-fp32", *TARGETS]
+    lines = [f'[model]\nsource = "net.py:{model}"\nweights = "{model}.safetensors"',
+             'inputs = [ { name = "x", shape = [1, 3, 32, 32] } ]\noutputs = ["logits"]',
+             '[calibration]\ndata = "calib.npz"\n[validation]\ndata = "val.npz"',
+             f"[targets]\nuse = {json.dumps(targets)}"]
+    for t in targets:
+        lines.append(f"[targets.{t}.runtime]\nwarmup = 5\nruns = 40")
+    for t in TARGETS:
+        lines.append(f"[targets.{t}.recover]\nbudget_s = {budget:g}")
+    return "\n".join(lines) + "\n"
+
+
+def _prepare(root: Path) -> None:
+    import numpy as np
+    from safetensors.torch import save_file
+
+    (root / "net.py").write_text(_tests_net())
+    spec = importlib.util.spec_from_file_location("_bench_net", root / "net.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for name in ("mbv2", "vit"):
+        save_file({k: v.contiguous() for k, v in getattr(mod, name)().state_dict().items()}, str(root / f"{name}.safetensors"))
+    x = np.random.default_rng(0).standard_normal((160, 3, 32, 32)).astype(np.float32)
+    np.savez(root / "calib.npz", x=x[:96])
+    np.savez(root / "val.npz", x=x[96:])
+
+
+def bench_model(root: Path, model: str, budget: float) -> dict[str, Any]:
+    from edgekit.cli import main
+
+    (root / f"{model}.toml").write_text(_config(model, budget))
+    start = time.monotonic()
+    code = main(["build", str(root / f"{model}.toml"), "-o", str(root / model)])
+    seconds = time.monotonic() - start
+    manifest = json.loads((root / model / "manifest.json").read_text())
+    out: dict[str, Any] = {"exit_code": code, "build_seconds": round(seconds, 1), "targets": {}}
+    for t in TARGETS:
+        r = manifest["targets"][t]
+        rec = r.get("recovery")
+        out["targets"][t] = {
+            "status": r["status"],
+            "cosine": r["metrics"]["vs_torch"]["worst"]["cosine"] if r.get("metrics") else None,
+            "speedup": (r.get("latency") or {}).get("speedup_vs_ort_fp32"),
+            "original_cosine": rec["attempts"][0]["cosine"] if rec else None,
+            "recovery": None if rec is None else {
+                "met": rec["met"], "seconds": rec["seconds"], "chosen": rec["chosen"],
+                "attempts": [{k: a[k] for k in ("step", "change", "cosine", "speedup", "seconds", "gates_passed")}
+                             for a in rec["attempts"]]},
+        }
+    return out
+
+
+def main_() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["mbv2", "vit"], choices=["mbv2", "vit"])
+    parser.add_argument("--budget", type=float, default=180.0)
+    args = parser.parse_args()
+    results: dict[str, Any] = {"host": {"machine": platform.machine(), "cpus": os.cpu_count(),
+                                        "load_before": os.getloadavg()}, "budget_s": args.budget, "models": {}}
+    with tempfile.TemporaryDirectory(prefix="edgekit-recover-backends-") as tmp:
+        root = Path(tmp)
+        _prepare(root)
+        for model in args.models:
+            results["models"][model] = bench_model(root, model, args.budget)
+    results["host"]["load_after"] = os.getloadavg()
+    dst = HERE / "results" / "recover_backends.json"
+    dst.write_text(json.dumps(results, indent=1, allow_nan=False) + "\n")
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main_()
