@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import sys
@@ -61,6 +62,55 @@ def _isa() -> list[str]:
     return sorted(set(re.findall(r"\b(avx2|avx512_vnni|avx_vnni|amx_int8)\b", text)))
 
 
+def _cpu() -> str:
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = re.search(r"model name\s*:\s*(.+)", text)
+    return model.group(1).strip() if model else platform.processor() or platform.machine()
+
+
+CONFIRM = 150  # rounds of the confirmation timing: the image layer's cost against the first-ranked layer's
+
+
+def image_layer_costs(build: Path, target: str, report) -> dict:
+    """Where the layer reading the image (found from the graph: the quantized layer whose input is a model input,
+    no name assumed) ranks, and its keep-FP32 cost against the first-ranked layer's timed again, the two and the
+    artifact interleaved for CONFIRM rounds: is the difference in cost real or the timing's noise?"""
+    import onnx
+
+    from edgekit.backends.onnx.session import session
+    from edgekit.debug.keep import keep_fp32
+    from edgekit.debug.layers import Graphs, find_layers
+    from edgekit.debug.rank import interleaved_costs
+    from edgekit.debug.run import Timing
+
+    manifest = json.loads((build / "manifest.json").read_text())
+    artifact = build / manifest["targets"][target]["files"][0]["path"]
+    g = Graphs(onnx.load(str(build / "reference" / "model.onnx")), onnx.load(str(artifact)))
+    inputs = {i.name for i in g.reference.graph.input}
+    layers = {x.node: x for x in find_layers(g)}
+    image = next((x for x in layers.values() if any(a.tensor in inputs for a in x.acts)), None)
+    if image is None or not report.layers:
+        return {"layer": None}
+    row = next(x for x in report.layers if x.onnx_node == image.node)
+    first = report.layers[0]
+    out = {"layer": row.label, "rank": row.rank, "keep_fp32_cosine": row.keep_fp32.cosine if row.keep_fp32 else None,
+           "most_recovered": row.keep_fp32 is not None and all(
+               (x.keep_fp32.cosine or 0.0) <= (row.keep_fp32.cosine or 0.0) for x in report.layers if x.keep_fp32)}
+    threads = int(manifest["profiles"][target]["runtime"]["threads"])
+    base = session(g.artifact.SerializeToString(), threads, spinning=False)
+    runs = {}
+    for x in dict.fromkeys([image.node, first.onnx_node]):
+        sess = session(keep_fp32(g, [layers[x]]), threads, spinning=False)
+        runs[(x,)] = (lambda s: lambda feed: s.run(None, feed))(sess)
+    feed = {i.name: np.random.default_rng(0).standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim])
+            .astype(np.float32) for i in g.reference.graph.input}
+    costs = interleaved_costs(lambda f: base.run(None, f), runs, feed, Timing(warmup=5, runs=CONFIRM), seed=1)
+    out["confirm_rounds"] = CONFIRM
+    out["confirm"] = {layers[k[0]].node: {"cost_ms": c.cost_ms, "noise_ms": c.noise_ms, "p50_ms": c.p50_ms,
+                                          "artifact_p50_ms": c.base_p50_ms} for k, c in costs.items()}
+    return out
+
+
 def prepare(samples: int) -> dict[str, Path]:
     import models as bench_models
 
@@ -99,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     reuse = args.reuse and (build / "manifest.json").is_file()
     code = 0 if reuse else edgekit(["-q", "build", str(cfg), "-o", str(build)])
     built_s = time.perf_counter() - started
-    result = {"command": "python benchmarks/debug_bench.py " + " ".join(argv or sys.argv[1:]), "cpu": platform.processor()
-              or platform.machine(), "isa": _isa(), "build_exit_code": code, "build_seconds": None if reuse else round(built_s, 1),
+    result = {"command": "python benchmarks/debug_bench.py " + " ".join(argv or sys.argv[1:]), "cpu": _cpu(), "isa": _isa(),
+              "load_average_before": [round(x, 2) for x in os.getloadavg()], "build_exit_code": code, "build_seconds": None if reuse else round(built_s, 1),
               "targets_show_exit_code": rc, "targets": {}}
     from edgekit.debug.report import most_recovered
 
@@ -121,13 +171,17 @@ def main(argv: list[str] | None = None) -> int:
             "most_recovered": most_recovered(report.layers).label if most_recovered(report.layers) else None,
             "top5": [{"layer": x.label, "local_sqnr_db": x.local_sqnr_db, "accumulated_sqnr_db": x.accumulated_sqnr_db,
                       "keep_fp32_cosine": x.keep_fp32.cosine if x.keep_fp32 else None,
+                      "recovered": x.keep_fp32.recovered if x.keep_fp32 else None,
                       "cost_ms": x.keep_fp32.latency_cost_ms if x.keep_fp32 else None,
+                      "cost_noise_ms": x.keep_fp32.latency_noise_ms if x.keep_fp32 else None,
                       "recovered_per_ms": x.keep_fp32.recovered_per_ms if x.keep_fp32 else None} for x in report.layers[:5]],
             "lowest_local_sqnr": min((x for x in report.layers if x.local_sqnr_db is not None),
                                      key=lambda x: x.local_sqnr_db).label if report.layers else None,
         }
+        result["targets"][target]["image_layer"] = image_layer_costs(build, target, report)
         print(f"{target}: first = {result['targets'][target]['first']}, most recovered = "
               f"{result['targets'][target]['most_recovered']} ({seconds:.0f} s)", flush=True)
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     from edgekit import strictjson
 
     RESULTS.write_text(strictjson.dumps(result, indent=2) + "\n")
