@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     code = 0 if reuse else edgekit(["-q", "build", str(cfg), "-o", str(build)])
     built_s = time.perf_counter() - started
     result = {"command": "python benchmarks/debug_bench.py " + " ".join(argv or sys.argv[1:]), "cpu": _cpu(), "isa": _isa(),
+              "samples": args.samples,
               "load_average_before": [round(x, 2) for x in os.getloadavg()], "build_exit_code": code, "build_seconds": None if reuse else round(built_s, 1),
               "targets_show_exit_code": rc, "targets": {}}
     from edgekit.debug.report import most_recovered
@@ -191,3 +192,53 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def debug_section(path: Path = RESULTS) -> list[str]:
+    """The BENCHMARKS.md section on `edgekit debug` (from benchmarks/results/debug_bench.json), or none."""
+    if not path.is_file():
+        return []
+    r = json.loads(path.read_text())
+    t = r["targets"].get("ort-int8")
+    if not t or "image_layer" not in t:
+        return []
+    img = t["image_layer"]
+
+    def num(x, spec):
+        return "—" if x is None else format(x, spec)
+
+    load = f"load average {', '.join(f'{x:.1f}' for x in r.get('load_average_before', []))} before, " \
+           f"{', '.join(f'{x:.1f}' for x in r.get('load_average_after', []))} after"
+    lines = ["## `edgekit debug` on the ResNet-18-shaped CNN (issue 14)", "",
+             f"From `{r['command']}` (benchmarks/results/debug_bench.json): {r['cpu']}, ISA {' '.join(r['isa']) or 'none'}, "
+             f"2 threads, {load}. The built-in `ort-int8` profile quantizes this model's stem (a MaxPool follows it). "
+             f"Artifact cosine {t['end_to_end']['cosine']:.6f} on {r.get('samples', 32)} held-out crops, {t['layers']} INT8 "
+             f"layers, analysis {t['debug_seconds']:.0f} s. Rank = cosine recovered per ms of cost (docs/debug.md).", "",
+             "| rank | layer | keep-FP32 cosine | recovered | cost ms (± s.e.) | recovered/ms |", "|---|---|---|---|---|---|"]
+    for i, x in enumerate(t["top5"]):
+        lines.append(f"| {i + 1} | `{x['layer']}` | {num(x['keep_fp32_cosine'], '.6f')} | {num(x.get('recovered'), '+.2e')} | "
+                     f"{num(x['cost_ms'], '+.2f')} (± {num(x.get('cost_noise_ms'), '.2f')}) | {num(x['recovered_per_ms'], '.3g')} |")
+    lines.append("")
+    first = t["top5"][0]["layer"] if t["top5"] else None
+    met = img.get("rank") == 1
+    lines.append(f"Bar: \"ranks the layer reading the image first\": **{'met' if met else 'not met'}**. The layer reading "
+                 f"the image (found from the graph: the quantized layer whose input is the model input) is "
+                 f"`{img['layer']}`, rank {img['rank']}; it is {'the' if img.get('most_recovered') else 'not the'} layer whose "
+                 f"FP32 recovers the most (keep-FP32 cosine {num(img.get('keep_fp32_cosine'), '.6f')}).")
+    confirm = img.get("confirm", {})
+    if len(confirm) == 2 and not met:
+        (a, ca), (b, cb) = list(confirm.items())
+        diff, se = ca["cost_ms"] - cb["cost_ms"], (ca["noise_ms"] ** 2 + cb["noise_ms"] ** 2) ** 0.5
+        real = abs(diff) > 2 * se
+        lines += ["", f"Is the cost difference real? Timed again, the artifact and the two candidates interleaved for "
+                      f"{img['confirm_rounds']} rounds (artifact p50 {ca['artifact_p50_ms']:.1f} ms): `{a}` costs "
+                      f"{ca['cost_ms']:+.2f} ± {ca['noise_ms']:.2f} ms, `{b}` {cb['cost_ms']:+.2f} ± {cb['noise_ms']:.2f} ms; "
+                      f"the difference, {diff:+.2f} ± {se:.2f} ms, is {'real (beyond twice its standard error)' if real else 'within the noise'}."
+                      + (" Keeping the stem in FP32 costs more than its FLOPs suggest: its FP32 output is quantized in "
+                         "NCHW, so ONNX Runtime runs the MaxPool after it as a uint8 NCHW MaxPool followed by a Transpose "
+                         "instead of the NHWC MaxPool it fuses after a QLinearConv (the layout its int8 kernels use), on "
+                         "top of the FP32 7x7 convolution and a reorder (ONNX Runtime's profiler, "
+                         "`session(..., profile_prefix=...)`, on both graphs). Per millisecond, "
+                         f"`{first}` recovers more; the ranking reports that, and the table's \"most recovered, whatever "
+                         "the cost\" line names the stem." if real else "")]
+    return lines + [""]
