@@ -102,7 +102,8 @@ def interleaved_costs(base: Run, runs: dict[Key, Run], feed: Feed, timing: Timin
     """Time each of ``runs`` against ``base``: in every round each is called once, in a shuffled order (seeded), and a
     candidate's cost is the median over rounds of its time minus the artifact's in the same round. The difference
     within a round cancels the host's drift, the median ignores the calls a busy host stalls, and candidates timed in
-    one group see the same load."""
+    one group see the same load. Rounds are added (``timing.runs`` at a time, up to ``timing.max_runs``) while some
+    cost's noise is above the resolution a quiet host gives (NOISE_SHARE of the artifact's p50)."""
     calls = {("__base__",): base, **runs}
     names = list(calls)
     for _ in range(timing.warmup):
@@ -110,20 +111,24 @@ def interleaved_costs(base: Run, runs: dict[Key, Run], feed: Feed, timing: Timin
             calls[name](feed)
     spent: dict[Key, list[float]] = {name: [] for name in names}
     order = np.random.default_rng(seed)
-    for _ in range(timing.runs):
-        for i in order.permutation(len(names)):
-            name = names[int(i)]
-            start = time.perf_counter()
-            calls[name](feed)
-            spent[name].append((time.perf_counter() - start) * 1e3)
-    b = np.asarray(spent[("__base__",)])
-    out = {}
-    for name in runs:
-        c = np.asarray(spent[name])
-        diff = c - b
-        mad = float(np.median(np.abs(diff - np.median(diff)))) * 1.4826
-        out[name] = Cost(float(np.median(b)), float(np.median(c)), float(np.median(diff)), 1.2533 * mad / np.sqrt(len(diff)))
-    return out
+    while True:
+        for _ in range(timing.runs):
+            for i in order.permutation(len(names)):
+                name = names[int(i)]
+                start = time.perf_counter()
+                calls[name](feed)
+                spent[name].append((time.perf_counter() - start) * 1e3)
+        costs = {name: _cost(spent[("__base__",)], spent[name]) for name in runs}
+        done = len(spent[("__base__",)]) + timing.runs > max(timing.max_runs, timing.runs)
+        if done or all(2.0 * c.noise_ms <= max(COST_FLOOR_MS, NOISE_SHARE * c.base_p50_ms) for c in costs.values()):
+            return costs
+
+
+def _cost(base_ms: list[float], candidate_ms: list[float]) -> Cost:
+    b, c = np.asarray(base_ms), np.asarray(candidate_ms)
+    diff = c - b
+    mad = float(np.median(np.abs(diff - np.median(diff)))) * 1.4826
+    return Cost(float(np.median(b)), float(np.median(c)), float(np.median(diff)), 1.2533 * mad / np.sqrt(len(diff)))
 
 
 def cost_floor(cost: Cost) -> float:

@@ -144,7 +144,9 @@ def agreement(reference: list[list[np.ndarray]], outputs: list[list[np.ndarray]]
 @dataclass(frozen=True)
 class Timing:
     """How keep-FP32 candidates are timed against the artifact (debug/rank.py): ``warmup`` calls of each, then
-    ``runs`` rounds in which the artifact and each candidate of a group are called once, in a shuffled order."""
+    ``runs`` rounds in which the artifact and each candidate of a group are called once, in a shuffled order; ``runs``
+    more at a time, up to ``max_runs``, while a cost's noise is above the timing's resolution (a loaded host)."""
 
     warmup: int = 5
     runs: int = 30
+    max_runs: int = 120
