@@ -209,11 +209,15 @@ def debug_section(path: Path = RESULTS) -> list[str]:
 
     load = f"load average {', '.join(f'{x:.1f}' for x in r.get('load_average_before', []))} before, " \
            f"{', '.join(f'{x:.1f}' for x in r.get('load_average_after', []))} after"
+    busy = max(r.get("load_average_before", [0.0])[:1] + r.get("load_average_after", [0.0])[:1]) > 4.0
     lines = ["## `edgekit debug` on the ResNet-18-shaped CNN (issue 14)", "",
              f"From `{r['command']}` (benchmarks/results/debug_bench.json): {r['cpu']}, ISA {' '.join(r['isa']) or 'none'}, "
              f"2 threads, {load}. The built-in `ort-int8` profile quantizes this model's stem (a MaxPool follows it). "
              f"Artifact cosine {t['end_to_end']['cosine']:.6f} on {r.get('samples', 32)} held-out crops, {t['layers']} INT8 "
-             f"layers, analysis {t['debug_seconds']:.0f} s. Rank = cosine recovered per ms of cost (docs/debug.md).", "",
+             f"layers, analysis {t['debug_seconds']:.0f} s. Rank = cosine recovered per ms of cost (docs/debug.md)."
+             + (" The host was loaded (more than twice as many runnable processes as its 2 cores): milliseconds are "
+                "inflated and costs carry a standard error of up to a millisecond; the costs are differences measured "
+                "within interleaved rounds, which the load shifts far less." if busy else ""), "",
              "| rank | layer | keep-FP32 cosine | recovered | cost ms (± s.e.) | recovered/ms |", "|---|---|---|---|---|---|"]
     for i, x in enumerate(t["top5"]):
         lines.append(f"| {i + 1} | `{x['layer']}` | {num(x['keep_fp32_cosine'], '.6f')} | {num(x.get('recovered'), '+.2e')} | "
