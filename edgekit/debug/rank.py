@@ -194,7 +194,8 @@ def assemble(layers: list[Layer], errors: dict[str, LayerErrors], keep: dict[str
     def local(r: LayerReport) -> float:
         return r.local_sqnr_db if r.local_sqnr_db is not None else 1e9
 
-    ranked = sorted((r for r in reports if score(r.keep_fp32) is not None), key=lambda r: (-score(r.keep_fp32), local(r)))
+    scored = [r for r in reports if score(r.keep_fp32) is not None]
+    ranked = sorted(scored, key=lambda r: (-score(r.keep_fp32), local(r)))  # type: ignore[operator]
     for i, r in enumerate(ranked):
         r.rank = i + 1
     rest = sorted((r for r in reports if r.rank is None), key=local)
