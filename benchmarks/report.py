@@ -339,9 +339,10 @@ def render(doc: dict[str, Any], json_path: Path | str) -> str:
         body += ANALYSIS.get(model, lambda r, c: [])(result, checks)
         body.append("")
     runs = history_section(load_history(), cpu["model"])
+    from debug_bench import debug_section  # benchmarks/debug_bench.py's result, when it has been run
     from int4_report import int4_section  # benchmarks/int4_bench.py's result, when it has been run
 
-    lines += summary + [""] + runs + body + int4_section() + calibration_section() + ST_NOTE(doc)
+    lines += summary + [""] + runs + body + int4_section() + calibration_section() + debug_section() + ST_NOTE(doc)
     return "\n".join(lines) + "\n"
 
 

@@ -23,9 +23,10 @@ validation data (its calibration data when it has none, or --data). For every qu
                        which of the two to fix (weights: per-channel, 8-bit; activations: calibration, smoothing).
   keep-FP32 cosine     the whole model's output cosine against FP32 with this layer left in FP32 (its Q/DQ
                        removed), the rest as built. Compare with the artifact's cosine on the first line.
-  cost ms              how much slower that model is than the INT8 artifact: median of the difference over 30
-                       pairs of calls, batch 1 (a rough figure on a busy host; below a floor, or within its
-                       own noise, it counts as the floor).
+  cost ms              how much slower that model is than the INT8 artifact, batch 1: over 30-120 rounds in which
+                       the artifact and up to 8 candidates are called once each in a shuffled order, the median
+                       of the difference within a round (below the timing's resolution: max(0.01 ms, 2 % of
+                       the artifact's p50, twice the cost's standard error) it counts as that resolution).
   recovered/ms         (keep-FP32 cosine - artifact cosine) / cost: the ranking. The first rows are the layers
                        worth excluding from quantization first (exclusions take ONNX node or torch module names).
 

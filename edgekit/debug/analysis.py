@@ -16,7 +16,7 @@ from edgekit.data import open_feed, with_data
 from edgekit.debug.keep import keep_fp32
 from edgekit.debug.layers import Graphs, Layer, find_layers
 from edgekit.debug.names import module_map
-from edgekit.debug.rank import Candidates, Run, assemble, keep_each
+from edgekit.debug.rank import Candidates, Run, assemble, measure_layers
 from edgekit.debug.report import DEBUG_FILE, DebugReport
 from edgekit.debug.run import Timing, layer_errors
 from edgekit.errors import UsageError
@@ -140,5 +140,5 @@ def _analyze_onnx(reference: Reference, artifact: Path, feeds: list[Feed], threa
         return lambda feed: sess.run(None, feed)
 
     candidates = Candidates([ref.run(None, f) for f in feeds], lambda feed: base.run(None, feed), build, feeds, timing)
-    keep, blocks = keep_each(layers, modules, candidates, progress, notes)
+    keep, blocks = measure_layers(layers, modules, candidates, progress, notes)
     return assemble(layers, errors, keep, modules, candidates.end_to_end, blocks, notes)

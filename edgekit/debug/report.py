@@ -18,8 +18,10 @@ class KeepFp32:
 
     cosine: float | None
     p50_ms: float | None = None
-    latency_cost_ms: float | None = None  # this model's time minus the INT8 artifact's: median over pairs of calls
-    recovered_per_ms: float | None = None  # (cosine - the artifact's cosine) / max(cost, COST_FLOOR_MS)
+    latency_cost_ms: float | None = None  # this model's time minus the INT8 artifact's: median over rounds of calls
+    recovered_per_ms: float | None = None  # recovered / max(cost, the timing's resolution: rank.cost_floor)
+    recovered: float | None = None  # cosine - the artifact's cosine
+    latency_noise_ms: float | None = None  # the standard error of latency_cost_ms
 
 
 @dataclass

@@ -143,42 +143,10 @@ def agreement(reference: list[list[np.ndarray]], outputs: list[list[np.ndarray]]
 
 @dataclass(frozen=True)
 class Timing:
-    """How each keep-FP32 candidate is timed against the artifact: warm-up, then ``runs`` pairs of calls."""
+    """How keep-FP32 candidates are timed against the artifact (debug/rank.py): ``warmup`` calls of each, then
+    ``runs`` rounds in which the artifact and each candidate of a group are called once, in a shuffled order; ``runs``
+    more at a time, up to ``max_runs``, while a cost's noise is above the timing's resolution (a loaded host)."""
 
     warmup: int = 5
     runs: int = 30
-
-
-@dataclass(frozen=True)
-class Paired:
-    """Two runs timed in pairs (one call each, in alternating order): p50s, and the cost of the candidate as the
-    median of the per-pair differences with its noise (the standard error of that median)."""
-
-    base_p50_ms: float
-    p50_ms: float
-    cost_ms: float
-    noise_ms: float
-
-
-def paired_timing(base: Callable[[Feed], Any], candidate: Callable[[Feed], Any], feed: Feed, timing: Timing) -> Paired:
-    """Time ``candidate`` against ``base`` pair by pair: the difference within a pair cancels the host's drift, and
-    the median of the differences ignores the calls a busy host stalls."""
-    import time
-
-    for _ in range(timing.warmup):
-        base(feed)
-        candidate(feed)
-    first, second = [], []
-    for r in range(timing.runs):
-        calls = (base, candidate) if r % 2 == 0 else (candidate, base)
-        spent = []
-        for call in calls:
-            start = time.perf_counter()
-            call(feed)
-            spent.append((time.perf_counter() - start) * 1e3)
-        first.append(spent[0] if r % 2 == 0 else spent[1])
-        second.append(spent[1] if r % 2 == 0 else spent[0])
-    b, c = np.asarray(first), np.asarray(second)
-    diff = c - b
-    mad = float(np.median(np.abs(diff - np.median(diff)))) * 1.4826
-    return Paired(float(np.median(b)), float(np.median(c)), float(np.median(diff)), 1.2533 * mad / np.sqrt(len(diff)))
+    max_runs: int = 120

@@ -22,7 +22,7 @@ import numpy as np
 from edgekit.console import Progress
 from edgekit.debug.layers import Act, Const, Graphs, Layer
 from edgekit.debug.names import module_map
-from edgekit.debug.rank import Candidates, Run, assemble, keep_each
+from edgekit.debug.rank import Candidates, Run, assemble, measure_layers
 from edgekit.debug.report import DebugReport
 from edgekit.debug.run import Reader, Timing, layer_errors
 from edgekit.types import Feed, Reference, TargetProfile
@@ -221,6 +221,6 @@ def analyze_torch(reference: Reference, files: list[Path], feeds: list[Feed], pr
     base = script.keep_fp32([], tnodes)  # the unchanged graph run the same way as the candidates, so timed alike
     candidates = Candidates([ref.run(None, f) for f in feeds], base, lambda chosen: script.keep_fp32(chosen, tnodes),
                             feeds, timing)
-    keep, blocks = keep_each(layers, modules, candidates, progress, notes)
+    keep, blocks = measure_layers(layers, modules, candidates, progress, notes)
     return assemble(layers, errors, keep, modules, candidates.end_to_end, blocks, notes)
 
