@@ -1,14 +1,29 @@
 """The search: when a static INT8 target misses a gate after validation, try candidates cheapest first, stop at the
 first that meets every gate or at the budget, write the best so far in place of the original.
 
-    calibration  the other calibration methods (mse, percentile, entropy, minmax)
+    calibration  the other calibration methods (mse: per tensor the least-error range, first; percentile, entropy,
+                 minmax)
     recipe       cross-layer equalization; bias correction; SmoothQuant-style smoothing; 8-bit weights
+    prefix       (CNNs) the first k quantized nodes kept FP32, k doubled until a candidate meets every gate, then
+                 bisected down to the smallest k that does
     precision    the layers ``rank_layers`` blames kept FP32 one by one (greedy), then every exclusion that
                  turns out unnecessary dropped again
 
-Best so far: a candidate meeting every gate (the one with the fewest FP32 layers); otherwise, among candidates not
-slower than the FP32 baseline (or the original, when INT8 is slower already), the one meeting most gates, then the
-most accurate (cosine to 6 digits), then the earlier. Every attempt is recorded (types.Recovery).
+Order by model kind: a CNN with depthwise convolutions tries the recipe repairs first (equalization and bias correction
+are what is known to work there), then the FP32 prefix, then calibration and the greedy layers; another CNN the prefix
+first; any other model calibration, recipe, precision. In a deep CNN every layer amplifies the error of the
+activations before it, and a lone FP32 node still reads and writes quantized tensors: only a run of FP32 nodes takes
+the tensors between them out of quantization, hence the prefix.
+
+Cost: a candidate is built from the activation statistics of its graph and method, collected once per search (the
+slow part: bias correction reuses its base graph's); its accuracy is measured first, and it is timed only when it
+could meet every gate or is more accurate than the best so far. The budget check estimates the next attempt from the
+slowest one of its kind (new statistics or not), so a cheap candidate is still tried when an expensive one no longer fits.
+
+Best so far: a candidate meeting every gate (the one with the fewest FP32 layers); otherwise, among timed candidates
+not slower than the FP32 baseline (or the original, when INT8 is slower already), the one meeting most gates, then the
+most accurate (cosine to 6 digits), then the earlier. Every attempt is recorded (types.Recovery); an untimed one has no
+p50 or speed-up and is never chosen.
 """
 
 from __future__ import annotations
@@ -19,13 +34,13 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from edgekit.console import Progress
 from edgekit.recover.candidates import StaticQdq, Spec, describe, iter_methods
 from edgekit.recover.meter import Measurement, Meter
-from edgekit.recover.rank import compute_nodes, rank_layers
-from edgekit.types import Recovery, RecoveryAttempt, TargetResult
+from edgekit.recover.rank import compute_nodes, quantized_nodes, rank_layers
+from edgekit.types import Metrics, Recovery, RecoveryAttempt, TargetResult
 
 SLOWER_TOLERANCE = 0.9  # a candidate's speed-up may be this fraction of the bound and still count as "not slower"
 MAX_FP32_SHARE = 0.5  # the precision step keeps at most this share of the quantized Conv/Gemm/MatMul FP32
@@ -43,6 +58,7 @@ class Tried:
     path: Path | None  # None: the original artifact
     notes: dict[str, Any] = field(default_factory=dict)
     passed_count: int = 0
+    timed: bool = True
 
 
 @dataclass
@@ -65,7 +81,9 @@ class Search:
         self.name, self.builder, self.meter, self.base, self.budget_s = name, builder, meter, configured, budget_s
         self.progress, self.tmp = progress, tmp
         self.start = time.monotonic()
-        self.slowest = 0.0
+        # the slowest attempt so far that collected new statistics (True; before any, the original build) or not
+        self.cost = {True: float(result.build_seconds or 0.0), False: 0.0}
+        self.kind = model_kind(builder.reference)
         gates = result.gates
         latency = result.latency
         cosine = result.metrics.primary["worst"]["cosine"] if result.metrics is not None else None
@@ -80,34 +98,49 @@ class Search:
     def remaining(self) -> float:
         return self.budget_s - (time.monotonic() - self.start)
 
-    def attempt(self, step: str, spec: Spec, change: str | None = None) -> bool:
-        """Build and measure ``spec``; True when it meets every gate. Raises _OutOfBudget when it may not fit."""
-        if any(t.spec == spec for t in self.tried):
-            return False
-        if self.remaining() < self.slowest:
+    def fits(self, spec: Spec) -> bool:
+        """Whether ``spec`` may fit in what is left of the budget; raises _OutOfBudget when not even the cheapest
+        kind of attempt does."""
+        left = self.remaining()
+        if left <= 0 or left < self.cost[False]:
             raise _OutOfBudget
+        return left >= self.cost[self.builder.fresh(spec)]
+
+    def more_accurate(self, metrics: Metrics) -> bool:
+        """Whether a candidate measuring ``metrics`` is more accurate than the best so far (worth timing)."""
+        best = self.best().attempt
+        if metrics.accuracy is not None and best.accuracy is not None and metrics.accuracy != best.accuracy:
+            return metrics.accuracy > best.accuracy
+        cosine = metrics.primary["worst"]["cosine"]
+        return best.cosine is None or round(float(cosine), 6) > round(best.cosine, 6)
+
+    def attempt(self, step: str, spec: Spec, change: str | None = None) -> bool:
+        """Build and measure ``spec``; True when it meets every gate. Raises _OutOfBudget when no attempt fits."""
+        if any(t.spec == spec for t in self.tried) or not self.fits(spec):
+            return False
+        fresh = self.builder.fresh(spec)
         began = time.monotonic()
         path = self.tmp / f"candidate_{len(self.tried)}.onnx"
         change = change or describe(spec, self.base)
         try:
             notes = self.builder.build(spec, path)
-            m = self.meter.measure(path)
+            m = self.meter.measure(path, self.more_accurate)
         except Exception as exc:  # a candidate the quantizer or ORT rejects is skipped, the search goes on
             self.progress.note(f"{self.name}: recovery candidate '{change}' failed: {type(exc).__name__}: {str(exc)[:200]}")
             return False
         seconds = time.monotonic() - began
-        self.slowest = max(self.slowest, seconds)
+        self.cost[fresh] = max(self.cost[fresh], seconds)
         a = _attempt(step, change, m, seconds, spec.exclude)
-        self.tried.append(Tried(a, spec, path, notes, sum(g.passed is True for g in m.gates)))
-        speed = f", {a.speedup:.2f}x" if a.speedup else ""
+        self.tried.append(Tried(a, spec, path, notes, sum(g.passed is True for g in m.gates), m.timed))
+        speed = f", {a.speedup:.2f}x" if a.speedup else ("" if m.timed else ", not timed (not more accurate than the best)")
         self.progress.step(f"recovery {self.name} [{len(self.tried) - 1}] {step}: {change}: cosine {a.cosine:.6f}{speed}"
                            f"{' meets every gate' if a.gates_passed else ''}")
         return a.gates_passed
 
     def best(self, among: list[Tried] | None = None) -> Tried:
         """The best so far (module docstring); the original when nothing else qualifies."""
-        pool = [t for t in (among or self.tried)
-                if t.path is None or t.attempt.gates_passed or (t.attempt.speedup or 0.0) >= self.min_speedup]
+        pool = [t for t in (among or self.tried) if t.path is None or t.attempt.gates_passed
+                or (t.timed and (t.attempt.speedup or 0.0) >= self.min_speedup)]
 
         def key(t: Tried) -> tuple[Any, ...]:
             a = t.attempt
@@ -122,8 +155,11 @@ class Search:
     # --------------------------------------------------------------------------------------------- steps
     def run(self) -> Outcome:
         met = False
+        steps = {"depthwise": (self.recipe, self.prefix, self.calibration, self.precision),
+                 "cnn": (self.prefix, self.recipe, self.calibration, self.precision)}.get(
+                     self.kind, (self.calibration, self.recipe, self.precision))
         try:
-            met = self.calibration() or self.recipe() or self.precision()
+            met = any(step() for step in steps)
         except _OutOfBudget:
             self.progress.note(f"{self.name}: recovery stopped at its budget of {self.budget_s:g} s")
         chosen = self.best()
@@ -138,7 +174,7 @@ class Search:
     def recipe(self) -> bool:
         method = self.best().spec.method
         for graph in ("equalized", "corrected", "smoothed"):
-            if self.remaining() < self.slowest:
+            if self.remaining() < self.cost[False]:
                 raise _OutOfBudget
             if self.builder.graph(graph, method) is not None and self.attempt("recipe", Spec(method, graph)):
                 return True
@@ -152,12 +188,39 @@ class Search:
             return self.attempt("recipe", dataclasses.replace(self.best().spec, reduce_range=False))
         return False
 
-    def precision(self) -> bool:
-        start = self.best(among=[t for t in self.tried if t.path is not None] or None)
-        spec = start.spec
+    def starting_point(self) -> tuple[Tried, Path]:
+        """Where the precision steps start: the best candidate so far and its file (the original spec rebuilt when
+        the original is the best: its file is the build's, not this search's)."""
+        start = self.best(among=[t for t in self.tried if t.path is not None and t.timed] or None)
         artifact = start.path or self.builder.tmp / "start.onnx"
-        if start.path is None:
-            self.builder.build(spec, artifact)
+        if start.path is None and not artifact.exists():
+            self.builder.build(start.spec, artifact)
+        return start, artifact
+
+    def prefix(self) -> bool:
+        """The first k quantized nodes (graph order) FP32 (module docstring): k = 2, 4, 8, ... while at most
+        MAX_FP32_SHARE of the compute nodes are FP32, until a candidate meets every gate; then the smallest such k
+        by bisection (fewer FP32 nodes: faster)."""
+        import onnx
+
+        start, artifact = self.starting_point()
+        spec = start.spec
+        order = [n.name for n in quantized_nodes(onnx.load(str(artifact)))]
+        compute = compute_nodes(artifact)
+        limit = int(len(compute) * MAX_FP32_SHARE)
+
+        def trial(k: int) -> bool:
+            kept = tuple(dict.fromkeys([*spec.exclude, *order[:k]]))
+            change = f"FP32 prefix: the first {k} quantized nodes ({order[0]} .. {order[k - 1]})"
+            return self.attempt("prefix", dataclasses.replace(spec, exclude=kept), change)
+
+        sizes = [k for k in (2 ** i for i in range(1, 32)) if k < len(order)]
+        allowed = [k for k in sizes if len(compute.intersection([*spec.exclude, *order[:k]])) <= limit]
+        return smallest_passing(allowed, trial) is not None
+
+    def precision(self) -> bool:
+        start, artifact = self.starting_point()
+        spec = start.spec
         fp32 = self.builder.preprocessed(spec.graph, spec.method)
         ranked = rank_layers(artifact, fp32, self.builder.feeds(), max(1.0, min(60.0, self.remaining() / 3)))
         compute = compute_nodes(artifact)  # never a silent FP32: at least half of them stay INT8
@@ -192,6 +255,46 @@ class Search:
             except _OutOfBudget:
                 break
         return True
+
+
+def smallest_passing(sizes: list[int], passes: Callable[[int], bool]) -> int | None:
+    """The smallest size that ``passes``, trying ``sizes`` (increasing) in turn until one does, then bisecting
+    between it and the last that did not (``passes`` is assumed monotonic); None when none of ``sizes`` passes.
+    Out of budget during the bisection, the smallest passing size found so far."""
+    passing, failing = None, 0
+    for k in sizes:
+        if passes(k):
+            passing = k
+            break
+        failing = k
+    if passing is None:
+        return None
+    while passing - failing > 1:
+        mid = (passing + failing) // 2
+        try:
+            ok = passes(mid)
+        except _OutOfBudget:
+            break
+        passing, failing = (mid, failing) if ok else (passing, mid)
+    return passing
+
+
+def model_kind(reference: Path) -> str:
+    """"depthwise" (mostly convolutions, some depthwise), "cnn" (mostly convolutions), or "other" (a ViT's patch
+    embedding does not make it a CNN)."""
+    import onnx
+
+    graph = onnx.load(str(reference), load_external_data=False).graph
+    dims = {i.name: list(i.dims) for i in graph.initializer}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    if len(convs) * 2 < sum(n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") for n in graph.node):
+        return "other"
+    for n in convs:
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        weight = dims.get(n.input[1], []) if len(n.input) > 1 else []
+        if group > 1 and len(weight) > 1 and weight[0] == group and weight[1] == 1:
+            return "depthwise"
+    return "cnn"
 
 
 def write_choice(outcome: Outcome, dst: Path) -> None:
