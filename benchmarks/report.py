@@ -340,8 +340,9 @@ def render(doc: dict[str, Any], json_path: Path | str) -> str:
         body.append("")
     runs = history_section(load_history(), cpu["model"])
     from int4_report import int4_section  # benchmarks/int4_bench.py's result, when it has been run
+    from recover_report import recover_section  # benchmarks/recover_bench.py's result, when it has been run
 
-    lines += summary + [""] + runs + body + int4_section() + calibration_section() + ST_NOTE(doc)
+    lines += summary + [""] + runs + body + int4_section() + recover_section() + calibration_section() + ST_NOTE(doc)
     return "\n".join(lines) + "\n"
 
 

@@ -113,7 +113,12 @@ class StaticQdq:
         return dst if graphs.correct_biases(self.preprocessed(base, method), quantized, self.feeds(), dst) else None
 
     def _smoothed(self, method: str) -> Path | None:
+        import onnx
+
         from edgekit.backends.ort.matmul_stats import activation_stats
+
+        if not any(n.op_type == "LayerNormalization" for n in onnx.load(str(self.reference), load_external_data=False).graph.node):
+            return None  # nothing to smooth: no calibration pass for it
 
         stats = activation_stats(self.reference, self.calib, self.specs, self.settings, max_samples=RANK_SAMPLES * 2)
         dst = self.tmp / "smoothed.onnx"

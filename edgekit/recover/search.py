@@ -182,7 +182,9 @@ class Search:
         from edgekit.hostinfo import has_int8_dot
 
         best = self.best().spec
-        if self.attempt("recipe", dataclasses.replace(best, compute_only=True)):
+        # FP32 elementwise and normalization ops fix transformers (softmax, GELU, LayerNorm); in a CNN they are only
+        # Add/Relu/pools between quantized convs, where Q/DQ pairs around them cost speed and no accuracy is gained
+        if self.kind == "other" and self.attempt("recipe", dataclasses.replace(best, compute_only=True)):
             return True
         if resolved_reduce_range(self.builder.qdq.reduce_range) and has_int8_dot():
             return self.attempt("recipe", dataclasses.replace(self.best().spec, reduce_range=False))
