@@ -4,8 +4,8 @@ first that meets every gate or at the budget, write the best so far in place of 
     calibration  the other calibration methods (mse: per tensor the least-error range, first; percentile, entropy,
                  minmax)
     recipe       cross-layer equalization; bias correction; SmoothQuant-style smoothing; 8-bit weights
-    prefix       (CNNs) the first k quantized nodes kept FP32, k doubled until a candidate meets every gate, then
-                 bisected down to the smallest k that does
+    prefix       (CNNs) the first k quantized nodes kept FP32, k doubled until a candidate meets the accuracy
+                 gates, then bisected down to the smallest k that does (the fastest of them)
     precision    the layers ``rank_layers`` blames kept FP32 one by one (greedy), then every exclusion that
                  turns out unnecessary dropped again
 
@@ -38,7 +38,7 @@ from typing import Any, Callable
 
 from edgekit.console import Progress
 from edgekit.recover.candidates import StaticQdq, Spec, describe, iter_methods
-from edgekit.recover.meter import Measurement, Meter
+from edgekit.recover.meter import SPEED_GATES, Measurement, Meter
 from edgekit.recover.rank import compute_nodes, quantized_nodes, rank_layers
 from edgekit.types import Metrics, Recovery, RecoveryAttempt, TargetResult
 
@@ -59,6 +59,7 @@ class Tried:
     notes: dict[str, Any] = field(default_factory=dict)
     passed_count: int = 0
     timed: bool = True
+    accurate: bool = False  # every gate but the speed gates met (or not decided)
 
 
 @dataclass
@@ -131,7 +132,8 @@ class Search:
         seconds = time.monotonic() - began
         self.cost[fresh] = max(self.cost[fresh], seconds)
         a = _attempt(step, change, m, seconds, spec.exclude)
-        self.tried.append(Tried(a, spec, path, notes, sum(g.passed is True for g in m.gates), m.timed))
+        accurate = all(g.passed is not False for g in m.gates if g.gate not in SPEED_GATES)
+        self.tried.append(Tried(a, spec, path, notes, sum(g.passed is True for g in m.gates), m.timed, accurate))
         speed = f", {a.speedup:.2f}x" if a.speedup else ("" if m.timed else ", not timed (not more accurate than the best)")
         self.progress.step(f"recovery {self.name} [{len(self.tried) - 1}] {step}: {change}: cosine {a.cosine:.6f}{speed}"
                            f"{' meets every gate' if a.gates_passed else ''}")
@@ -201,8 +203,8 @@ class Search:
 
     def prefix(self) -> bool:
         """The first k quantized nodes (graph order) FP32 (module docstring): k = 2, 4, 8, ... while at most
-        MAX_FP32_SHARE of the compute nodes are FP32, until a candidate meets every gate; then the smallest such k
-        by bisection (fewer FP32 nodes: faster)."""
+        MAX_FP32_SHARE of the compute nodes are FP32, until a candidate meets the accuracy gates; then the smallest
+        such k by bisection (fewer FP32 nodes: faster). True when that candidate meets the speed gates too."""
         import onnx
 
         start, artifact = self.starting_point()
@@ -211,14 +213,20 @@ class Search:
         compute = compute_nodes(artifact)
         limit = int(len(compute) * MAX_FP32_SHARE)
 
-        def trial(k: int) -> bool:
-            kept = tuple(dict.fromkeys([*spec.exclude, *order[:k]]))
+        def candidate(k: int) -> Spec:
+            return dataclasses.replace(spec, exclude=tuple(dict.fromkeys([*spec.exclude, *order[:k]])))
+
+        def accurate(k: int) -> bool:
             change = f"FP32 prefix: the first {k} quantized nodes ({order[0]} .. {order[k - 1]})"
-            return self.attempt("prefix", dataclasses.replace(spec, exclude=kept), change)
+            self.attempt("prefix", candidate(k), change)
+            return any(t.spec == candidate(k) and t.accurate for t in self.tried)
 
         sizes = [k for k in (2 ** i for i in range(1, 32)) if k < len(order)]
         allowed = [k for k in sizes if len(compute.intersection([*spec.exclude, *order[:k]])) <= limit]
-        return smallest_passing(allowed, trial) is not None
+        # accuracy grows with k and speed falls: the smallest k meeting the accuracy gates is the fastest of them,
+        # so it meets every gate or none does
+        k = smallest_passing(allowed, accurate)
+        return k is not None and any(t.spec == candidate(k) and t.attempt.gates_passed for t in self.tried)
 
     def precision(self) -> bool:
         start, artifact = self.starting_point()
