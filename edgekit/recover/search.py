@@ -18,7 +18,8 @@ the tensors between them out of quantization, hence the prefix.
 Cost: a candidate is built from the activation statistics of its graph and method, collected once per search (the
 slow part: bias correction reuses its base graph's); its accuracy is measured first, and it is timed only when it
 could meet every gate or is more accurate than the best so far. The budget check estimates the next attempt from the
-slowest one of its kind (new statistics or not), so a cheap candidate is still tried when an expensive one no longer fits.
+slowest recent one of its kind (new statistics or not), so a cheap candidate is still tried when an expensive one no
+longer fits.
 
 Best so far: a candidate meeting every gate (the one with the fewest FP32 layers); otherwise, among timed candidates
 not slower than the FP32 baseline (or the original, when INT8 is slower already), the one meeting most gates, then the
@@ -45,6 +46,7 @@ from edgekit.types import Metrics, Recovery, RecoveryAttempt, TargetResult
 SLOWER_TOLERANCE = 0.9  # a candidate's speed-up may be this fraction of the bound and still count as "not slower"
 MAX_FP32_SHARE = 0.5  # the precision step keeps at most this share of the quantized Conv/Gemm/MatMul FP32
 PATIENCE = 5  # the precision step stops after this many layers in a row that did not help
+RECENT = 3  # the budget check estimates the next attempt from this many recent ones of its kind
 
 
 class _OutOfBudget(Exception):
@@ -82,8 +84,8 @@ class Search:
         self.name, self.builder, self.meter, self.base, self.budget_s = name, builder, meter, configured, budget_s
         self.progress, self.tmp = progress, tmp
         self.start = time.monotonic()
-        # the slowest attempt so far that collected new statistics (True; before any, the original build) or not
-        self.cost = {True: float(result.build_seconds or 0.0), False: 0.0}
+        # seconds of the attempts so far that collected new statistics (True; before any, the original build) or not
+        self.costs: dict[bool, list[float]] = {True: [float(result.build_seconds or 0.0)], False: []}
         self.kind = model_kind(builder.reference)
         gates = result.gates
         latency = result.latency
@@ -99,13 +101,18 @@ class Search:
     def remaining(self) -> float:
         return self.budget_s - (time.monotonic() - self.start)
 
+    def cost(self, fresh: bool) -> float:
+        """The expected seconds of an attempt of this kind: the slowest of the last RECENT ones (a one-off slow
+        attempt, such as bias correction's first build, does not hold back every cheap attempt after it)."""
+        return max(self.costs[fresh][-RECENT:], default=0.0)
+
     def fits(self, spec: Spec) -> bool:
         """Whether ``spec`` may fit in what is left of the budget; raises _OutOfBudget when not even the cheapest
         kind of attempt does."""
         left = self.remaining()
-        if left <= 0 or left < self.cost[False]:
+        if left <= 0 or left < self.cost(False):
             raise _OutOfBudget
-        return left >= self.cost[self.builder.fresh(spec)]
+        return left >= self.cost(self.builder.fresh(spec))
 
     def more_accurate(self, metrics: Metrics) -> bool:
         """Whether a candidate measuring ``metrics`` is more accurate than the best so far (worth timing)."""
@@ -130,7 +137,7 @@ class Search:
             self.progress.note(f"{self.name}: recovery candidate '{change}' failed: {type(exc).__name__}: {str(exc)[:200]}")
             return False
         seconds = time.monotonic() - began
-        self.cost[fresh] = max(self.cost[fresh], seconds)
+        self.costs[fresh].append(seconds)
         a = _attempt(step, change, m, seconds, spec.exclude)
         accurate = all(g.passed is not False for g in m.gates if g.gate not in SPEED_GATES)
         self.tried.append(Tried(a, spec, path, notes, sum(g.passed is True for g in m.gates), m.timed, accurate))
@@ -176,7 +183,7 @@ class Search:
     def recipe(self) -> bool:
         method = self.best().spec.method
         for graph in ("equalized", "corrected", "smoothed"):
-            if self.remaining() < self.cost[False]:
+            if self.remaining() < self.cost(False):
                 raise _OutOfBudget
             if self.builder.graph(graph, method) is not None and self.attempt("recipe", Spec(method, graph)):
                 return True
