@@ -1,5 +1,5 @@
 """Recovery (docs/recovery.md) on the benchmark models: static ort-int8 with the build's recovery, against ort-fp32
-in the same run. Per model: the original ort-int8 cosine, the recovered one (vs torch, held-out data), the speed-up
+in the same run, ort-int8's gates set to issue 14's bar for the model (BARS: min_cosine, min_speedup). Per model: the original ort-int8 cosine, the recovered one (vs torch, held-out data), the speed-up
 over ort-fp32 measured by the validator, build and recovery seconds, and every attempt.
 
     .venv/bin/python benchmarks/recover_bench.py                          # mobilenetv2_like, resnet18_like, minilm
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,9 +27,14 @@ import run as bench  # noqa: E402
 MODELS = ("mobilenetv2_like", "resnet18_like", "minilm")
 
 
+from recover_report import BARS  # noqa: E402  issue 14's bar per model: (min_cosine, min_speedup)
+
+
 def config(name: str, budget: float) -> dict[str, Any]:
     cfg = bench.minilm_config() if name == "minilm" else bench.cnn_config(name)
-    cfg["targets"] = {"use": ["ort-fp32", "ort-int8"], "ort-int8": {"recover": {"budget_s": budget}}}
+    cosine, speedup = BARS[name]
+    cfg["targets"] = {"use": ["ort-fp32", "ort-int8"],
+                      "ort-int8": {"recover": {"budget_s": budget}, "gates": {"min_cosine": cosine, "min_speedup": speedup}}}
     return cfg
 
 
@@ -76,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=180.0, help="[targets.ort-int8.recover] budget_s (default 180)")
     args = parser.parse_args(argv)
     names = args.models.split(",")
+    host = bench.host_meta()  # its load average: at the start
     prepare(names)
     results = []
     for name in names:
@@ -83,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(bench_model(name, args.budget, out))
         print(json.dumps({k: v for k, v in results[-1].items() if k != "recovery"}), flush=True)
     doc = {"command": "benchmarks/recover_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "host": bench.host_meta(), "budget_s": args.budget, "results": results}
+           "host": host, "loadavg_end": list(os.getloadavg()), "budget_s": args.budget, "results": results}
     bench.RESULTS.mkdir(parents=True, exist_ok=True)
     from edgekit.strictjson import dumps
 

@@ -39,10 +39,25 @@ class StaticQdq:
     def __init__(self, reference: Path, calib: FeedSource, specs: tuple[TensorSpec, ...], settings: CalibrationSettings,
                  qdq: QdqSettings, tmp: Path, tensorrt_keep_ops: tuple[str, ...] | None = None):
         """``tensorrt_keep_ops``: build tensorrt-int8's QDQ ONNX (these op types unquantized) instead of ort-int8's."""
+        # without the build's statistics cache, a private one: candidates that differ only in FP32 nodes or op types
+        # reuse the statistics of their graph and method instead of collecting them again
+        settings = settings if settings.cache_dir else dataclasses.replace(settings, cache_dir=str(tmp / "statistics"))
         self.reference, self.calib, self.specs, self.settings, self.qdq, self.tmp = reference, calib, specs, settings, qdq, tmp
         self.tensorrt_keep_ops = tensorrt_keep_ops
         self.graphs: dict[str, Path | None] = {"reference": reference}
         self.built: dict[Spec, Path] = {}
+        self.measured: set[tuple[str, str]] = set()  # (statistics graph, method) whose statistics this search has
+
+    def statistics_of(self, spec: Spec) -> str:
+        """The graph whose activation statistics ``spec`` is calibrated with: bias correction changes only biases,
+        so the corrected graph reuses its base graph's statistics."""
+        if spec.graph == "corrected":
+            return "equalized" if self.graph("equalized", spec.method) is not None else "reference"
+        return spec.graph
+
+    def fresh(self, spec: Spec) -> bool:
+        """Whether building ``spec`` collects activation statistics (the slow part of a build) this search has not."""
+        return (self.statistics_of(spec), spec.method) not in self.measured
 
     def feeds(self, samples: int = RANK_SAMPLES) -> list[Mapping[str, np.ndarray]]:
         settings = dataclasses.replace(self.settings, samples=min(samples, self.settings.samples))
@@ -58,20 +73,25 @@ class StaticQdq:
 
             keep |= {n.op_type for n in onnx.load(str(src)).graph.node} - set(COMPUTE)
         settings = dataclasses.replace(self.settings, method=spec.method)
+        base = self.statistics_of(spec)
+        stats_from = self.preprocessed(base, spec.method) if base != spec.graph else None
         if self.tensorrt_keep_ops is not None:
             from edgekit.backends.tensorrt.int8 import make_int8_qdq_onnx
 
-            notes = make_int8_qdq_onnx(src, dst, self.calib, self.specs, settings, tuple(sorted(keep)), spec.exclude)
+            notes = make_int8_qdq_onnx(src, dst, self.calib, self.specs, settings, tuple(sorted(keep)), spec.exclude, stats_from)
         else:
             notes = quantize_static_qdq(src, dst, self.calib, self.specs, settings,
-                                        dataclasses.replace(qdq, exclude_op_types=tuple(sorted(keep))), exclude_nodes=spec.exclude)
+                                        dataclasses.replace(qdq, exclude_op_types=tuple(sorted(keep))), spec.exclude, stats_from)
         self.built[spec] = dst
+        self.measured.add((base, spec.method))
         return notes
 
     def preprocessed(self, name: str, method: str) -> Path:
-        """The graph the quantizer reads for ``name`` (its node names are the QDQ graph's)."""
-        dst = self.tmp / f"pre_{name}.onnx"
+        """The graph the quantizer reads for ``name`` (its node names are the QDQ graph's), named as
+        ``quantize_static_qdq`` names its own, so statistics collected on either are one cache entry."""
+        dst = self.tmp / f"pre_{name}" / "pre.onnx"
         if not dst.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
             preprocess(self.graph(name, method), dst)
         return dst
 
@@ -93,7 +113,12 @@ class StaticQdq:
         return dst if graphs.correct_biases(self.preprocessed(base, method), quantized, self.feeds(), dst) else None
 
     def _smoothed(self, method: str) -> Path | None:
+        import onnx
+
         from edgekit.backends.ort.matmul_stats import activation_stats
+
+        if not any(n.op_type == "LayerNormalization" for n in onnx.load(str(self.reference), load_external_data=False).graph.node):
+            return None  # nothing to smooth: no calibration pass for it
 
         stats = activation_stats(self.reference, self.calib, self.specs, self.settings, max_samples=RANK_SAMPLES * 2)
         dst = self.tmp / "smoothed.onnx"

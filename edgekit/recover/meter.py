@@ -1,6 +1,7 @@
 """Measure one recovery candidate the way the validator measures a target (edgekit/validate/): the same streamed
-comparison on the validation data, the same gates, interleaved timing against the FP32 baseline, fewer runs. The
-references run once; their outputs are replayed for every later candidate."""
+comparison on the validation data, the same gates, interleaved timing against the FP32 baseline, fewer runs (none
+for a candidate the search cannot choose). The references run once; their outputs are replayed for every later
+candidate."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from edgekit.validate.run import TorchRunner, ValidationData, latency_feed, obse
 
 WARMUP = 5
 RUNS = 40  # timed calls per candidate (and per baseline, interleaved); the final artifact is timed in full again
+SPEED_GATES = ("min_speedup", "max_p50_ms")  # the gates only the timing decides
 
 
 class Replay(Runner):
@@ -54,6 +56,7 @@ class Measurement:
     p50_ms: float | None
     speedup: float | None
     gates: list[GateVerdict]
+    timed: bool = True  # False: not timed (it misses an accuracy gate and is no more accurate than the best so far)
 
     @property
     def passed(self) -> bool:
@@ -85,23 +88,18 @@ class Meter:
         self.fp32_bytes = reference.path.stat().st_size
         self.ref_accuracy: float | None = None
 
-    def measure(self, path: Path) -> Measurement:
+    def measure(self, path: Path, worth_timing: Callable[[Metrics], bool] = lambda metrics: True) -> Measurement:
+        """Accuracy first; the timing only when the candidate could meet every gate or ``worth_timing(metrics)``
+        (the search: it is more accurate than the best so far). An untimed candidate misses an accuracy gate, so it
+        cannot meet every gate, and its speed-up is None."""
         runner = self.load(path)
         try:
-            for ref in (self.onnx_ref, self.torch_ref):
-                if ref is not None:
-                    ref.rewind()
-            observed = observe({self.name: runner}, self.torch_ref, self.onnx_ref, self.data, self.classification,
-                               self.reference.outputs)
-            o = observed[self.name]
-            if o.error:
-                raise RuntimeError(o.error)
-            if self.ref_accuracy is None:
-                ref = observed.get("torch-fp32", observed["onnx-fp32"]).accuracy
-                self.ref_accuracy = ref.percent if ref is not None and ref.total else None
-            accuracy = o.accuracy.percent if o.accuracy is not None and o.accuracy.total else None
-            drop = self.ref_accuracy - accuracy if self.ref_accuracy is not None and accuracy is not None else None
-            metrics = o.metrics(drop)
+            metrics = self._metrics(runner)
+            census = self.census(path)
+            size = SizeInfo(path.stat().st_size, path.stat().st_size / self.fp32_bytes, self.fp32_bytes)
+            gates = check(self.name, self.profile.gates, measured_values(metrics, None, size, census))
+            if any(g.passed is False for g in gates if g.gate not in SPEED_GATES) and not worth_timing(metrics):
+                return Measurement(metrics, None, None, gates, timed=False)
             runs = min(self.profile.runtime.runs, RUNS)
             lat = interleaved({"baseline": Timed(lambda: self.baseline.run(self.feed), WARMUP, runs),
                                "candidate": Timed(lambda: runner.run(self.feed), WARMUP, runs)})
@@ -110,12 +108,28 @@ class Meter:
         cand, base = lat["candidate"], lat["baseline"]
         p50 = None if isinstance(cand, str) else cand.p50_ms
         speedup = base.p50_ms / p50 if p50 and not isinstance(base, str) else None
-        size = SizeInfo(path.stat().st_size, path.stat().st_size / self.fp32_bytes, self.fp32_bytes)
         # the evidence the validator hands the gates (validate/measure.py), so a candidate is judged as the target is
         latency = None if isinstance(cand, str) else TargetLatency(cand, 1, self.profile.runtime.threads, WARMUP, speedup, "ort-fp32")
         speed = speed_resolution(None if isinstance(base, str) else base.min_ms, "ort-fp32", self.on_device)
-        gates = check(self.name, self.profile.gates, measured_values(metrics, latency, size, self.census(path), speed))
+        gates = check(self.name, self.profile.gates, measured_values(metrics, latency, size, census, speed))
         return Measurement(metrics, p50, speedup, gates)
+
+    def _metrics(self, runner: Runner) -> Metrics:
+        """The candidate's comparison with the references on the validation data (the validator's metrics)."""
+        for ref in (self.onnx_ref, self.torch_ref):
+            if ref is not None:
+                ref.rewind()
+        observed = observe({self.name: runner}, self.torch_ref, self.onnx_ref, self.data, self.classification,
+                           self.reference.outputs)
+        o = observed[self.name]
+        if o.error:
+            raise RuntimeError(o.error)
+        if self.ref_accuracy is None:
+            ref = observed.get("torch-fp32", observed["onnx-fp32"]).accuracy
+            self.ref_accuracy = ref.percent if ref is not None and ref.total else None
+        accuracy = o.accuracy.percent if o.accuracy is not None and o.accuracy.total else None
+        drop = self.ref_accuracy - accuracy if self.ref_accuracy is not None and accuracy is not None else None
+        return o.metrics(drop)
 
     def close(self) -> None:
         for r in (self.onnx_ref, self.torch_ref, self.baseline):

@@ -1,14 +1,30 @@
 """The search: when a static INT8 target misses a gate after validation, try candidates cheapest first, stop at the
 first that meets every gate or at the budget, write the best so far in place of the original.
 
-    calibration  the other calibration methods (mse, percentile, entropy, minmax)
+    calibration  the other calibration methods (mse: per tensor the least-error range, first; percentile, entropy,
+                 minmax)
     recipe       cross-layer equalization; bias correction; SmoothQuant-style smoothing; 8-bit weights
+    prefix       (CNNs) the first k quantized nodes kept FP32, k doubled until a candidate meets the accuracy
+                 gates, then bisected down to the smallest k that does (the fastest of them)
     precision    the layers ``rank_layers`` blames kept FP32 one by one (greedy), then every exclusion that
                  turns out unnecessary dropped again
 
-Best so far: a candidate meeting every gate (the one with the fewest FP32 layers); otherwise, among candidates not
-slower than the FP32 baseline (or the original, when INT8 is slower already), the one meeting most gates, then the
-most accurate (cosine to 6 digits), then the earlier. Every attempt is recorded (types.Recovery).
+Order by model kind: a CNN with depthwise convolutions tries the recipe repairs first (equalization and bias correction
+are what is known to work there), then the FP32 prefix, then calibration and the greedy layers; another CNN the prefix
+first; any other model calibration, recipe, precision. In a deep CNN every layer amplifies the error of the
+activations before it, and a lone FP32 node still reads and writes quantized tensors: only a run of FP32 nodes takes
+the tensors between them out of quantization, hence the prefix.
+
+Cost: a candidate is built from the activation statistics of its graph and method, collected once per search (the
+slow part: bias correction reuses its base graph's); its accuracy is measured first, and it is timed only when it
+could meet every gate or is more accurate than the best so far. The budget check estimates the next attempt from the
+slowest recent one of its kind (new statistics or not), so a cheap candidate is still tried when an expensive one no
+longer fits.
+
+Best so far: a candidate meeting every gate (the one with the fewest FP32 layers); otherwise, among timed candidates
+not slower than the FP32 baseline (or the original, when INT8 is slower already), the one meeting most gates, then the
+most accurate (cosine to 6 digits), then the earlier. Every attempt is recorded (types.Recovery); an untimed one has no
+p50 or speed-up and is never chosen.
 """
 
 from __future__ import annotations
@@ -19,17 +35,18 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from edgekit.console import Progress
 from edgekit.recover.candidates import StaticQdq, Spec, describe, iter_methods
-from edgekit.recover.meter import Measurement, Meter
-from edgekit.recover.rank import compute_nodes, rank_layers
-from edgekit.types import Recovery, RecoveryAttempt, TargetResult
+from edgekit.recover.meter import SPEED_GATES, Measurement, Meter
+from edgekit.recover.rank import compute_nodes, quantized_nodes, rank_layers
+from edgekit.types import Metrics, Recovery, RecoveryAttempt, TargetResult
 
 SLOWER_TOLERANCE = 0.9  # a candidate's speed-up may be this fraction of the bound and still count as "not slower"
 MAX_FP32_SHARE = 0.5  # the precision step keeps at most this share of the quantized Conv/Gemm/MatMul FP32
 PATIENCE = 5  # the precision step stops after this many layers in a row that did not help
+RECENT = 3  # the budget check estimates the next attempt from this many recent ones of its kind
 
 
 class _OutOfBudget(Exception):
@@ -43,6 +60,8 @@ class Tried:
     path: Path | None  # None: the original artifact
     notes: dict[str, Any] = field(default_factory=dict)
     passed_count: int = 0
+    timed: bool = True
+    accurate: bool = False  # every gate but the speed gates met (or not decided)
 
 
 @dataclass
@@ -65,7 +84,11 @@ class Search:
         self.name, self.builder, self.meter, self.base, self.budget_s = name, builder, meter, configured, budget_s
         self.progress, self.tmp = progress, tmp
         self.start = time.monotonic()
-        self.slowest = 0.0
+        # seconds of the attempts so far that collected new statistics (True; before any, the original build) or not
+        self.costs: dict[bool, list[float]] = {True: [float(result.build_seconds or 0.0)], False: []}
+        # the model kind orders the steps of static QDQ; the other backend families (recover/dynamic.py, torch_ao.py)
+        # have no prefix step and run calibration, recipe, precision
+        self.kind = model_kind(builder.reference) if isinstance(builder, StaticQdq) else "other"
         gates = result.gates
         latency = result.latency
         cosine = result.metrics.primary["worst"]["cosine"] if result.metrics is not None else None
@@ -80,34 +103,59 @@ class Search:
     def remaining(self) -> float:
         return self.budget_s - (time.monotonic() - self.start)
 
-    def attempt(self, step: str, spec: Spec, change: str | None = None) -> bool:
-        """Build and measure ``spec``; True when it meets every gate. Raises _OutOfBudget when it may not fit."""
-        if any(t.spec == spec for t in self.tried):
-            return False
-        if self.remaining() < self.slowest:
+    def cost(self, fresh: bool) -> float:
+        """The expected seconds of an attempt of this kind: the slowest of the last RECENT ones (a one-off slow
+        attempt, such as bias correction's first build, does not hold back every cheap attempt after it)."""
+        return max(self.costs[fresh][-RECENT:], default=0.0)
+
+    def fits(self, spec: Spec) -> bool:
+        """Whether ``spec`` may fit in what is left of the budget; raises _OutOfBudget when not even the cheapest
+        kind of attempt does."""
+        left = self.remaining()
+        if left <= 0 or left < self.cost(False):
             raise _OutOfBudget
+        return left >= self.cost(self._fresh(spec))
+
+    def _fresh(self, spec: Spec) -> bool:
+        """Whether building ``spec`` collects new statistics (a builder that cannot tell: every build does)."""
+        return self.builder.fresh(spec) if hasattr(self.builder, "fresh") else True
+
+    def more_accurate(self, metrics: Metrics) -> bool:
+        """Whether a candidate measuring ``metrics`` is more accurate than the best so far (worth timing)."""
+        best = self.best().attempt
+        if metrics.accuracy is not None and best.accuracy is not None and metrics.accuracy != best.accuracy:
+            return metrics.accuracy > best.accuracy
+        cosine = metrics.primary["worst"]["cosine"]
+        return best.cosine is None or round(float(cosine), 6) > round(best.cosine, 6)
+
+    def attempt(self, step: str, spec: Spec, change: str | None = None) -> bool:
+        """Build and measure ``spec``; True when it meets every gate. Raises _OutOfBudget when no attempt fits."""
+        if any(t.spec == spec for t in self.tried) or not self.fits(spec):
+            return False
+        fresh = self._fresh(spec)
         began = time.monotonic()
         path = self.tmp / f"candidate_{len(self.tried)}.onnx"
         change = change or describe(spec, self.base)
         try:
             notes = self.builder.build(spec, path)
-            m = self.meter.measure(path)
+            m = self.meter.measure(path, self.more_accurate)
         except Exception as exc:  # a candidate the quantizer or ORT rejects is skipped, the search goes on
             self.progress.note(f"{self.name}: recovery candidate '{change}' failed: {type(exc).__name__}: {str(exc)[:200]}")
             return False
         seconds = time.monotonic() - began
-        self.slowest = max(self.slowest, seconds)
+        self.costs[fresh].append(seconds)
         a = _attempt(step, change, m, seconds, spec.exclude)
-        self.tried.append(Tried(a, spec, path, notes, sum(g.passed is True for g in m.gates)))
-        speed = f", {a.speedup:.2f}x" if a.speedup else ""
+        accurate = all(g.passed is not False for g in m.gates if g.gate not in SPEED_GATES)
+        self.tried.append(Tried(a, spec, path, notes, sum(g.passed is True for g in m.gates), m.timed, accurate))
+        speed = f", {a.speedup:.2f}x" if a.speedup else ("" if m.timed else ", not timed (not more accurate than the best)")
         self.progress.step(f"recovery {self.name} [{len(self.tried) - 1}] {step}: {change}: cosine {a.cosine:.6f}{speed}"
                            f"{' meets every gate' if a.gates_passed else ''}")
         return a.gates_passed
 
     def best(self, among: list[Tried] | None = None) -> Tried:
         """The best so far (module docstring); the original when nothing else qualifies."""
-        pool = [t for t in (among or self.tried)
-                if t.path is None or t.attempt.gates_passed or (t.attempt.speedup or 0.0) >= self.min_speedup]
+        pool = [t for t in (among or self.tried) if t.path is None or t.attempt.gates_passed
+                or (t.timed and (t.attempt.speedup or 0.0) >= self.min_speedup)]
 
         def key(t: Tried) -> tuple[Any, ...]:
             a = t.attempt
@@ -122,8 +170,11 @@ class Search:
     # --------------------------------------------------------------------------------------------- steps
     def run(self) -> Outcome:
         met = False
+        steps = {"depthwise": (self.recipe, self.prefix, self.calibration, self.precision),
+                 "cnn": (self.prefix, self.recipe, self.calibration, self.precision)}.get(
+                     self.kind, (self.calibration, self.recipe, self.precision))
         try:
-            met = self.calibration() or self.recipe() or self.precision()
+            met = any(step() for step in steps)
         except _OutOfBudget:
             self.progress.note(f"{self.name}: recovery stopped at its budget of {self.budget_s:g} s")
         chosen = self.best()
@@ -141,7 +192,7 @@ class Search:
             return any(self.attempt("recipe", repair(self.best().spec)) for repair in self.builder.repairs())
         method = self.best().spec.method
         for graph in ("equalized", "corrected", "smoothed"):
-            if self.remaining() < self.slowest:
+            if self.remaining() < self.cost(False):
                 raise _OutOfBudget
             if self.builder.graph(graph, method) is not None and self.attempt("recipe", Spec(method, graph)):
                 return True
@@ -149,18 +200,53 @@ class Search:
         from edgekit.hostinfo import has_int8_dot
 
         best = self.best().spec
-        if self.attempt("recipe", dataclasses.replace(best, compute_only=True)):
+        # FP32 elementwise and normalization ops fix transformers (softmax, GELU, LayerNorm); in a CNN they are only
+        # Add/Relu/pools between quantized convs, where Q/DQ pairs around them cost speed and no accuracy is gained
+        if self.kind == "other" and self.attempt("recipe", dataclasses.replace(best, compute_only=True)):
             return True
         if resolved_reduce_range(self.builder.qdq.reduce_range) and has_int8_dot():
             return self.attempt("recipe", dataclasses.replace(self.best().spec, reduce_range=False))
         return False
 
-    def precision(self) -> bool:
-        start = self.best(among=[t for t in self.tried if t.path is not None] or None)
-        spec = start.spec
+    def starting_point(self) -> tuple[Tried, Path]:
+        """Where the precision steps start: the best candidate so far and its file (the original spec rebuilt when
+        the original is the best: its file is the build's, not this search's)."""
+        start = self.best(among=[t for t in self.tried if t.path is not None and t.timed] or None)
         artifact = start.path or self.builder.tmp / "start.onnx"
-        if start.path is None:
-            self.builder.build(spec, artifact)
+        if start.path is None and not artifact.exists():
+            self.builder.build(start.spec, artifact)
+        return start, artifact
+
+    def prefix(self) -> bool:
+        """The first k quantized nodes (graph order) FP32 (module docstring): k = 2, 4, 8, ... while at most
+        MAX_FP32_SHARE of the compute nodes are FP32, until a candidate meets the accuracy gates; then the smallest
+        such k by bisection (fewer FP32 nodes: faster). True when that candidate meets the speed gates too."""
+        import onnx
+
+        start, artifact = self.starting_point()
+        spec = start.spec
+        order = [n.name for n in quantized_nodes(onnx.load(str(artifact)))]
+        compute = compute_nodes(artifact)
+        limit = int(len(compute) * MAX_FP32_SHARE)
+
+        def candidate(k: int) -> Spec:
+            return dataclasses.replace(spec, exclude=tuple(dict.fromkeys([*spec.exclude, *order[:k]])))
+
+        def accurate(k: int) -> bool:
+            change = f"FP32 prefix: the first {k} quantized nodes ({order[0]} .. {order[k - 1]})"
+            self.attempt("prefix", candidate(k), change)
+            return any(t.spec == candidate(k) and t.accurate for t in self.tried)
+
+        sizes = [k for k in (2 ** i for i in range(1, 32)) if k < len(order)]
+        allowed = [k for k in sizes if len(compute.intersection([*spec.exclude, *order[:k]])) <= limit]
+        # accuracy grows with k and speed falls: the smallest k meeting the accuracy gates is the fastest of them,
+        # so it meets every gate or none does
+        k = smallest_passing(allowed, accurate)
+        return k is not None and any(t.spec == candidate(k) and t.attempt.gates_passed for t in self.tried)
+
+    def precision(self) -> bool:
+        start, artifact = self.starting_point()
+        spec = start.spec
         seconds = max(1.0, min(60.0, self.remaining() / 3))
         if hasattr(self.builder, "rank"):  # other backend families rank their own layers (names their builds exclude)
             ranked, compute = self.builder.rank(spec, artifact, seconds)
@@ -199,6 +285,46 @@ class Search:
             except _OutOfBudget:
                 break
         return True
+
+
+def smallest_passing(sizes: list[int], passes: Callable[[int], bool]) -> int | None:
+    """The smallest size that ``passes``, trying ``sizes`` (increasing) in turn until one does, then bisecting
+    between it and the last that did not (``passes`` is assumed monotonic); None when none of ``sizes`` passes.
+    Out of budget during the bisection, the smallest passing size found so far."""
+    passing, failing = None, 0
+    for k in sizes:
+        if passes(k):
+            passing = k
+            break
+        failing = k
+    if passing is None:
+        return None
+    while passing - failing > 1:
+        mid = (passing + failing) // 2
+        try:
+            ok = passes(mid)
+        except _OutOfBudget:
+            break
+        passing, failing = (mid, failing) if ok else (passing, mid)
+    return passing
+
+
+def model_kind(reference: Path) -> str:
+    """"depthwise" (mostly convolutions, some depthwise), "cnn" (mostly convolutions), or "other" (a ViT's patch
+    embedding does not make it a CNN)."""
+    import onnx
+
+    graph = onnx.load(str(reference), load_external_data=False).graph
+    dims = {i.name: list(i.dims) for i in graph.initializer}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    if len(convs) * 2 < sum(n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") for n in graph.node):
+        return "other"
+    for n in convs:
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        weight = dims.get(n.input[1], []) if len(n.input) > 1 else []
+        if group > 1 and len(weight) > 1 and weight[0] == group and weight[1] == 1:
+            return "depthwise"
+    return "cnn"
 
 
 def write_choice(outcome: Outcome, dst: Path) -> None:

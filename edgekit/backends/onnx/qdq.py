@@ -106,10 +106,12 @@ def with_fallbacks(src: Path, tmp: Path, attempt: Callable[[Path], None]) -> str
 
 def quantize_static_qdq(
     src: Path, dst: Path, calib: FeedSource, specs: tuple[TensorSpec, ...], settings: CalibrationSettings, qdq: QdqSettings,
-    exclude_nodes: tuple[str, ...] = (),
+    exclude_nodes: tuple[str, ...] = (), stats_from: Path | None = None,
 ) -> dict[str, Any]:
     """Static QDQ quantization of ``src`` into ``dst`` as ``qdq`` asks, calibrated on the first samples of ``calib``.
-    ``exclude_nodes``: more nodes kept FP32 (the build's recovery, edgekit/recover/, names them)."""
+    ``exclude_nodes``: more nodes kept FP32 (the build's recovery, edgekit/recover/, names them). ``stats_from``: a
+    pre-processed graph with the same tensors whose activation statistics stand in for ``src``'s (the recovery's
+    bias-corrected graph differs from its base only in biases, so it reuses the base's statistics)."""
     import onnx
     from onnxruntime.quantization import QuantFormat, quantize_static
 
@@ -124,7 +126,8 @@ def quantize_static_qdq(
         levels = 254 if qdq.symmetric_activations and qdq.activation_type == "int8" else 255
         handing_over = "calibration_cache_path" in inspect.signature(quantize_static).parameters
         histogram = settings.method in qdq_ranges.HISTOGRAM_METHODS and handing_over
-        got = collected_stats(model, graph, reader, settings, (qdq.symmetric_activations, levels)
+        measured_on = (stats_from, onnx.load(str(stats_from)).graph) if stats_from is not None else (model, graph)
+        got = collected_stats(*measured_on, reader, settings, (qdq.symmetric_activations, levels)
                               if settings.method == "mse" else None,
                               (settings.method, settings.percentile) if histogram else None)
         stats = got.stats

@@ -106,12 +106,12 @@ def _weight_axis(node: Any, x: np.ndarray) -> int:
 
 def make_int8_qdq_onnx(
     src: Path, dst: Path, calib: FeedSource, specs: tuple[TensorSpec, ...], settings: CalibrationSettings,
-    keep_ops: Sequence[str] = DEFAULT_KEEP_FP32_OPS, exclude_nodes: tuple[str, ...] = (),
+    keep_ops: Sequence[str] = DEFAULT_KEEP_FP32_OPS, exclude_nodes: tuple[str, ...] = (), stats_from: Path | None = None,
 ) -> dict[str, Any]:
     """INT8 QDQ for TensorRT from the same calibration data and settings as the other INT8 targets:
     symmetric int8 activations and per-channel int8 weights (zero-point 0), 8-bit range, FP32 bias; ops in
     ``keep_ops`` (normalizations, softmax, reductions) are left unquantized, as TensorRT's QDQ placement expects;
-    ``exclude_nodes`` too (the build's recovery names them)."""
+    ``exclude_nodes`` too (the build's recovery names them; ``stats_from``: see ``quantize_static_qdq``)."""
     import onnx
 
     # TensorRT's INT8 kernels accumulate in int32 on every GPU, so the full 8-bit range is safe (no reduce_range).
@@ -119,7 +119,7 @@ def make_int8_qdq_onnx(
                       symmetric_activations=True, exclude_op_types=tuple(keep_ops))
     with tempfile.TemporaryDirectory(prefix="edgekit-trt-") as tmp:
         raw = Path(tmp) / "qdq.onnx"
-        notes = quantize_static_qdq(src, raw, calib, specs, settings, qdq, exclude_nodes)
+        notes = quantize_static_qdq(src, raw, calib, specs, settings, qdq, exclude_nodes, stats_from)
         model = onnx.load(str(raw))
         folded = fold_int32_bias(model)
         summary = qdq_summary(model)

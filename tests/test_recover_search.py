@@ -1,0 +1,117 @@
+"""The recovery search's own logic (edgekit/recover/search.py, candidates.py), on small real graphs: which kind of
+model it is (the step order follows it), the FP32-prefix bisection, and statistics collected once per graph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgekit.recover.search import _OutOfBudget, model_kind, smallest_passing
+
+
+def _save(nodes, inits, path: Path, x=("x", [1, 4, 8, 8])) -> Path:
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(x[0], TensorProto.FLOAT, x[1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def _conv_chain(path: Path, depthwise: bool, rng: np.random.Generator, relu6: bool = False) -> Path:
+    """Conv -> ReLU -> Conv (depthwise or not) -> ReLU -> Conv; ``relu6``: Clip(0, 6), which equalization leaves alone."""
+    inits = {"w1": rng.standard_normal((8, 4, 3, 3)) * 0.3, "b1": rng.standard_normal(8) * 0.1,
+             "w2": rng.standard_normal((8, 1, 3, 3) if depthwise else (8, 8, 3, 3)) * 0.3,
+             "w3": rng.standard_normal((4, 8, 1, 1)) * 0.3, "lo": np.float32(0), "hi": np.float32(6)}
+
+    def act(x: str, y: str, name: str):
+        return helper.make_node("Clip", [x, "lo", "hi"], [y], name=name) if relu6 else helper.make_node("Relu", [x], [y], name=name)
+
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["a"], name="c1", pads=[1, 1, 1, 1]), act("a", "r", "act1"),
+             helper.make_node("Conv", ["r", "w2"], ["d"], name="c2", pads=[1, 1, 1, 1], group=8 if depthwise else 1),
+             act("d", "e", "act2"),
+             helper.make_node("Conv", ["e", "w3"], ["y"], name="c3")]
+    return _save(nodes, inits, path)
+
+
+def test_model_kind_orders_the_search_by_what_works_for_it(tmp_path):
+    rng = np.random.default_rng(0)
+    assert model_kind(_conv_chain(tmp_path / "dw.onnx", True, rng)) == "depthwise"
+    assert model_kind(_conv_chain(tmp_path / "cnn.onnx", False, rng)) == "cnn"
+    # a ViT-like graph: a conv patch embedding, then MatMuls: not a CNN
+    inits = {"wp": rng.standard_normal((8, 4, 4, 4)), "m1": rng.standard_normal((4, 4)), "m2": rng.standard_normal((4, 4)),
+             "s": np.array([1, 8, 4], np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "wp"], ["p"], name="patch", strides=[4, 4]),
+             helper.make_node("Reshape", ["p", "s_i"], ["t"], name="flat"),
+             helper.make_node("MatMul", ["t", "m1"], ["h"], name="mm1"), helper.make_node("MatMul", ["h", "m2"], ["y"], name="mm2")]
+    path = _save(nodes, inits, tmp_path / "vit.onnx")
+    model = onnx.load(str(path))
+    model.graph.initializer.append(numpy_helper.from_array(np.array([1, 8, 4], np.int64), "s_i"))
+    onnx.save(model, str(path))
+    assert model_kind(path) == "other"
+
+
+@pytest.mark.parametrize("threshold", [1, 2, 3, 11, 16, 17, 40])
+def test_the_prefix_search_finds_the_smallest_passing_size_in_few_attempts(threshold):
+    tried: list[int] = []
+
+    def passes(k: int) -> bool:
+        tried.append(k)
+        return k >= threshold
+
+    sizes = [2, 4, 8, 16, 32]
+    found = smallest_passing(sizes, passes)
+    assert found == (max(threshold, 1) if threshold <= 32 else None)
+    assert len(tried) == len(set(tried))  # never the same size twice
+    assert len(tried) <= 5 + 4  # doubling, then a bisection of at most log2(16) steps
+
+
+def test_the_prefix_search_keeps_the_smallest_passing_size_when_the_budget_runs_out():
+    def passes(k: int) -> bool:
+        if k not in (2, 4, 8, 16):
+            raise _OutOfBudget
+        return k >= 16
+
+    assert smallest_passing([2, 4, 8, 16], passes) == 16
+
+
+def test_candidates_differing_in_fp32_nodes_or_bias_correction_collect_statistics_once(tmp_path):
+    """Without the build's statistics cache, the builder keeps its own: every candidate of one graph and method,
+    and the bias-corrected graph (which differs from its base only in biases), reuses one statistics pass."""
+    from conftest import calibration_feed
+
+    from edgekit.backends.base import CalibrationSettings
+    from edgekit.backends.onnx import qdq_ranges
+    from edgekit.backends.onnx.qdq import QdqSettings
+    from edgekit.recover.candidates import Spec, StaticQdq
+    from edgekit.types import TensorSpec
+
+    rng = np.random.default_rng(1)
+    src = _conv_chain(tmp_path / "src.onnx", False, rng, relu6=True)  # no equalization: correction's base is this graph
+    specs = (TensorSpec("x", (1, 4, 8, 8)),)
+    x = rng.standard_normal((16, 4, 8, 8)).astype(np.float32)
+    feed = calibration_feed(tmp_path / "c.npz", specs, x=x)
+    (tmp_path / "work").mkdir()
+    builder = StaticQdq(src, feed, specs, CalibrationSettings(method="mse", samples=16), QdqSettings(), tmp_path / "work")
+    before = qdq_ranges.PASSES["activation_stats"]
+    assert builder.fresh(Spec("mse"))
+    builder.build(Spec("mse"), tmp_path / "a.onnx")
+    assert not builder.fresh(Spec("mse", exclude=("c2",))) and not builder.fresh(Spec("mse", "corrected"))
+    builder.build(Spec("mse", exclude=("c2",)), tmp_path / "b.onnx")
+    assert builder.graph("equalized", "mse") is None and builder.graph("corrected", "mse") is not None
+    builder.build(Spec("mse", "corrected"), tmp_path / "c.onnx")
+    assert qdq_ranges.PASSES["activation_stats"] - before == 1
+    assert builder.fresh(Spec("minmax"))
+    # the candidates are real QDQ models that run; the excluded node reads FP32 weights
+    for name in ("a", "b", "c"):
+        out = ort.InferenceSession(str(tmp_path / f"{name}.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x[:1]})[0]
+        assert out.shape == (1, 4, 8, 8) and np.isfinite(out).all()
+    b = onnx.load(str(tmp_path / "b.onnx"))
+    c2 = next(n for n in b.graph.node if n.name == "c2")
+    assert c2.input[1] == "w2"
