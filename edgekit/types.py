@@ -383,7 +383,7 @@ class GateVerdict:
 class RecoveryAttempt:
     """One candidate the build's recovery measured (edgekit/recover/): what changed and what it gave."""
 
-    step: str  # "original" | "calibration" | "recipe" | "prefix" | "precision"
+    step: str  # "original" | "calibration" | "recipe" | "prefix" | "roles" | "precision"
     change: str
     cosine: float | None
     accuracy: float | None

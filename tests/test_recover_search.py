@@ -115,3 +115,47 @@ def test_candidates_differing_in_fp32_nodes_or_bias_correction_collect_statistic
     b = onnx.load(str(tmp_path / "b.onnx"))
     c2 = next(n for n in b.graph.node if n.name == "c2")
     assert c2.input[1] == "w2"
+
+
+def test_role_groups_put_one_layer_of_every_block_together(tmp_path):
+    """The roles step's groups, read from a real dynamo export: the same Linear of each block is one role; a layer
+    that occurs once (the head) is no role."""
+    import onnx
+    import torch
+    from torch import nn
+
+    from edgekit.recover.rank import role_groups
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 8)
+
+        def forward(self, x):
+            return x + self.fc2(torch.relu(self.fc1(x)))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList(Block() for _ in range(3))
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x):
+            for b in self.blocks:
+                x = b(x)
+            return self.head(x)
+
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(Net().eval(), (torch.randn(1, 8),), str(path), dynamo=True, external_data=False)
+    model = onnx.load(str(path))
+    for node in model.graph.node:  # as the simplified reference the recovery reads: onnxsim drops node metadata
+        del node.metadata_props[:]
+    onnx.save(model, str(path))
+    layers = {n.name for n in model.graph.node if n.op_type in ("Gemm", "MatMul")}
+    assert len(layers) == 7
+
+    groups = role_groups(path, layers)
+
+    assert sorted(groups) == ["blocks.#.fc1", "blocks.#.fc2"]
+    assert all(len(nodes) == 3 and set(nodes) <= layers for nodes in groups.values())
+    assert not set(groups["blocks.#.fc1"]) & set(groups["blocks.#.fc2"])

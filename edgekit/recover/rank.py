@@ -58,3 +58,20 @@ def rank_layers(qdq_path: Path, fp32_path: Path, feeds: Sequence[Mapping[str, np
     candidates = Candidates([ref.run(None, f) for f in feeds], lambda feed: base.run(None, feed), build, feeds, None)
     keep, _ = measure_layers(layers, {}, candidates, Silent(), [], deadline=deadline, blocks=False)
     return rank_nodes(layers, keep)
+
+
+def role_groups(fp32_path: Path, quantized: set[str]) -> dict[str, tuple[str, ...]]:
+    """The quantized layers grouped by their role in a stack of blocks: the torch module path with its block indices
+    replaced (``bert.encoder.layer.#.output.dense``), for roles that occur in two blocks or more, in graph order.
+    ``fp32_path``: the graph the QDQ file was quantized from (same node names); ``quantized``: its layers to group."""
+    import re
+
+    import onnx
+
+    from edgekit.debug.names import module_map
+
+    groups: dict[str, list[str]] = {}
+    for node, module in module_map(onnx.load(str(fp32_path), load_external_data=False)).items():
+        if node in quantized:
+            groups.setdefault(re.sub(r"(^|\.)\d+(?=\.|$)", r"\1#", module), []).append(node)
+    return {role: tuple(nodes) for role, nodes in groups.items() if len(nodes) >= 2 and "#" in role}

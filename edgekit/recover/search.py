@@ -6,12 +6,14 @@ first that meets every gate or at the budget, write the best so far in place of 
     recipe       cross-layer equalization; bias correction; SmoothQuant-style smoothing; 8-bit weights
     prefix       (CNNs) the first k quantized nodes kept FP32, k doubled until a candidate meets the accuracy
                  gates, then bisected down to the smallest k that does (the fastest of them)
+    roles        (other models: transformers) one layer of every block kept FP32 together, a role at a time
+                 (every FFN down-projection, ...), greedily
     precision    the layers ``rank_layers`` blames kept FP32 one by one (greedy), then every exclusion that
                  turns out unnecessary dropped again
 
 Order by model kind: a CNN with depthwise convolutions tries the recipe repairs first (equalization and bias correction
 are what is known to work there), then the FP32 prefix, then calibration and the greedy layers; another CNN the prefix
-first; any other model calibration, recipe, precision. In a deep CNN every layer amplifies the error of the
+first; any other model calibration, recipe, roles, precision. In a deep CNN every layer amplifies the error of the
 activations before it, and a lone FP32 node still reads and writes quantized tensors: only a run of FP32 nodes takes
 the tensors between them out of quantization, hence the prefix.
 
@@ -40,12 +42,13 @@ from typing import Any, Callable
 from edgekit.console import Progress
 from edgekit.recover.candidates import StaticQdq, Spec, describe, iter_methods
 from edgekit.recover.meter import SPEED_GATES, Measurement, Meter
-from edgekit.recover.rank import compute_nodes, quantized_nodes, rank_layers
+from edgekit.recover.rank import compute_nodes, quantized_nodes, rank_layers, role_groups
 from edgekit.types import Metrics, Recovery, RecoveryAttempt, TargetResult
 
 SLOWER_TOLERANCE = 0.9  # a candidate's speed-up may be this fraction of the bound and still count as "not slower"
 MAX_FP32_SHARE = 0.5  # the precision step keeps at most this share of the quantized Conv/Gemm/MatMul FP32
 PATIENCE = 5  # the precision step stops after this many layers in a row that did not help
+ROLE_ROUNDS = 3  # the roles step keeps at most this many roles FP32
 RECENT = 3  # the budget check estimates the next attempt from this many recent ones of its kind
 
 
@@ -172,7 +175,7 @@ class Search:
         met = False
         steps = {"depthwise": (self.recipe, self.prefix, self.calibration, self.precision),
                  "cnn": (self.prefix, self.recipe, self.calibration, self.precision)}.get(
-                     self.kind, (self.calibration, self.recipe, self.precision))
+                     self.kind, (self.calibration, self.recipe, self.roles, self.precision))
         try:
             met = any(step() for step in steps)
         except _OutOfBudget:
@@ -243,6 +246,37 @@ class Search:
         # so it meets every gate or none does
         k = smallest_passing(allowed, accurate)
         return k is not None and any(t.spec == candidate(k) and t.attempt.gates_passed for t in self.tried)
+
+    def roles(self) -> bool:
+        """Transformers: one layer of every block kept FP32 together, a role at a time (``role_groups``: every FFN
+        down-projection, every key projection, ...). The error of a stack of blocks is spread over its blocks, so
+        no single layer recovers it while its role in every block can. Each round tries every remaining role on
+        top of the best so far and keeps the one that raised the cosine most; at most ROLE_ROUNDS rounds and
+        MAX_FP32_SHARE of the compute layers FP32."""
+        if not isinstance(self.builder, StaticQdq):
+            return False
+        start, artifact = self.starting_point()
+        compute = compute_nodes(artifact)
+        groups = role_groups(self.builder.preprocessed(start.spec.graph, start.spec.method), compute)
+        limit = int(len(compute) * MAX_FP32_SHARE)
+        current = start
+        for _ in range(ROLE_ROUNDS):
+            best: Tried | None = None
+            for role, nodes in groups.items():
+                exclude = tuple(dict.fromkeys([*current.spec.exclude, *nodes]))
+                if len(compute.intersection(exclude)) > limit:
+                    continue
+                trial = dataclasses.replace(current.spec, exclude=exclude)
+                if self.attempt("roles", trial, f"FP32: every {role} ({len(nodes)} layers)"):
+                    return True
+                last = self.tried[-1]
+                if last.spec == trial and (best is None or (last.attempt.cosine or 0.0) > (best.attempt.cosine or 0.0)):
+                    best = last
+            if best is None or (best.attempt.cosine or 0.0) <= (current.attempt.cosine or 0.0):
+                return False
+            current = best
+            groups = {r: n for r, n in groups.items() if not set(n) <= set(current.spec.exclude)}
+        return False
 
     def precision(self) -> bool:
         start, artifact = self.starting_point()
