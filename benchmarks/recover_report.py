@@ -57,10 +57,28 @@ def recover_section(path: Path = RESULT) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [_row(r, doc["budget_s"]) for r in doc["results"]]
+    lines += _more_runs(path)
     lines += ["", "Whole build: export, both targets, validation, the search and the re-validation of the written "
               "artifact, against the budget plus 60 s. Every attempt (step, change, cosine, p50, speed-up, seconds) is in "
               "the result file and in each build's report.md; a candidate is timed only when it could be chosen "
               "(docs/recovery.md).", ""]
+    return lines
+
+
+def _more_runs(path: Path) -> list[str]:
+    """Rows of the runs written beside ``path`` with ``--result recover_<name>.json`` (one model re-run on its own),
+    each with its command and load."""
+    lines = []
+    for other in sorted(path.parent.glob("recover_*.json")):
+        if other.name == "recover_backends.json":  # benchmarks/recover_backends_bench.py: other targets, other table
+            continue
+        doc = json.loads(other.read_text())
+        host = doc["host"]
+        lines += ["", f"From `{doc['command']}` (benchmarks/results/{other.name}), commit {host.get('commit')}, load average "
+                  f"{_load(host.get('loadavg_start'))} at the start, {_load(doc.get('loadavg_end'))} at the end:", "",
+                  "| model | original cosine | cosine after recovery | speed-up vs ort-fp32 | status | search | whole build | "
+                  "written candidate | bar (issue 14) |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [_row(r, doc["budget_s"]) for r in doc["results"]]
     return lines
 
 
