@@ -35,6 +35,10 @@ def _row(r: dict[str, Any], budget: float) -> str:
             f"{search} | {within} | {picked if rec else '—'} | {verdict} |")
 
 
+TABLE_HEAD = ("| model | original cosine | cosine after recovery | speed-up vs ort-fp32 | status | search | whole build | "
+              "written candidate | bar (issue 14) |", "|---|---|---|---|---|---|---|---|---|")
+
+
 def recover_section(path: Path = RESULT) -> list[str]:
     """Markdown lines, or none when the benchmark has not been run."""
     if not path.is_file():
@@ -52,9 +56,7 @@ def recover_section(path: Path = RESULT) -> list[str]:
         f"{cpu['model']}, {cpu['cores']} cores, ISA flags {', '.join(cpu.get('isa', [])) or 'none'}; load average "
         f"{_load(host.get('loadavg_start'))} at the start, {_load(doc.get('loadavg_end'))} at the end (a shared host: "
         "seconds are inflated, ratios are measured in one run).", "",
-        "| model | original cosine | cosine after recovery | speed-up vs ort-fp32 | status | search | whole build | "
-        "written candidate | bar (issue 14) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        *TABLE_HEAD,
     ]
     lines += [_row(r, doc["budget_s"]) for r in doc["results"]]
     lines += _more_runs(path)
@@ -76,8 +78,7 @@ def _more_runs(path: Path) -> list[str]:
         host = doc["host"]
         lines += ["", f"From `{doc['command']}` (benchmarks/results/{other.name}), commit {host.get('commit')}, load average "
                   f"{_load(host.get('loadavg_start'))} at the start, {_load(doc.get('loadavg_end'))} at the end:", "",
-                  "| model | original cosine | cosine after recovery | speed-up vs ort-fp32 | status | search | whole build | "
-                  "written candidate | bar (issue 14) |", "|---|---|---|---|---|---|---|---|---|"]
+                  *TABLE_HEAD]
         lines += [_row(r, doc["budget_s"]) for r in doc["results"]]
     return lines
 
