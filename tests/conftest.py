@@ -3,10 +3,13 @@ builds that several test files only read, made once per session; the ``slow`` ma
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the command line sets it (edgekit/cli/main.py), before torch
+
 import importlib.util
 import fcntl
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Callable, NamedTuple

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -27,6 +28,12 @@ marked failed); 2 bad input or usage (one message, nothing written); 3 a target 
 # Commands that live in their own module under edgekit/cli/: each defines `add_parser(sub)`, which adds
 # its subparser and sets `run=<function(args, console) -> int>` as the parser's default.
 COMMAND_MODULES: tuple[str, ...] = ("edgekit.cli.bundle", "edgekit.cli.debug", "edgekit.cli.fleet")
+
+# torch's OpenMP workers sleep when idle instead of spin-waiting, as ONNX Runtime's do (backends/onnx/session.py):
+# the validator times runners in turns in one process, and on a busy host a spinning worker stalls the next runner
+# by milliseconds (docs/gates.md, "How latency is timed"). Read once, when torch is first imported, which the command
+# line does only after this; a user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 class _Parser(argparse.ArgumentParser):

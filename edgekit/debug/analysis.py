@@ -133,10 +133,10 @@ def _analyze_onnx(reference: Reference, artifact: Path, feeds: list[Feed], threa
     errors = layer_errors(g, layers, feeds, threads, progress.advance)
     progress.step("keeping layers in FP32 one at a time: whole-model cosine and latency cost")
     ref = session(g.reference.SerializeToString(), threads)
-    base = session(g.artifact.SerializeToString(), threads, spinning=False)
+    base = session(g.artifact.SerializeToString(), threads)
 
     def build(chosen: list[Layer]) -> Run:
-        sess = session(keep_fp32(g, chosen), threads, spinning=False)
+        sess = session(keep_fp32(g, chosen), threads)
         return lambda feed: sess.run(None, feed)
 
     candidates = Candidates([ref.run(None, f) for f in feeds], lambda feed: base.run(None, feed), build, feeds, timing)

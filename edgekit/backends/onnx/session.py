@@ -10,13 +10,15 @@ import numpy as np
 from edgekit.backends.base import Runner
 from edgekit.types import Feed, TensorSpec
 
-def session(model: str | bytes, threads: int, optimize: bool = True, save_to: Path | None = None, spinning: bool = True,
+def session(model: str | bytes, threads: int, optimize: bool = True, save_to: Path | None = None, spinning: bool = False,
             profile_prefix: str | None = None, external_data: bool = False) -> Any:
     """An ONNX Runtime CPU session with a fixed thread count (timing is only comparable with threads fixed; 0 is
     ONNX Runtime's default, one per core, for sessions that only compute).
 
-    ``spinning=False`` stops idle intra-op workers from spin-waiting: needed when several sessions take turns in
-    one process (a benchmark interleaving them), where one session's spinning workers steal the cores of the next.
+    Idle intra-op workers sleep instead of spin-waiting (``spinning=True`` turns spinning back on): edgekit always
+    has several runners taking turns in one process (the validator's interleaved timing: ONNX Runtime sessions and
+    torch), and one session's spinning workers steal the cores of the next. On a loaded host that stall dominates:
+    docs/benchmarking.md has the measurement.
     ``profile_prefix``: ONNX Runtime's profiler on, its trace written under that prefix by ``end_profiling()``.
     ``external_data``: the model saved to ``save_to`` keeps its weights in ``<save_to name>.data`` beside it."""
     import onnxruntime as ort
@@ -45,7 +47,7 @@ def session(model: str | bytes, threads: int, optimize: bool = True, save_to: Pa
 
 
 class OrtRunner(Runner):
-    def __init__(self, path: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...], threads: int, spinning: bool = True):
+    def __init__(self, path: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...], threads: int, spinning: bool = False):
         super().__init__(inputs, outputs)
         self.path, self.threads = Path(path), threads
         self.session = session(str(path), threads, spinning=spinning)
