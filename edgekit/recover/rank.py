@@ -62,7 +62,9 @@ def rank_layers(qdq_path: Path, fp32_path: Path, feeds: Sequence[Mapping[str, np
 
 def role_groups(fp32_path: Path, quantized: set[str]) -> dict[str, tuple[str, ...]]:
     """The quantized layers grouped by their role in a stack of blocks: the torch module path with its block indices
-    replaced (``bert.encoder.layer.#.output.dense``), for roles that occur in two blocks or more, in graph order.
+    replaced (``bert.encoder.layer.#.output.dense``), for roles that occur in two blocks or more, in graph order;
+    then the roles that read one tensor together in every block, as one group (``...attention.self.query+key+value``):
+    a tensor is quantized once for all its readers, so only keeping all of them FP32 takes it out of quantization.
     ``fp32_path``: the graph the QDQ file was quantized from (same node names); ``quantized``: its layers to group."""
     import re
 
@@ -70,8 +72,22 @@ def role_groups(fp32_path: Path, quantized: set[str]) -> dict[str, tuple[str, ..
 
     from edgekit.debug.names import module_map
 
+    model = onnx.load(str(fp32_path), load_external_data=False)
+    graph = model.graph
+    role_of = {node: re.sub(r"(^|\.)\d+(?=\.|$)", r"\1#", module)
+               for node, module in module_map(model).items() if node in quantized}
     groups: dict[str, list[str]] = {}
-    for node, module in module_map(onnx.load(str(fp32_path), load_external_data=False)).items():
-        if node in quantized:
-            groups.setdefault(re.sub(r"(^|\.)\d+(?=\.|$)", r"\1#", module), []).append(node)
+    for node, role in role_of.items():
+        groups.setdefault(role, []).append(node)
+    readers: dict[str, list[str]] = {}
+    for n in graph.node:
+        if n.name in role_of and n.input:
+            readers.setdefault(n.input[0], []).append(n.name)
+    shared: dict[tuple[str, ...], list[str]] = {}
+    for nodes in readers.values():
+        roles = tuple(dict.fromkeys(role_of[n] for n in nodes))
+        if len(roles) >= 2:
+            shared.setdefault(roles, []).extend(nodes)
+    for roles, nodes in shared.items():
+        groups["+".join([roles[0], *(r.rsplit(".", 1)[-1] for r in roles[1:])])] = nodes
     return {role: tuple(nodes) for role, nodes in groups.items() if len(nodes) >= 2 and "#" in role}

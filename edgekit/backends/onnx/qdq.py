@@ -154,6 +154,7 @@ def quantize_static_qdq(
         if overrides:
             extra["TensorQuantOverrides"] = overrides
         reader.rewind()
+        fp32_nodes = nodes_of_types(model, qdq.exclude_op_types) + fp32_layers + stats.fill_nodes + list(exclude_nodes)
         quantize_static(
             str(model),
             str(out),
@@ -165,11 +166,12 @@ def quantize_static_qdq(
             weight_type=qtype(qdq.weight_type),
             calibrate_method=calibrate_method("minmax" if settings.method == "mse" or cache else settings.method),
             op_types_to_quantize=None,
-            nodes_to_exclude=nodes_of_types(model, qdq.exclude_op_types) + fp32_layers + stats.fill_nodes + list(exclude_nodes),
+            nodes_to_exclude=fp32_nodes,
             extra_options=extra,
             use_external_data_format=has_external_data(model),
             **cache,
         )
+        chosen["fp32_reads"] = fp32_nodes_read_fp32(out, graph, set(fp32_nodes))
 
     with tempfile.TemporaryDirectory(prefix="edgekit-ort-") as tmpdir:
         tmp = Path(tmpdir)
@@ -207,11 +209,48 @@ def quantize_static_qdq(
                                 + ", ".join(filled[:8]) + (" ..." if len(filled) > 8 else ""))
     if settings.method == "percentile":
         notes["calibration"]["percentile"] = settings.percentile
+    if chosen["fp32_reads"]:
+        notes["fp32_nodes"] = f"{chosen['fp32_reads']} input(s) of FP32 nodes read the FP32 tensor, not its Q/DQ copy"
     if fallback:
         notes["quantizer"] = fallback
     if chosen["collected"].warning:
         notes["warning"] = chosen["collected"].warning
     return notes
+
+
+def fp32_nodes_read_fp32(path: Path, source: Any, fp32_nodes: set[str]) -> int:
+    """Rewire the quantized model at ``path`` so that its FP32 nodes (``fp32_nodes``, kept out of quantization) read
+    the FP32 tensors they read in ``source`` (the graph that was quantized), not the Q/DQ copies ONNX Runtime's
+    quantizer hands every consumer of a quantized tensor; Q/DQ pairs no node reads any more are dropped. Returns the
+    number of inputs rewired (the file is rewritten only when that is not 0).
+
+    Why: a tensor is quantized once for all its readers. In a transformer the LayerNorm output feeding the Q/K/V
+    projections also feeds the residual Add; keeping the projections FP32 left that tensor quantized for the Add, so the
+    residual stream stayed quantized and the FP32 layers recovered nothing (docs/recovery.md has the MiniLM numbers).
+    An input whose Q reads another tensor than the node read before (ONNX Runtime folds a Relu/Clip into the Q that
+    follows it) is left as is."""
+    from edgekit.backends.onnx.graph import prune_dead
+
+    before = {n.name: list(n.input) for n in source.node if n.name in fp32_nodes}
+    if not before:
+        return 0
+    model = load_onnx(path)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    rewired = 0
+    for node in model.graph.node:
+        original = before.get(node.name)
+        if original is None or len(original) != len(node.input):
+            continue
+        for k, name in enumerate(node.input):
+            dq = producer.get(name)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear" and q.input[0] == original[k]:
+                node.input[k] = original[k]
+                rewired += 1
+    if rewired:
+        prune_dead(model.graph)
+        save_like(model, path, path)
+    return rewired
 
 
 def collected_stats(model: Path, graph: Any, reader: FeedCalibrationReader, settings: CalibrationSettings,
