@@ -295,3 +295,65 @@ def test_streaming_histograms_give_ort_one_shot_ranges(tmp_path, monkeypatch, me
     assert len(theirs) >= 3 and set(theirs) <= set(ours)
     for t, scale in theirs.items():  # the same histograms, summed batch by batch: the same scales, bit for bit
         assert ours[t] == scale, (t, ours[t], scale)
+
+
+def _shared_reader_model(path: Path) -> None:
+    """Tensors quantized for a MatMul that also have an FP32 reader: x read by 'tanh', t (its output) read by 'gate',
+    and r (a Relu output, which ONNX Runtime may fold into the Q after it) read by 'neg'."""
+    rng = np.random.default_rng(8)
+    inits = [numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(shape[0])).astype(np.float32), name)
+             for name, shape in (("w1", (32, 64)), ("w2", (32, 16)), ("w3", (64, 16)))]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="first"),
+        helper.make_node("Tanh", ["x"], ["t"], name="tanh"),
+        helper.make_node("MatMul", ["t", "w2"], ["y"], name="second"),
+        helper.make_node("Sigmoid", ["t"], ["z"], name="gate"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "w3"], ["y3"], name="third"),
+        helper.make_node("Neg", ["r"], ["n"], name="neg"),
+    ]
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, width])
+               for name, width in (("y", 16), ("z", 32), ("y3", 16), ("n", 64))]
+    graph = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])], outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_fp32_nodes_read_the_fp32_tensor_not_its_qdq_copy(tmp_path, monkeypatch):
+    """A tensor is quantized once for all its readers; a node kept FP32 reads what it read before quantization. Its
+    output is then closer to FP32 than with ONNX Runtime's shared Q/DQ copy; a reader of a Relu output stays
+    correct whether or not the quantizer folded the Relu into its Q."""
+    from edgekit.backends.onnx import qdq
+
+    specs = (TensorSpec("x", (1, 32)),)
+    rng = np.random.default_rng(9)
+    calib = calibration_feed(tmp_path / "c.npz", specs, x=(2 * rng.standard_normal((32, 32))).astype(np.float32))
+    model = tmp_path / "m.onnx"
+    _shared_reader_model(model)
+    held_out = (2 * rng.standard_normal((16, 32))).astype(np.float32)
+
+    def outputs(path: Path) -> list[np.ndarray]:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        runs = [sess.run(None, {"x": x[None]}) for x in held_out]
+        return [np.concatenate(col) for col in zip(*runs)]
+
+    ref = outputs(model)
+    built = {}
+    for rewire in (True, False):
+        if not rewire:
+            monkeypatch.setattr(qdq, "fp32_nodes_read_fp32", lambda *args: 0)
+        out = tmp_path / f"rewire_{rewire}.onnx"
+        notes = quantize_static_qdq(model, out, calib, specs, CalibrationSettings(samples=32), QdqSettings(),
+                                    exclude_nodes=("tanh", "gate", "neg"))
+        built[rewire] = (onnx.load(str(out)).graph, outputs(out), notes)
+
+    graph, got, notes = built[True]
+    gate = next(n for n in graph.node if n.name == "gate")
+    assert gate.input[0] == "t" and "read the FP32 tensor" in notes["fp32_nodes"]
+    assert "fp32_nodes" not in built[False][2]
+    z_err = {k: float(np.abs(v[1][1] - ref[1]).max()) for k, v in built.items()}
+    assert z_err[True] < 1e-6 < 1e-3 < z_err[False], z_err  # 'tanh' reads x, 'gate' t, exactly: FP32's output
+    n = got[3]
+    assert n.max() <= 0.0 and np.abs(n - ref[3]).max() < 0.05 * np.abs(ref[3]).max()  # -relu(h): the Relu was kept
+    np.testing.assert_array_equal(got[2], built[False][1][2])  # 'third', as before: no FP32 node on its path

@@ -119,7 +119,8 @@ def test_candidates_differing_in_fp32_nodes_or_bias_correction_collect_statistic
 
 def test_role_groups_put_one_layer_of_every_block_together(tmp_path):
     """The roles step's groups, read from a real dynamo export: the same Linear of each block is one role; a layer
-    that occurs once (the head) is no role."""
+    that occurs once (the head) is no role; the Linears that read one tensor in every block (fc1 and gate, as a
+    transformer's query, key and value) are also one group."""
     import onnx
     import torch
     from torch import nn
@@ -129,10 +130,10 @@ def test_role_groups_put_one_layer_of_every_block_together(tmp_path):
     class Block(nn.Module):
         def __init__(self):
             super().__init__()
-            self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 8)
+            self.fc1, self.gate, self.fc2 = nn.Linear(8, 16), nn.Linear(8, 16), nn.Linear(16, 8)
 
         def forward(self, x):
-            return x + self.fc2(torch.relu(self.fc1(x)))
+            return x + self.fc2(torch.relu(self.fc1(x)) * torch.sigmoid(self.gate(x)))
 
     class Net(nn.Module):
         def __init__(self):
@@ -152,10 +153,11 @@ def test_role_groups_put_one_layer_of_every_block_together(tmp_path):
         del node.metadata_props[:]
     onnx.save(model, str(path))
     layers = {n.name for n in model.graph.node if n.op_type in ("Gemm", "MatMul")}
-    assert len(layers) == 7
+    assert len(layers) == 10
 
     groups = role_groups(path, layers)
 
-    assert sorted(groups) == ["blocks.#.fc1", "blocks.#.fc2"]
-    assert all(len(nodes) == 3 and set(nodes) <= layers for nodes in groups.values())
+    assert sorted(groups) == ["blocks.#.fc1", "blocks.#.fc1+gate", "blocks.#.fc2", "blocks.#.gate"]
+    assert set(groups["blocks.#.fc1+gate"]) == set(groups["blocks.#.fc1"]) | set(groups["blocks.#.gate"])
+    assert all(len(nodes) == (6 if "+" in role else 3) and set(nodes) <= layers for role, nodes in groups.items())
     assert not set(groups["blocks.#.fc1"]) & set(groups["blocks.#.fc2"])

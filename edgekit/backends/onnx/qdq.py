@@ -227,13 +227,15 @@ def fp32_nodes_read_fp32(path: Path, source: Any, fp32_nodes: set[str]) -> int:
     Why: a tensor is quantized once for all its readers. In a transformer the LayerNorm output feeding the Q/K/V
     projections also feeds the residual Add; keeping the projections FP32 left that tensor quantized for the Add, so the
     residual stream stayed quantized and the FP32 layers recovered nothing (docs/recovery.md has the MiniLM numbers).
-    An input whose Q reads another tensor than the node read before (ONNX Runtime folds a Relu/Clip into the Q that
-    follows it) is left as is."""
+    An input whose Q reads another tensor than the node read before is left as is: ONNX Runtime folds a Relu/Clip
+    into the Q after it and gives the producer before it the folded node's output name, so the name alone does not
+    say; the producer's node name does."""
     from edgekit.backends.onnx.graph import prune_dead
 
     before = {n.name: list(n.input) for n in source.node if n.name in fp32_nodes}
     if not before:
         return 0
+    made_by = {o: n.name for n in source.node for o in n.output}
     model = load_onnx(path)
     producer = {o: n for n in model.graph.node for o in n.output}
     rewired = 0
@@ -244,7 +246,10 @@ def fp32_nodes_read_fp32(path: Path, source: Any, fp32_nodes: set[str]) -> int:
         for k, name in enumerate(node.input):
             dq = producer.get(name)
             q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-            if q is not None and q.op_type == "QuantizeLinear" and q.input[0] == original[k]:
+            if q is None or q.op_type != "QuantizeLinear" or q.input[0] != original[k]:
+                continue
+            now = producer.get(original[k])
+            if (now.name if now is not None else None) == made_by.get(original[k]):  # not a folded Relu's input renamed
                 node.input[k] = original[k]
                 rewired += 1
     if rewired:
