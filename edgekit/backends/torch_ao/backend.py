@@ -22,6 +22,7 @@ from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 from edgekit.backends.base import Availability, Backend, BuildContext, CalibrationSettings, Runner
 from edgekit.backends.calibration import calibration_feeds
 from edgekit.backends.torch_ao.artifact import ARTIFACT, TorchAoRunner, serialize, to_torchscript
+from edgekit.backends.torch_ao.clamp import clamped_layers, clamped_observer, finish_clamps
 from edgekit.backends.torch_ao.census import QUANTIZED_MODULES, float_ops, layer_census
 from edgekit.backends.torch_ao.common import quantized_engine, set_module, torch_warnings_to_log, under
 from edgekit.backends.torch_ao.integer import FloatOp, IntegerOps, find_integer_ops, unwrap_float_ops, wrap_float_ops
@@ -64,28 +65,38 @@ class PercentileObserver(HistogramObserver):
         return self._calculate_qparams(new_min, new_max)
 
 
-def _activation_observer(engine: str, settings: CalibrationSettings) -> Any:
-    """The calibration method as a torch.ao activation observer, with the engine's own activation range."""
+def _activation_observer(engine: str, settings: CalibrationSettings, clamp: tuple[float, float] | None = None) -> Any:
+    """The calibration method as a torch.ao activation observer, with the engine's own activation range; ``clamp``:
+    it observes its input clamped to that range (a layer whose only reader is a ReLU6: torch_ao/clamp.py)."""
     rr = REDUCE_RANGE[engine]
     if settings.method == "minmax":
-        return MinMaxObserver.with_args(dtype=torch.quint8, qscheme=torch.per_tensor_affine, reduce_range=rr)
-    if settings.method in ("entropy", "mse"):  # torch.ao has no entropy observer; its histogram one minimizes L2
-        return HistogramObserver.with_args(reduce_range=rr)
-    return PercentileObserver.with_args(reduce_range=rr, percentile=settings.percentile)
+        cls, kwargs = MinMaxObserver, dict(dtype=torch.quint8, qscheme=torch.per_tensor_affine, reduce_range=rr)
+    elif settings.method in ("entropy", "mse"):  # torch.ao has no entropy observer; its histogram one minimizes L2
+        cls, kwargs = HistogramObserver, dict(reduce_range=rr)
+    else:
+        cls, kwargs = PercentileObserver, dict(reduce_range=rr, percentile=settings.percentile)
+    return cls.with_args(**kwargs) if clamp is None else clamped_observer(cls, clamp, **kwargs)
 
 
-def _qconfig_mapping(engine: str, settings: CalibrationSettings, keep_float: tuple[str, ...]) -> Any:
-    """The engine's default mapping with the calibration method's observer wherever the default activation observer was."""
+def _qconfig_mapping(engine: str, settings: CalibrationSettings, keep_float: tuple[str, ...],
+                     clamped: Mapping[str, tuple[float, float]] | None = None) -> Any:
+    """The engine's default mapping with the calibration method's observer wherever the default activation observer
+    was; each layer of ``clamped`` (module name: the range of the clamp that alone reads its output) gets that
+    observer with the clamp applied."""
     mapping = get_default_qconfig_mapping(engine)
     default_activation = mapping.global_qconfig.activation
     observer = _activation_observer(engine, settings)
 
-    def swap(qc: Any) -> Any:
-        return QConfig(activation=observer, weight=qc.weight) if qc is not None and qc.activation is default_activation else qc
+    def swap(qc: Any, new: Any = observer) -> Any:
+        return QConfig(activation=new, weight=qc.weight) if qc is not None and qc.activation is default_activation else qc
 
-    mapping.set_global(swap(mapping.global_qconfig))
+    global_qconfig = mapping.global_qconfig
+    mapping.set_global(swap(global_qconfig))
     for pattern, qc in list(mapping.object_type_qconfigs.items()):
         mapping.set_object_type(pattern, swap(qc))
+    for name, bounds in (clamped or {}).items():
+        if under(name, keep_float) is None:
+            mapping.set_module_name(name, swap(global_qconfig, _activation_observer(engine, settings, bounds)))
     for name in keep_float:
         mapping.set_module_name(name, None)
     return mapping
@@ -94,11 +105,13 @@ def _qconfig_mapping(engine: str, settings: CalibrationSettings, keep_float: tup
 # --------------------------------------------------------------------------------------- static (FX)
 
 
-def _prepare_island(island: Any, skip: tuple[str, ...], mapping: Any, example: tuple, keep: tuple[str, ...]) -> tuple[Any, list[str]]:
+def _prepare_island(island: Any, skip: tuple[str, ...], engine: str, settings: CalibrationSettings, example: tuple,
+                    keep: tuple[str, ...]) -> tuple[Any, list[str]]:
     """prepare_fx on one island. Ops on integer tensors (ids, masks), or on values computed from them alone, get no
     qconfig: torch.ao would observe and quantize them like activations ("Quantize only works on Float Tensor")."""
     config = PrepareCustomConfig().set_non_traceable_module_names(list(skip))
     traced = trace_island(island, skip)
+    mapping = _qconfig_mapping(engine, settings, keep, clamped_layers(traced))
     try:
         integer = find_integer_ops(traced, example)
     except Exception:  # the island's graph does not run on the inputs seen: prepare it as torch.ao alone would
@@ -131,8 +144,7 @@ def quantize_static(
         if under(path, keep_float) is not None or path not in inputs:
             continue  # kept float whole, or never called on the example batch
         island = model.get_submodule(path) if path else model
-        mapping = _qconfig_mapping(engine, settings, rel_keep)
-        prepared[path], sources = _prepare_island(island, skip, mapping, inputs[path], rel_keep)
+        prepared[path], sources = _prepare_island(island, skip, engine, settings, inputs[path], rel_keep)
         if sources:
             integer[path or "(model)"] = sources
         model = set_module(model, path, prepared[path])
@@ -144,7 +156,7 @@ def quantize_static(
     if batches == 0:
         raise ValueError("the calibration data yielded no batches")
     for path, observed in prepared.items():
-        model = set_module(model, path, unwrap_float_ops(convert_fx(observed)))
+        model = set_module(model, path, finish_clamps(unwrap_float_ops(convert_fx(observed)), engine))
     notes: dict[str, Any] = {
         "quantizer": f"torch.ao FX graph mode (prepare_fx/convert_fx), get_default_qconfig_mapping('{engine}'): "
         "BatchNorm folded into Conv, ReLU fused, adds and concatenations quantized where the model has them",
