@@ -1,6 +1,6 @@
-"""Recovery (docs/recovery.md) of the dynamic and torch.ao INT8 targets on the tests' small models (the seeded
-MobileNetV2-style CNN and ViT-style transformer of tests/test_recover.py, the issue's models), against ort-fp32 in
-the same build. Per model and target: the original cosine, the chosen candidate, the validator's cosine and
+"""Recovery (docs/recovery.md) of the INT8 targets other than ort-int8 (tensorrt-int8 on its host proxy, the dynamic
+and the torch.ao ones) on the tests' small models (the seeded MobileNetV2-style CNN and ViT-style transformer of
+tests/small_models.py, the issue's models), against ort-fp32 in the same build. Per model and target: the original cosine, the chosen candidate, the validator's cosine and
 speed-up after recovery, the recovery's seconds, and every attempt.
 
     .venv/bin/python benchmarks/recover_backends_bench.py                       # mbv2 and vit, budget 180 s
@@ -16,22 +16,14 @@ import importlib.util
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-TARGETS = ("ort-int8-dynamic", "torch-fbgemm", "torch-qnnpack")
-
-
-def _tests_net() -> str:
-    spec = importlib.util.spec_from_file_location("_test_recover", HERE.parent / "tests" / "test_recover.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(HERE.parent / "tests"))
-    spec.loader.exec_module(mod)
-    return mod.NET
+TARGETS = ("tensorrt-int8", "ort-int8-dynamic", "torch-fbgemm", "torch-qnnpack")
+MODELS = HERE.parent / "tests" / "small_models.py"  # the tests' models, loaded by path (tests/ is no package)
 
 
 def _config(model: str, budget: float) -> str:
@@ -51,7 +43,7 @@ def _prepare(root: Path) -> None:
     import numpy as np
     from safetensors.torch import save_file
 
-    (root / "net.py").write_text(_tests_net())
+    (root / "net.py").write_text(MODELS.read_text())
     spec = importlib.util.spec_from_file_location("_bench_net", root / "net.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -76,6 +68,7 @@ def bench_model(root: Path, model: str, budget: float) -> dict[str, Any]:
         rec = r.get("recovery")
         out["targets"][t] = {
             "status": r["status"],
+            "reason": r.get("reason"),
             "cosine": r["metrics"]["vs_torch"]["worst"]["cosine"] if r.get("metrics") else None,
             "speedup": (r.get("latency") or {}).get("speedup_vs_ort_fp32"),
             "original_cosine": rec["attempts"][0]["cosine"] if rec else None,
@@ -87,12 +80,22 @@ def bench_model(root: Path, model: str, budget: float) -> dict[str, Any]:
     return out
 
 
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def main_() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["mbv2", "vit"], choices=["mbv2", "vit"])
     parser.add_argument("--budget", type=float, default=180.0)
     args = parser.parse_args()
-    results: dict[str, Any] = {"host": {"machine": platform.machine(), "cpus": os.cpu_count(),
+    results: dict[str, Any] = {"host": {"machine": platform.machine(), "cpus": os.cpu_count(), "cpu": _cpu(),
                                         "load_before": os.getloadavg()}, "budget_s": args.budget, "models": {}}
     with tempfile.TemporaryDirectory(prefix="edgekit-recover-backends-") as tmp:
         root = Path(tmp)
