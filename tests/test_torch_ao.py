@@ -532,7 +532,10 @@ def _profile(**recipe) -> TargetProfile:
 @pytest.mark.parametrize("recipe, message", [
     ({"engine": "onednn"}, "recipe engine = 'onednn'; expected one of ('fbgemm', 'qnnpack')"),
     ({"mode": "qat"}, "recipe mode = 'qat'; expected one of ('static', 'dynamic')"),
-    ({"per_chanel": True}, "unknown key 'per_chanel' in target 't' [recipe]; valid keys: engine, mode, keep_float"),
+    ({"per_chanel": True}, "unknown key 'per_chanel' in target 't' [recipe]; did you mean 'per_channel'?"),
+    ({"granularity": 1}, "unknown key 'granularity' in target 't' [recipe]; valid keys: engine, mode, keep_float, per_channel, "
+                           "reduce_range, compute_only"),
+    ({"per_channel": "yes"}, "recipe per_channel must be true or false, got 'yes'"),
     ({"keep_float": "fc"}, "recipe keep_float must be a list of module names"),
 ])
 def test_bad_recipes_are_profile_errors(recipe, message):
@@ -612,4 +615,4 @@ def test_relu6_after_a_layer_is_folded_into_its_range_and_qnnpack_clamps_keep_th
         with torch.no_grad():
             out = q(x)
     cos = torch.nn.functional.cosine_similarity(out.flatten(1), ref.flatten(1)).mean()
-    assert float(cos) > 0.98  # without the fold: the ReLU6 sees 0 or 6 only; qnnpack's clamp scrambles channels-last
+    assert float(cos) > 0.999  # without the fold 0.69 (fbgemm): the ReLU6 sees 0 or 6 only; qnnpack 0.58: its clamp scrambles channels-last; 0.988 with the conv's input observer clamped too

@@ -4,8 +4,9 @@ torch.ao fuses Conv(+BatchNorm)+ReLU, not ReLU6: the layer's output is observed,
 pre-clamp range, and the ReLU6 after it keeps the few levels that fall inside [0, 6]. Where BatchNorm scales are
 large that is nothing at all (on the tests' MobileNetV2-style model, conv outputs up to +-5000 with a 7-bit range:
 every ReLU6 output 0 or 6). ONNX Runtime's QDQ quantizer folds the Clip into the layer's output range; this does the
-same: the layer's output observer sees the clamped values (``clamped_observer``), which is exact, since the clamp is
-that output's only reader. After convert, a clamp that can no longer change a value (range [0, hi] quantized with
+same: after prepare, the layer's output observer sees the clamped values (``clamp_output_observers``), which is
+exact, since the clamp is that output's only reader. Not through the qconfig: a qconfig's activation observer also
+observes the layer's input wherever its producer is float (the model input), which must not be clamped. After convert, a clamp that can no longer change a value (range [0, hi] quantized with
 zero point 0 and its top level at or above hi) is removed from the graph.
 
 The clamps that stay get a contiguous input on qnnpack: its quantized clamp (ReLU6, hardtanh, clamp) on a
@@ -27,11 +28,11 @@ CLAMP_FUNCTIONS = (F.relu6, F.hardtanh, torch.clamp, torch.clip)
 
 
 class _ClampedInput:
-    """Observer mixin: observe ``x.clamp(clamp_min, clamp_max)``, return ``x`` unchanged."""
+    """Observer mixin: observe ``x.clamp(clamp_min, clamp_max)``, return ``x`` unchanged (set on an observer made
+    already: ``clamp_output_observers``)."""
 
-    def __init__(self, *args: Any, clamp_min: float = 0.0, clamp_max: float = 6.0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
-        self.clamp_min, self.clamp_max = float(clamp_min), float(clamp_max)
+    clamp_min: float
+    clamp_max: float
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         super().forward(x.detach().clamp(self.clamp_min, self.clamp_max))  # type: ignore[misc]
@@ -43,9 +44,25 @@ def _clamped_class(base: type) -> type:
     return type(f"Clamped{base.__name__}", (_ClampedInput, base), {"__module__": __name__})
 
 
-def clamped_observer(observer: type, bounds: tuple[float, float], **kwargs: Any) -> Any:
-    """``observer.with_args(**kwargs)`` observing its input clamped to ``bounds``."""
-    return _clamped_class(observer).with_args(clamp_min=bounds[0], clamp_max=bounds[1], **kwargs)
+def clamp_output_observers(prepared: torch.fx.GraphModule, layers: dict[str, tuple[float, float]]) -> list[str]:
+    """Make the output observer of each layer of ``layers`` (prepared module name: clamp range) observe its values
+    clamped to that range (modified in place); returns the layers done. A layer whose output has no observer of its
+    own (kept float) is left alone."""
+    from torch.ao.quantization.observer import ObserverBase
+
+    modules = dict(prepared.named_modules())
+    done = []
+    for node in prepared.graph.nodes:
+        if node.op != "call_module" or str(node.target) not in layers or len(node.users) != 1:
+            continue
+        user = next(iter(node.users))
+        observer = modules.get(str(user.target)) if user.op == "call_module" else None
+        if not isinstance(observer, ObserverBase) or isinstance(observer, _ClampedInput):
+            continue
+        observer.__class__ = _clamped_class(type(observer))
+        observer.clamp_min, observer.clamp_max = layers[str(node.target)]
+        done.append(str(node.target))
+    return done
 
 
 def _bounds(node: torch.fx.Node, modules: dict[str, Any]) -> tuple[float, float] | None:
