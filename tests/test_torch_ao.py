@@ -536,6 +536,7 @@ def _profile(**recipe) -> TargetProfile:
     ({"granularity": 1}, "unknown key 'granularity' in target 't' [recipe]; valid keys: engine, mode, keep_float, per_channel, "
                            "reduce_range, compute_only"),
     ({"per_channel": "yes"}, "recipe per_channel must be true or false, got 'yes'"),
+    ({"reduce_range": True}, "recipe reduce_range = True; expected one of ('activations', 'weights', 'none')"),
     ({"keep_float": "fc"}, "recipe keep_float must be a list of module names"),
 ])
 def test_bad_recipes_are_profile_errors(recipe, message):

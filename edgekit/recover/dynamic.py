@@ -25,6 +25,7 @@ from edgekit.types import FeedSource, LayerCensus, TensorSpec
 RANK_SAMPLES = 16  # calibration samples the layer ranking reads (as for static QDQ: recover/candidates.py)
 CONV_OPS = ("Conv", "ConvTranspose")
 MATMUL_OPS = ("MatMul", "Gemm")
+JOIN = "+"  # an exclusion entry of several nodes kept FP32 together (a role group: ``rank``)
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,10 @@ class DynamicBuilder:
     def build(self, spec: DynamicSpec, dst: Path) -> dict[str, Any]:
         work = self.tmp / f"work_{dst.stem}"
         work.mkdir(parents=True, exist_ok=True)
-        notes = {**self.prepared.notes, **quantize_prepared(self.prepared, dst, self.recipe_for(spec), work, spec.exclude)}
+        exclude = tuple(dict.fromkeys(n for entry in spec.exclude for n in entry.split(JOIN)))
+        notes = {**self.prepared.notes, **quantize_prepared(self.prepared, dst, self.recipe_for(spec), work, exclude)}
         if spec.exclude:
-            notes["recovery_fp32"] = list(spec.exclude)
+            notes["recovery_fp32"] = list(exclude)
         notes["int8_layers"] = onnx_census(dst).to_dict()
         return notes
 
@@ -118,6 +120,17 @@ class DynamicBuilder:
             out.append(lambda s: dataclasses.replace(s, matmul_only=True))
         return out
 
+    def roles(self, artifact: Path) -> tuple[dict[str, tuple[str, ...]], set[str]]:
+        """The quantized layers of ``artifact`` grouped by their role in a stack of blocks (``role_groups``: every
+        block's expand conv, ...), and the set of them all (the roles step, recover/search.py)."""
+        import onnx
+
+        from edgekit.debug.layers import Graphs, find_layers
+        from edgekit.recover.rank import role_groups
+
+        names = {x.node for x in find_layers(Graphs(onnx.load(str(self.prepared.model)), onnx.load(str(artifact))))}
+        return role_groups(self.prepared.model, names), names
+
     def feeds(self) -> list[Mapping[str, np.ndarray]]:
         if self.calib is None:
             return []
@@ -134,6 +147,7 @@ class DynamicBuilder:
         from edgekit.debug.keep import keep_fp32
         from edgekit.debug.layers import Graphs, find_layers
         from edgekit.debug.run import agreement
+        from edgekit.recover.rank import role_groups
 
         g = Graphs(onnx.load(str(self.prepared.model)), onnx.load(str(artifact)))
         layers = find_layers(g)
@@ -151,11 +165,15 @@ class DynamicBuilder:
         base = cosine(g.artifact.SerializeToString())
         deadline = time.monotonic() + seconds
         gains: dict[str, float] = {}
-        for x in layers:
+        by_name = {x.node: x for x in layers}
+        # each layer, then each role group (every block's expand conv, ...: role_groups) as one entry: in a stack of
+        # blocks the error can be spread so that no single layer recovers it and the whole role does
+        entries = [[x.node] for x in layers] + [list(nodes) for nodes in role_groups(self.prepared.model, set(names)).values()]
+        for entry in entries:
             if time.monotonic() > deadline:
                 break
             try:
-                gains[x.node] = cosine(keep_fp32(g, [x])) - base
+                gains[JOIN.join(entry)] = cosine(keep_fp32(g, [by_name[n] for n in entry])) - base
             except Exception:  # a copy ONNX Runtime refuses is not a candidate
                 continue
         ranked = sorted(gains, key=lambda n: (-round(gains[n], 9), n))

@@ -18,7 +18,7 @@ from torch.ao.quantization import (QConfig, default_dynamic_qconfig, default_per
                                    default_weight_observer, get_default_qconfig_mapping, per_channel_dynamic_qconfig)
 from torch.ao.quantization import quantize_dynamic as ao_quantize_dynamic
 from torch.ao.quantization.fx.custom_config import PrepareCustomConfig
-from torch.ao.quantization.observer import HistogramObserver, MinMaxObserver
+from torch.ao.quantization.observer import HistogramObserver, MinMaxObserver, PerChannelMinMaxObserver
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 from edgekit.backends.base import Availability, Backend, BuildContext, CalibrationSettings, Runner
@@ -72,12 +72,12 @@ class StaticOptions:
     """The recipe's static-mode choices (TorchAoRecipe): weight granularity and activation range."""
 
     per_channel: bool
-    reduce_range: bool
+    reduced: str  # the operand with 7 bits: "activations", "weights" or "none" (TorchAoRecipe.reduce_range)
     compute_only: bool = False  # only Conv/Linear (with the BatchNorm/ReLU fused into them) quantized
 
     @classmethod
     def default(cls, engine: str) -> "StaticOptions":
-        return cls(engine == "fbgemm", REDUCE_RANGE[engine])
+        return cls(engine == "fbgemm", "activations" if REDUCE_RANGE[engine] else "none")
 
 
 # compute_only: the layers quantized, and the module types fused into them (torch.ao wants one qconfig for a fusion)
@@ -96,6 +96,14 @@ def _activation_observer(rr: bool, settings: CalibrationSettings) -> Any:
     return cls.with_args(**kwargs)
 
 
+def _weight_observer(per_channel: bool, bits: int) -> Any:
+    """Symmetric qint8 weights in ``bits`` bits (7: [-64, 63]), per output channel or per tensor."""
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    if per_channel:
+        return PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric, quant_min=lo, quant_max=hi)
+    return MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric, quant_min=lo, quant_max=hi)
+
+
 def _qconfig_mapping(engine: str, settings: CalibrationSettings, keep_float: tuple[str, ...],
                      options: StaticOptions | None = None) -> Any:
     """The engine's default mapping with the calibration method's observer wherever the default activation observer
@@ -103,9 +111,11 @@ def _qconfig_mapping(engine: str, settings: CalibrationSettings, keep_float: tup
     options = options or StaticOptions.default(engine)
     mapping = get_default_qconfig_mapping(engine)
     default_activation, default_weight = mapping.global_qconfig.activation, mapping.global_qconfig.weight
-    observer = _activation_observer(options.reduce_range, settings)
+    observer = _activation_observer(options.reduced == "activations", settings)
     weight = default_weight
-    if options.per_channel != StaticOptions.default(engine).per_channel:
+    if options.reduced == "weights":
+        weight = _weight_observer(options.per_channel, 7)
+    elif options.per_channel != StaticOptions.default(engine).per_channel:
         weight = default_per_channel_weight_observer if options.per_channel else default_weight_observer
 
     def swap(qc: Any) -> Any:
@@ -196,10 +206,12 @@ def quantize_static(
         "quantizer": f"torch.ao FX graph mode (prepare_fx/convert_fx), get_default_qconfig_mapping('{engine}'): "
         "BatchNorm folded into Conv, ReLU fused, adds and concatenations quantized where the model has them",
         "calibration": {"method": settings.method, "observer": OBSERVERS[settings.method], "samples": samples, "batches": batches},
-        "activations": f"quint8 asymmetric per-tensor, {'7' if options.reduce_range else '8'}-bit range "
-                       + (f"({engine} default)" if options.reduce_range == default.reduce_range else "(recipe reduce_range)"),
+        "activations": f"quint8 asymmetric per-tensor, {'7' if options.reduced == 'activations' else '8'}-bit range "
+                       + (f"({engine} default)" if options.reduced == default.reduced else "(recipe reduce_range)"),
         "weights": "qint8 symmetric " + ("per-channel" if options.per_channel else "per-tensor")
-                   + (f" ({engine} default)" if options.per_channel == default.per_channel else " (recipe per_channel)"),
+                   + (" 7-bit" if options.reduced == "weights" else "")
+                   + (f" ({engine} default)" if (options.per_channel, options.reduced) == (default.per_channel, default.reduced)
+                      else " (recipe per_channel / reduce_range)"),
     }
     if options.compute_only:
         notes["compute_only"] = "only Conv/Linear quantized (recipe compute_only): every other op runs in float"
@@ -316,7 +328,7 @@ class TorchAoBackend(Backend):
         with quantized_engine(recipe.engine), torch_warnings_to_log():
             if recipe.mode == "static":
                 batches = calibration_batches(ctx.calibration, ctx.source.inputs, ctx.calibration_settings)
-                options = StaticOptions(recipe.weights_per_channel(), recipe.activations_reduced(), recipe.compute_only)
+                options = StaticOptions(recipe.weights_per_channel(), recipe.reduced(), recipe.compute_only)
                 quantized, found = quantize_static(model, recipe.engine, batches, example, ctx.calibration_settings,
                                                    recipe.keep_float, options)
             else:
