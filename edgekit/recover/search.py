@@ -320,6 +320,8 @@ class Search:
         for node in ranked:
             if idle >= PATIENCE:
                 break
+            if members([node]) <= members(excluded):  # already FP32 (a member of a group kept FP32)
+                continue
             if members([node]) & compute and len(compute & members([*excluded, node])) > limit:
                 continue
             trial = dataclasses.replace(spec, exclude=tuple(excluded + [node]))
