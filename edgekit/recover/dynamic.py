@@ -120,16 +120,18 @@ class DynamicBuilder:
             out.append(lambda s: dataclasses.replace(s, matmul_only=True))
         return out
 
-    def roles(self, artifact: Path) -> tuple[dict[str, tuple[str, ...]], set[str]]:
+    def roles(self, spec: DynamicSpec, artifact: Path) -> tuple[dict[str, tuple[str, ...]], set[str]]:
         """The quantized layers of ``artifact`` grouped by their role in a stack of blocks (``role_groups``: every
-        block's expand conv, ...), and the set of them all (the roles step, recover/search.py)."""
+        block's expand conv, ...), and every layer (the roles step, recover/search.py): those and the ones ``spec``
+        keeps FP32 already, so the FP32 share counts them."""
         import onnx
 
         from edgekit.debug.layers import Graphs, find_layers
         from edgekit.recover.rank import role_groups
 
         names = {x.node for x in find_layers(Graphs(onnx.load(str(self.prepared.model)), onnx.load(str(artifact))))}
-        return role_groups(self.prepared.model, names), names
+        return role_groups(self.prepared.model, names), names | _members(spec.exclude)
+
 
     def feeds(self) -> list[Mapping[str, np.ndarray]]:
         if self.calib is None:
@@ -194,4 +196,9 @@ class DynamicBuilder:
             top = ranked[0].split(JOIN)
             again = measure(top, base + gains[ranked[0]])
             ranked = [ranked[0]] + order(again) + [n for n in ranked[1:] if n not in again]
-        return ranked + [n for n in names if n not in gains], set(names)
+        return ranked + [n for n in names if n not in gains], set(names) | _members(spec.exclude)
+
+
+def _members(exclude: tuple[str, ...]) -> set[str]:
+    """The node names of exclusion entries (a role group is its nodes joined by JOIN)."""
+    return {n for entry in exclude for n in entry.split(JOIN)}

@@ -278,7 +278,7 @@ class Search:
             groups = role_groups(self.builder.preprocessed(start.spec.graph, start.spec.method), compute)
         elif hasattr(self.builder, "roles"):  # other families group the layer names their builds exclude
             start, artifact = self.starting_point()
-            groups, compute = self.builder.roles(artifact)
+            groups, compute = self.builder.roles(start.spec, artifact)
         else:
             return False
         limit = int(len(compute) * MAX_FP32_SHARE)

@@ -212,7 +212,9 @@ class TorchAoBuilder:
             before = producers.get(x.onnx_node, [])
             input_to_blame = act is not None and (weight is None or act < weight)
             entries.append(JOIN.join([*before, x.torch_module]) if input_to_blame and before else x.torch_module)
-        return list(dict.fromkeys(entries)), {x.torch_module for x in found} | set(entries)  # type: ignore[misc]
+        # every layer counts toward the FP32 share: the ones the analysis found quantized and the ones kept float
+        kept = {m for entry in spec.exclude for m in entry.split(JOIN)}
+        return list(dict.fromkeys(entries)), {x.torch_module for x in found} | kept  # type: ignore[misc]
 
 
 JOIN = "+"  # an entry of several modules kept float together (TorchSpec.exclude)
