@@ -74,7 +74,7 @@ def bench_model(root: Path, model: str, budget: float, chosen: tuple[str, ...] =
             "original_cosine": rec["attempts"][0]["cosine"] if rec else None,
             "recovery": None if rec is None else {
                 "met": rec["met"], "seconds": rec["seconds"], "chosen": rec["chosen"],
-                "attempts": [{k: a[k] for k in ("step", "change", "cosine", "speedup", "seconds", "gates_passed")}
+                "attempts": [{k: a[k] for k in ("step", "change", "cosine", "speedup", "seconds", "gates_passed", "excluded")}
                              for a in rec["attempts"]]},
         }
     return out
