@@ -256,3 +256,32 @@ def test_torch_repairs_and_float_units(tmp_path):
     assert recipe.keep_float == ("0", "1", "2") and recipe.per_channel is True and recipe.compute_only is False
     assert TorchSpec("minmax", per_channel=True, compute_only=True).describe(base) == \
         "calibrate_method = minmax; per_channel = true; compute_only = true (only Conv/Linear quantized)"
+
+
+def test_dynamic_ranking_counts_the_layers_kept_fp32_already(tmp_path):
+    """The precision step's FP32 share is over every layer: a candidate that keeps a role group FP32 (an entry of
+    nodes joined by "+") must not make the share look smaller (mbv2 once went to 11 of 18 layers FP32)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgekit.backends.base import CalibrationSettings
+    from edgekit.backends.ort.recipe import OrtRecipe
+    from edgekit.profiles import load_profile
+    from edgekit.recover.dynamic import DynamicBuilder, DynamicSpec
+    from edgekit.types import TensorSpec
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 4, 1, 1)).astype(np.float32), f"w{i}") for i in range(3)]
+    nodes = [helper.make_node("Conv", ["x" if i == 0 else f"y{i - 1}", f"w{i}"], [f"y{i}" if i < 2 else "out"], name=f"c{i}")
+             for i in range(3)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4, 4])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 4, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    recipe = OrtRecipe.parse(load_profile("ort-int8-dynamic"))
+    b = DynamicBuilder(tmp_path / "m.onnx", recipe, None, (TensorSpec("x", (1, 4, 4, 4)),), CalibrationSettings(), tmp_path)
+    spec = DynamicSpec(exclude=("c0+c1",))
+    b.build(spec, tmp_path / "cand.onnx")
+    ranked, layers = b.rank(spec, tmp_path / "cand.onnx", 1.0)
+    assert ranked == ["c2"] and layers == {"c0", "c1", "c2"}  # c0, c1 FP32 in the candidate, still counted

@@ -157,7 +157,7 @@ class DynamicBuilder:
         names = [x.node for x in layers]
         feeds = self.feeds()
         if not feeds:  # no calibration data: no ranking, the layers in graph order
-            return names, set(names)
+            return names, set(names) | _members(spec.exclude)
         ref = session(g.reference.SerializeToString(), self.threads)
         reference = [ref.run(None, dict(f)) for f in feeds]
 
