@@ -107,7 +107,9 @@ def _weight_observer(per_channel: bool, bits: int) -> Any:
 def _qconfig_mapping(engine: str, settings: CalibrationSettings, keep_float: tuple[str, ...],
                      options: StaticOptions | None = None) -> Any:
     """The engine's default mapping with the calibration method's observer wherever the default activation observer
-    was (and per-channel weights where ``options`` asks for them instead of the default weights)."""
+    was, and the weights ``options`` asks for instead of the default ones (per channel or per tensor, 7-bit where
+    the weights are the reduced operand); with ``options.compute_only`` only Conv/Linear (and what fuses into them)
+    keep a qconfig."""
     options = options or StaticOptions.default(engine)
     mapping = get_default_qconfig_mapping(engine)
     default_activation, default_weight = mapping.global_qconfig.activation, mapping.global_qconfig.weight
@@ -141,7 +143,8 @@ def _qconfig_mapping(engine: str, settings: CalibrationSettings, keep_float: tup
 # --------------------------------------------------------------------------------------- static (FX)
 
 
-def clamped_outputs(prepared: Any, clamped: dict[str, tuple[float, float]]) -> Any:
+def _clamped_outputs(prepared: Any, clamped: dict[str, tuple[float, float]]) -> Any:
+    """``prepared`` with the output observers of the layers a clamp alone reads clamped (torch_ao/clamp.py)."""
     clamp_output_observers(prepared, clamped)
     return prepared
 
@@ -160,7 +163,7 @@ def _prepare_island(island: Any, skip: tuple[str, ...], engine: str, settings: C
         log.debug("integer check of %s failed", type(island).__name__, exc_info=True)
         integer = IntegerOps()
     if not integer.nodes and not integer.modules:
-        return clamped_outputs(prepare_fx(island, mapping, example, prepare_custom_config=config), clamped), []
+        return _clamped_outputs(prepare_fx(island, mapping, example, prepare_custom_config=config), clamped), []
     # the traced graph is what gets prepared: its calls lose their module scope, so keep_float scopes go by node too
     scoped = [n for n in traced.graph.nodes if n.op in ("call_function", "call_method") and under(n.meta.get(SCOPE, ""), keep)]
     wrap_float_ops(traced, integer.nodes + [n for n in scoped if n not in integer.nodes])
@@ -168,7 +171,7 @@ def _prepare_island(island: Any, skip: tuple[str, ...], engine: str, settings: C
     for name in integer.modules:
         mapping.set_module_name(name, None)
     config.set_non_traceable_module_classes([FloatOp])
-    return clamped_outputs(prepare_fx(traced, mapping, example, prepare_custom_config=config), clamped), integer.sources
+    return _clamped_outputs(prepare_fx(traced, mapping, example, prepare_custom_config=config), clamped), integer.sources
 
 
 def quantize_static(
