@@ -65,6 +65,10 @@ class DynamicBuilder:
         self.threads, self.min_int8_fraction = threads, min_int8_fraction
         self._prepared: Prepared | None = None
 
+    # the search's order (recover/search.py): no calibration step (ranges are taken at run time), and no roles step:
+    # the ranking below measures role groups beside single layers, from the same start whatever the timings
+    steps = ("recipe", "precision")
+
     @property
     def prepared(self) -> Prepared:
         if self._prepared is None:
@@ -119,18 +123,6 @@ class DynamicBuilder:
                 and matmuls / (convs + matmuls) >= self.min_int8_fraction:
             out.append(lambda s: dataclasses.replace(s, matmul_only=True))
         return out
-
-    def roles(self, spec: DynamicSpec, artifact: Path) -> tuple[dict[str, tuple[str, ...]], set[str]]:
-        """The quantized layers of ``artifact`` grouped by their role in a stack of blocks (``role_groups``: every
-        block's expand conv, ...), and every layer (the roles step, recover/search.py): those and the ones ``spec``
-        keeps FP32 already, so the FP32 share counts them."""
-        import onnx
-
-        from edgekit.debug.layers import Graphs, find_layers
-        from edgekit.recover.rank import role_groups
-
-        names = {x.node for x in find_layers(Graphs(onnx.load(str(self.prepared.model)), onnx.load(str(artifact))))}
-        return role_groups(self.prepared.model, names), names | _members(spec.exclude)
 
 
     def feeds(self) -> list[Mapping[str, np.ndarray]]:

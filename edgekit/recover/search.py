@@ -14,8 +14,7 @@ first that meets every gate or at the budget, write the best so far in place of 
 Order by model kind: a CNN with depthwise convolutions tries the recipe repairs first (equalization and bias correction
 are what is known to work there), then the FP32 prefix, then calibration and the greedy layers; another CNN the prefix
 first; any other model calibration, recipe, roles, precision. Another backend family's builder may name its own order
-(``steps``), its layers for the prefix (``prefix_order``) and its role groups (``roles``), in the names its builds
-exclude. In a deep CNN every layer amplifies the error of the
+(``steps``) and its layers for the prefix (``prefix_order``), in the names its builds exclude. In a deep CNN every layer amplifies the error of the
 activations before it, and a lone FP32 node still reads and writes quantized tensors: only a run of FP32 nodes takes
 the tensors between them out of quantization, hence the prefix.
 
@@ -272,15 +271,11 @@ class Search:
         no single layer recovers it while its role in every block can. Each round tries every remaining role on
         top of the best so far and keeps the one that raised the cosine most; at most ROLE_ROUNDS rounds and
         MAX_FP32_SHARE of the compute layers FP32."""
-        if isinstance(self.builder, StaticQdq):
-            start, artifact = self.starting_point()
-            compute = compute_nodes(artifact)
-            groups = role_groups(self.builder.preprocessed(start.spec.graph, start.spec.method), compute)
-        elif hasattr(self.builder, "roles"):  # other families group the layer names their builds exclude
-            start, artifact = self.starting_point()
-            groups, compute = self.builder.roles(start.spec, artifact)
-        else:
+        if not isinstance(self.builder, StaticQdq):
             return False
+        start, artifact = self.starting_point()
+        compute = compute_nodes(artifact)
+        groups = role_groups(self.builder.preprocessed(start.spec.graph, start.spec.method), compute)
         limit = int(len(compute) * MAX_FP32_SHARE)
         current = start
         for _ in range(ROLE_ROUNDS):
