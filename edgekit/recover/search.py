@@ -102,6 +102,9 @@ class Search:
         self.tried = [Tried(original, configured, None, passed_count=sum(g.passed is True for g in gates))]
         speed = original.speedup
         self.min_speedup = SLOWER_TOLERANCE * min(1.0, speed) if speed else 0.0
+        # whether a speed gate is decided for this target (not: a model too small to time, a host that is not the
+        # device); when none is, timings never steer the search (``best_start``)
+        self.speed_decided = any(g.gate in SPEED_GATES and g.passed is not None for g in gates)
 
     # ------------------------------------------------------------------------------------------ attempts
     def remaining(self) -> float:
@@ -198,7 +201,7 @@ class Search:
 
     def recipe(self) -> bool:
         if hasattr(self.builder, "repairs"):  # other backend families: their own repairs, each applied to the best so far
-            return any(self.attempt("recipe", repair(self.best().spec)) for repair in self.builder.repairs())
+            return any(self.attempt("recipe", repair(self.best_start().spec)) for repair in self.builder.repairs())
         method = self.best().spec.method
         for graph in ("equalized", "corrected", "smoothed"):
             if self.remaining() < self.cost(False):
@@ -218,7 +221,14 @@ class Search:
         return False
 
     def best_start(self) -> Tried:
-        """Where the precision steps start: the best candidate so far."""
+        """Where the precision steps start: the best candidate so far; where no speed gate is decided, the one
+        meeting most gates, then the most accurate, then the earlier, whatever its timing (the speed floor would make
+        the path depend on the timing noise of a sub-millisecond model: two builds, two searches)."""
+        if not self.speed_decided:
+            built = [t for t in self.tried if t.path is not None]
+            if built:
+                return max(built, key=lambda t: (t.passed_count, t.attempt.accuracy if t.attempt.accuracy is not None else -math.inf,
+                                                 round(t.attempt.cosine, 6) if t.attempt.cosine is not None else -math.inf))
         return self.best(among=[t for t in self.tried if t.path is not None and t.timed] or None)
 
     def starting_point(self) -> tuple[Tried, Path]:
