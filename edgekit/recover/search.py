@@ -224,11 +224,9 @@ class Search:
         """Where the precision steps start: the best candidate so far; where no speed gate is decided, the one
         meeting most gates, then the most accurate, then the earlier, whatever its timing (the speed floor would make
         the path depend on the timing noise of a sub-millisecond model: two builds, two searches)."""
-        if not self.speed_decided:
-            built = [t for t in self.tried if t.path is not None]
-            if built:
-                return max(built, key=lambda t: (t.passed_count, t.attempt.accuracy if t.attempt.accuracy is not None else -math.inf,
-                                                 round(t.attempt.cosine, 6) if t.attempt.cosine is not None else -math.inf))
+        if not self.speed_decided:  # the original included: a repair that lost accuracy is no start
+            return max(self.tried, key=lambda t: (t.passed_count, t.attempt.accuracy if t.attempt.accuracy is not None else -math.inf,
+                                                  round(t.attempt.cosine, 6) if t.attempt.cosine is not None else -math.inf))
         return self.best(among=[t for t in self.tried if t.path is not None and t.timed] or None)
 
     def starting_point(self) -> tuple[Tried, Path]:
