@@ -1,12 +1,12 @@
-"""Recovery (docs/recovery.md) of the dynamic and torch.ao INT8 targets on the tests' small models (the seeded
-MobileNetV2-style CNN and ViT-style transformer of tests/test_recover.py, the issue's models), against ort-fp32 in
-the same build. Per model and target: the original cosine, the chosen candidate, the validator's cosine and
+"""Recovery (docs/recovery.md) of the INT8 targets other than ort-int8 (tensorrt-int8 on its host proxy, the dynamic
+and the torch.ao ones) on the tests' small models (the seeded MobileNetV2-style CNN and ViT-style transformer of
+tests/small_models.py, the issue's models), against ort-fp32 in the same build. Per model and target: the original cosine, the chosen candidate, the validator's cosine and
 speed-up after recovery, the recovery's seconds, and every attempt.
 
     .venv/bin/python benchmarks/recover_backends_bench.py                       # mbv2 and vit, budget 180 s
-    .venv/bin/python benchmarks/recover_backends_bench.py --models vit --budget 300
+    .venv/bin/python benchmarks/recover_backends_bench.py --models vit --budget 300 --targets torch-fbgemm --result x.json
 
-Writes benchmarks/results/recover_backends.json.
+Writes benchmarks/results/recover_backends.json (or --result).
 """
 
 from __future__ import annotations
@@ -16,33 +16,25 @@ import importlib.util
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-TARGETS = ("ort-int8-dynamic", "torch-fbgemm", "torch-qnnpack")
+TARGETS = ("tensorrt-int8", "ort-int8-dynamic", "torch-fbgemm", "torch-qnnpack")
+MODELS = HERE.parent / "tests" / "small_models.py"  # the tests' models, loaded by path (tests/ is no package)
 
 
-def _tests_net() -> str:
-    spec = importlib.util.spec_from_file_location("_test_recover", HERE.parent / "tests" / "test_recover.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(HERE.parent / "tests"))
-    spec.loader.exec_module(mod)
-    return mod.NET
-
-
-def _config(model: str, budget: float) -> str:
-    targets = ["ort-fp32", *TARGETS]
+def _config(model: str, budget: float, chosen: tuple[str, ...] = TARGETS) -> str:
+    targets = ["ort-fp32", *chosen]
     lines = [f'[model]\nsource = "net.py:{model}"\nweights = "{model}.safetensors"',
              'inputs = [ { name = "x", shape = [1, 3, 32, 32] } ]\noutputs = ["logits"]',
              '[calibration]\ndata = "calib.npz"\n[validation]\ndata = "val.npz"',
              f"[targets]\nuse = {json.dumps(targets)}"]
     for t in targets:
         lines.append(f"[targets.{t}.runtime]\nwarmup = 5\nruns = 40")
-    for t in TARGETS:
+    for t in chosen:
         lines.append(f"[targets.{t}.recover]\nbudget_s = {budget:g}")
     return "\n".join(lines) + "\n"
 
@@ -51,7 +43,7 @@ def _prepare(root: Path) -> None:
     import numpy as np
     from safetensors.torch import save_file
 
-    (root / "net.py").write_text(_tests_net())
+    (root / "net.py").write_text(MODELS.read_text())
     spec = importlib.util.spec_from_file_location("_bench_net", root / "net.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -62,45 +54,58 @@ def _prepare(root: Path) -> None:
     np.savez(root / "val.npz", x=x[96:])
 
 
-def bench_model(root: Path, model: str, budget: float) -> dict[str, Any]:
+def bench_model(root: Path, model: str, budget: float, chosen: tuple[str, ...] = TARGETS) -> dict[str, Any]:
     from edgekit.cli import main
 
-    (root / f"{model}.toml").write_text(_config(model, budget))
+    (root / f"{model}.toml").write_text(_config(model, budget, chosen))
     start = time.monotonic()
     code = main(["build", str(root / f"{model}.toml"), "-o", str(root / model)])
     seconds = time.monotonic() - start
     manifest = json.loads((root / model / "manifest.json").read_text())
     out: dict[str, Any] = {"exit_code": code, "build_seconds": round(seconds, 1), "targets": {}}
-    for t in TARGETS:
+    for t in chosen:
         r = manifest["targets"][t]
         rec = r.get("recovery")
         out["targets"][t] = {
             "status": r["status"],
+            "reason": r.get("reason"),
             "cosine": r["metrics"]["vs_torch"]["worst"]["cosine"] if r.get("metrics") else None,
             "speedup": (r.get("latency") or {}).get("speedup_vs_ort_fp32"),
             "original_cosine": rec["attempts"][0]["cosine"] if rec else None,
             "recovery": None if rec is None else {
                 "met": rec["met"], "seconds": rec["seconds"], "chosen": rec["chosen"],
-                "attempts": [{k: a[k] for k in ("step", "change", "cosine", "speedup", "seconds", "gates_passed")}
+                "attempts": [{k: a[k] for k in ("step", "change", "cosine", "speedup", "seconds", "gates_passed", "excluded")}
                              for a in rec["attempts"]]},
         }
     return out
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def main_() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["mbv2", "vit"], choices=["mbv2", "vit"])
     parser.add_argument("--budget", type=float, default=180.0)
+    parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
+    parser.add_argument("--result", default="recover_backends.json", help="file name under benchmarks/results/")
     args = parser.parse_args()
-    results: dict[str, Any] = {"host": {"machine": platform.machine(), "cpus": os.cpu_count(),
+    results: dict[str, Any] = {"host": {"machine": platform.machine(), "cpus": os.cpu_count(), "cpu": _cpu(),
                                         "load_before": os.getloadavg()}, "budget_s": args.budget, "models": {}}
     with tempfile.TemporaryDirectory(prefix="edgekit-recover-backends-") as tmp:
         root = Path(tmp)
         _prepare(root)
         for model in args.models:
-            results["models"][model] = bench_model(root, model, args.budget)
+            results["models"][model] = bench_model(root, model, args.budget, tuple(args.targets))
     results["host"]["load_after"] = os.getloadavg()
-    dst = HERE / "results" / "recover_backends.json"
+    dst = HERE / "results" / args.result
     dst.write_text(json.dumps(results, indent=1, allow_nan=False) + "\n")
     print(json.dumps(results, indent=1))
 

@@ -220,3 +220,68 @@ def test_torch_calibration_candidates_are_distinct_observers(tmp_path):
     spec = TorchSpec("minmax", ("stem", "fc1"))
     assert spec.describe(TorchSpec("minmax")) == "float: stem, fc1"
     assert TorchSpec("mse").describe(spec) == "calibrate_method = mse; INT8 again: stem, fc1"
+
+
+def test_torch_repairs_and_float_units(tmp_path):
+    """The torch.ao recipe repairs in their order, and a module kept float takes along the BatchNorm and activation
+    that alone read it (a quantized ReLU6 after a float conv would quantize its pre-clamp range)."""
+    import torch
+    from torch import nn
+
+    from edgekit.backends.base import CalibrationSettings
+    from edgekit.backends.torch_ao.recipe import TorchAoRecipe
+    from edgekit.recover.torch_ao import TorchAoBuilder, TorchSpec
+    from edgekit.types import SourceModel, TargetProfile, TensorSpec
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU6(), nn.Conv2d(8, 4, 1)).eval()
+    source = SourceModel("m", (TensorSpec("x", (1, 3, 8, 8)),), ("y",), module=model)
+
+    def builder(engine: str, kind: str) -> TorchAoBuilder:
+        b = TorchAoBuilder(TargetProfile("t", "torch_ao", "int8", "cpu"), TorchAoRecipe(engine=engine), source, None,
+                           None, CalibrationSettings(), tmp_path)
+        b._kind = kind  # what model_kind says of the reference graph (not exported here)
+        return b
+
+    base = TorchSpec("percentile")
+    qnnpack = [r(base) for r in builder("qnnpack", "other").repairs()]
+    assert qnnpack == [TorchSpec("percentile", per_channel=True), TorchSpec("percentile", compute_only=True)]
+    fbgemm = [r(base) for r in builder("fbgemm", "cnn").repairs()]
+    assert fbgemm == [TorchSpec("percentile", reduce_range="weights")]  # 8-bit activations, 7-bit weights
+    assert builder("fbgemm", "cnn").steps == ("recipe", "prefix", "calibration", "precision")
+    assert builder("fbgemm", "other").steps == ("recipe", "calibration", "precision")
+    b = builder("qnnpack", "cnn")
+    assert b.units() == {"0": ["0", "1", "2"], "3": ["3"]}
+    recipe = b.recipe_for(TorchSpec("minmax", ("0",), per_channel=True))
+    assert recipe.keep_float == ("0", "1", "2") and recipe.per_channel is True and recipe.compute_only is False
+    assert TorchSpec("minmax", per_channel=True, compute_only=True).describe(base) == \
+        "calibrate_method = minmax; per_channel = true; compute_only = true (only Conv/Linear quantized)"
+
+
+def test_dynamic_ranking_counts_the_layers_kept_fp32_already(tmp_path):
+    """The precision step's FP32 share is over every layer: a candidate that keeps a role group FP32 (an entry of
+    nodes joined by "+") must not make the share look smaller (mbv2 once went to 11 of 18 layers FP32)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgekit.backends.base import CalibrationSettings
+    from edgekit.backends.ort.recipe import OrtRecipe
+    from edgekit.profiles import load_profile
+    from edgekit.recover.dynamic import DynamicBuilder, DynamicSpec
+    from edgekit.types import TensorSpec
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 4, 1, 1)).astype(np.float32), f"w{i}") for i in range(3)]
+    nodes = [helper.make_node("Conv", ["x" if i == 0 else f"y{i - 1}", f"w{i}"], [f"y{i}" if i < 2 else "out"], name=f"c{i}")
+             for i in range(3)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4, 4])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 4, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    recipe = OrtRecipe.parse(load_profile("ort-int8-dynamic"))
+    b = DynamicBuilder(tmp_path / "m.onnx", recipe, None, (TensorSpec("x", (1, 4, 4, 4)),), CalibrationSettings(), tmp_path)
+    spec = DynamicSpec(exclude=("c0+c1",))
+    b.build(spec, tmp_path / "cand.onnx")
+    ranked, layers = b.rank(spec, tmp_path / "cand.onnx", 1.0)
+    assert ranked == ["c2"] and layers == {"c0", "c1", "c2"}  # c0, c1 FP32 in the candidate, still counted

@@ -94,3 +94,26 @@ def test_console_and_silent_are_progress(progress):
 
     use(progress)
     assert all(callable(getattr(progress, m)) for m in ("step", "advance", "warn", "note"))
+
+
+def test_ort_runners_the_validator_times_do_not_spin(tmp_path):
+    """Runners take turns in one process: a spinning ORT session beside a torch.ao artifact made its calls hundreds
+    of times slower (docs/recovery.md), so every ORT runner's idle workers sleep."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgekit.backends.onnx.session import OrtRunner
+    from edgekit.validate.run import reference_runner
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    specs = (TensorSpec("x", (1,)),)
+    runners = [OrtRunner(tmp_path / "m.onnx", specs, ("y",), 2),
+               reference_runner(Reference(tmp_path / "m.onnx", specs, ("y",), "test", 17, False, ""), 2)]
+    for r in runners:
+        assert r.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        np.testing.assert_array_equal(r.run(FEED)["y"], FEED["x"])

@@ -25,6 +25,7 @@ from edgekit.types import FeedSource, LayerCensus, TensorSpec
 RANK_SAMPLES = 16  # calibration samples the layer ranking reads (as for static QDQ: recover/candidates.py)
 CONV_OPS = ("Conv", "ConvTranspose")
 MATMUL_OPS = ("MatMul", "Gemm")
+JOIN = "+"  # an exclusion entry of several nodes kept FP32 together (a role group: ``rank``)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,10 @@ class DynamicBuilder:
         self.threads, self.min_int8_fraction = threads, min_int8_fraction
         self._prepared: Prepared | None = None
 
+    # the search's order (recover/search.py): no calibration step (ranges are taken at run time), and no roles step:
+    # the ranking below measures role groups beside single layers, from the same start whatever the timings
+    steps = ("recipe", "precision")
+
     @property
     def prepared(self) -> Prepared:
         if self._prepared is None:
@@ -86,9 +91,10 @@ class DynamicBuilder:
     def build(self, spec: DynamicSpec, dst: Path) -> dict[str, Any]:
         work = self.tmp / f"work_{dst.stem}"
         work.mkdir(parents=True, exist_ok=True)
-        notes = {**self.prepared.notes, **quantize_prepared(self.prepared, dst, self.recipe_for(spec), work, spec.exclude)}
+        exclude = tuple(dict.fromkeys(n for entry in spec.exclude for n in entry.split(JOIN)))
+        notes = {**self.prepared.notes, **quantize_prepared(self.prepared, dst, self.recipe_for(spec), work, exclude)}
         if spec.exclude:
-            notes["recovery_fp32"] = list(spec.exclude)
+            notes["recovery_fp32"] = list(exclude)
         notes["int8_layers"] = onnx_census(dst).to_dict()
         return notes
 
@@ -118,6 +124,7 @@ class DynamicBuilder:
             out.append(lambda s: dataclasses.replace(s, matmul_only=True))
         return out
 
+
     def feeds(self) -> list[Mapping[str, np.ndarray]]:
         if self.calib is None:
             return []
@@ -125,22 +132,24 @@ class DynamicBuilder:
         return list(calibration_feeds(self.calib, self.specs, settings))
 
     def rank(self, spec: DynamicSpec, artifact: Path, seconds: float) -> tuple[list[str], set[str]]:
-        """The quantized layers of ``artifact``, the one whose FP32 recovers the most end-to-end cosine first (each
-        replaced by the prepared graph's FP32 node inside the INT8 graph: edgekit/debug/keep.py), and the set of
-        them all. Layers not measured within ``seconds`` follow in graph order; ties in name order."""
+        """The quantized layers of ``artifact`` and their role groups (joined by JOIN), the one whose FP32 recovers
+        the most end-to-end cosine first (each replaced by the prepared graph's FP32 node inside the INT8 graph:
+        edgekit/debug/keep.py), the rest ranked again on top of that first one; and the set of the layers. Entries
+        not measured within ``seconds`` follow in graph order; ties in name order."""
         import onnx
 
         from edgekit.backends.onnx.session import session
         from edgekit.debug.keep import keep_fp32
         from edgekit.debug.layers import Graphs, find_layers
         from edgekit.debug.run import agreement
+        from edgekit.recover.rank import role_groups
 
         g = Graphs(onnx.load(str(self.prepared.model)), onnx.load(str(artifact)))
         layers = find_layers(g)
         names = [x.node for x in layers]
         feeds = self.feeds()
         if not feeds:  # no calibration data: no ranking, the layers in graph order
-            return names, set(names)
+            return names, set(names) | _members(spec.exclude)
         ref = session(g.reference.SerializeToString(), self.threads)
         reference = [ref.run(None, dict(f)) for f in feeds]
 
@@ -150,13 +159,38 @@ class DynamicBuilder:
 
         base = cosine(g.artifact.SerializeToString())
         deadline = time.monotonic() + seconds
-        gains: dict[str, float] = {}
-        for x in layers:
-            if time.monotonic() > deadline:
-                break
-            try:
-                gains[x.node] = cosine(keep_fp32(g, [x])) - base
-            except Exception:  # a copy ONNX Runtime refuses is not a candidate
-                continue
-        ranked = sorted(gains, key=lambda n: (-round(gains[n], 9), n))
-        return ranked + [n for n in names if n not in gains], set(names)
+        by_name = {x.node: x for x in layers}
+        # each layer, then each role group (every block's expand conv, ...: role_groups) as one entry: in a stack of
+        # blocks the error can be spread so that no single layer recovers it and the whole role does
+        entries = [[x.node] for x in layers] + [list(nodes) for nodes in role_groups(self.prepared.model, set(names)).values()]
+
+        def measure(on_top: list[str], base_cosine: float) -> dict[str, float]:
+            out: dict[str, float] = {}
+            for entry in entries:
+                if time.monotonic() > deadline or set(entry) <= set(on_top):
+                    continue
+                try:
+                    chosen = [by_name[n] for n in dict.fromkeys([*on_top, *entry])]
+                    out[JOIN.join(entry)] = cosine(keep_fp32(g, chosen)) - base_cosine
+                except Exception:  # a copy ONNX Runtime refuses is not a candidate
+                    continue
+            return out
+
+        def order(found: dict[str, float]) -> list[str]:
+            return sorted(found, key=lambda n: (-round(found[n], 9), n))
+
+        gains = measure([], base)
+        ranked = order(gains)
+        if ranked:
+            # the rest ranked again with the first kept FP32: one layer (the head of a CNN reading a wide residual sum)
+            # can hide what the others are worth once it is FP32 (every block's expand conv together, on
+            # tests/small_models.py's MobileNetV2-style model)
+            top = ranked[0].split(JOIN)
+            again = measure(top, base + gains[ranked[0]])
+            ranked = [ranked[0]] + order(again) + [n for n in ranked[1:] if n not in again]
+        return ranked + [n for n in names if n not in gains], set(names) | _members(spec.exclude)
+
+
+def _members(exclude: tuple[str, ...]) -> set[str]:
+    """The node names of exclusion entries (a role group is its nodes joined by JOIN)."""
+    return {n for entry in exclude for n in entry.split(JOIN)}

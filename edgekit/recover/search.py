@@ -13,7 +13,8 @@ first that meets every gate or at the budget, write the best so far in place of 
 
 Order by model kind: a CNN with depthwise convolutions tries the recipe repairs first (equalization and bias correction
 are what is known to work there), then the FP32 prefix, then calibration and the greedy layers; another CNN the prefix
-first; any other model calibration, recipe, roles, precision. In a deep CNN every layer amplifies the error of the
+first; any other model calibration, recipe, roles, precision. Another backend family's builder may name its own order
+(``steps``) and its layers for the prefix (``prefix_order``), in the names its builds exclude. In a deep CNN every layer amplifies the error of the
 activations before it, and a lone FP32 node still reads and writes quantized tensors: only a run of FP32 nodes takes
 the tensors between them out of quantization, hence the prefix.
 
@@ -101,6 +102,9 @@ class Search:
         self.tried = [Tried(original, configured, None, passed_count=sum(g.passed is True for g in gates))]
         speed = original.speedup
         self.min_speedup = SLOWER_TOLERANCE * min(1.0, speed) if speed else 0.0
+        # whether a speed gate is decided for this target (not: a model too small to time, a host that is not the
+        # device); when none is, timings never steer the search (``best_start``)
+        self.speed_decided = any(g.gate in SPEED_GATES and g.passed is not None for g in gates)
 
     # ------------------------------------------------------------------------------------------ attempts
     def remaining(self) -> float:
@@ -176,6 +180,11 @@ class Search:
         steps = {"depthwise": (self.recipe, self.prefix, self.calibration, self.precision),
                  "cnn": (self.prefix, self.recipe, self.calibration, self.precision)}.get(
                      self.kind, (self.calibration, self.recipe, self.roles, self.precision))
+        own = getattr(self.builder, "steps", None)  # a family's own order (recover/torch_ao.py: its repairs first)
+        if own:
+            named = {"calibration": self.calibration, "recipe": self.recipe, "prefix": self.prefix, "roles": self.roles,
+                     "precision": self.precision}
+            steps = tuple(named[s] for s in own)
         try:
             met = any(step() for step in steps)
         except _OutOfBudget:
@@ -192,7 +201,7 @@ class Search:
 
     def recipe(self) -> bool:
         if hasattr(self.builder, "repairs"):  # other backend families: their own repairs, each applied to the best so far
-            return any(self.attempt("recipe", repair(self.best().spec)) for repair in self.builder.repairs())
+            return any(self.attempt("recipe", repair(self.best_start().spec)) for repair in self.builder.repairs())
         method = self.best().spec.method
         for graph in ("equalized", "corrected", "smoothed"):
             if self.remaining() < self.cost(False):
@@ -211,10 +220,19 @@ class Search:
             return self.attempt("recipe", dataclasses.replace(self.best().spec, reduce_range=False))
         return False
 
+    def best_start(self) -> Tried:
+        """Where the precision steps start: the best candidate so far; where no speed gate is decided, the one
+        meeting most gates, then the most accurate, then the earlier, whatever its timing (the speed floor would make
+        the path depend on the timing noise of a sub-millisecond model: two builds, two searches)."""
+        if not self.speed_decided:  # the original included: a repair that lost accuracy is no start
+            return max(self.tried, key=lambda t: (t.passed_count, t.attempt.accuracy if t.attempt.accuracy is not None else -math.inf,
+                                                  round(t.attempt.cosine, 6) if t.attempt.cosine is not None else -math.inf))
+        return self.best(among=[t for t in self.tried if t.path is not None and t.timed] or None)
+
     def starting_point(self) -> tuple[Tried, Path]:
-        """Where the precision steps start: the best candidate so far and its file (the original spec rebuilt when
-        the original is the best: its file is the build's, not this search's)."""
-        start = self.best(among=[t for t in self.tried if t.path is not None and t.timed] or None)
+        """``best_start`` and its file (the original spec rebuilt when the original is the best: its file is the build's,
+        not this search's)."""
+        start = self.best_start()
         artifact = start.path or self.builder.tmp / "start.onnx"
         if start.path is None and not artifact.exists():
             self.builder.build(start.spec, artifact)
@@ -226,17 +244,25 @@ class Search:
         such k by bisection (fewer FP32 nodes: faster). True when that candidate meets the speed gates too."""
         import onnx
 
-        start, artifact = self.starting_point()
+        if hasattr(self.builder, "prefix_order"):  # other families: their layers in order, names their builds exclude
+            start = self.best_start()
+            order, compute = self.builder.prefix_order()
+        else:
+            start, artifact = self.starting_point()
+            order = [n.name for n in quantized_nodes(onnx.load(str(artifact)))]
+            compute = compute_nodes(artifact)
         spec = start.spec
-        order = [n.name for n in quantized_nodes(onnx.load(str(artifact)))]
-        compute = compute_nodes(artifact)
         limit = int(len(compute) * MAX_FP32_SHARE)
+        if not order:
+            return False
 
         def candidate(k: int) -> Spec:
             return dataclasses.replace(spec, exclude=tuple(dict.fromkeys([*spec.exclude, *order[:k]])))
 
         def accurate(k: int) -> bool:
             change = f"FP32 prefix: the first {k} quantized nodes ({order[0]} .. {order[k - 1]})"
+            if hasattr(self.builder, "prefix_order"):  # the family's own words for what the candidate keeps float
+                change = f"prefix of {k} layers: {describe(candidate(k), spec)}"
             self.attempt("prefix", candidate(k), change)
             return any(t.spec == candidate(k) and t.accurate for t in self.tried)
 
@@ -291,10 +317,15 @@ class Search:
         limit = int(len(compute) * MAX_FP32_SHARE)
         excluded: list[str] = list(spec.exclude)
         current, idle = start, 0
+        def members(entries: list[str]) -> set[str]:  # an entry may be several layers joined by "+" (torch_ao.JOIN)
+            return {m for e in entries for m in e.split("+")}
+
         for node in ranked:
             if idle >= PATIENCE:
                 break
-            if node in compute and len(compute.intersection([*excluded, node])) > limit:
+            if members([node]) <= members(excluded):  # already FP32 (a member of a group kept FP32)
+                continue
+            if members([node]) & compute and len(compute & members([*excluded, node])) > limit:
                 continue
             trial = dataclasses.replace(spec, exclude=tuple(excluded + [node]))
             if self.attempt("precision", trial, describe(trial, current.spec)):

@@ -1,7 +1,14 @@
 """Recovery candidates of a torch.ao target (torch-fbgemm, torch-qnnpack): each is a ``TorchSpec`` (calibration
-observer, modules kept float) built by the backend's own ``build`` with the recipe's ``keep_float`` extended, so a
-candidate differs from the original build only in what its spec changes, and is measured as the frozen TorchScript
-artifact runs (the backend's ``load``).
+observer, recipe repairs, modules kept float) built by the backend's own ``build`` with the recipe changed
+accordingly (``keep_float`` extended), so a candidate differs from the original build only in what its spec
+changes, and is measured as the frozen TorchScript artifact runs (the backend's ``load``).
+
+Order (static mode): the recipe repairs first (each one rebuild, no new observer kind: per-channel weights where the
+engine's default is per-tensor; only Conv/Linear quantized for a model that is not a CNN; 8-bit activations with
+7-bit weights instead of the reverse on fbgemm), then for a CNN the float prefix (the first k Conv/Linear modules float, each
+with the BatchNorm and activation that alone read it), then the other observers, then the ranked modules. A module
+kept float takes its activation along: left quantized, a ReLU6 after a float conv would quantize the conv's
+pre-clamp range again.
 
 Ranking: the per-module analysis of edgekit/debug/torch_ao.py, by each layer's local SQNR (the module run on FP32
 inputs with its own weight and input quantization), lowest first. Its keep-FP32 cosine is not the order: torch.ao
@@ -34,11 +41,20 @@ class TorchSpec:
 
     method: str
     exclude: tuple[str, ...] = ()  # module names kept float, beside the recipe's keep_float
+    per_channel: bool | None = None  # None: the recipe's (TorchAoRecipe)
+    reduce_range: str | None = None
+    compute_only: bool | None = None
 
     def describe(self, base: "TorchSpec") -> str:
         parts = []
         if self.method != base.method:
             parts.append(f"calibrate_method = {self.method}")
+        if self.per_channel is not None and self.per_channel != base.per_channel:
+            parts.append(f"per_channel = {str(self.per_channel).lower()}")
+        if self.reduce_range is not None and self.reduce_range != base.reduce_range:
+            parts.append(f"reduce_range = {self.reduce_range}" + (" (8-bit activations, 7-bit weights)" if self.reduce_range == "weights" else ""))
+        if self.compute_only and not base.compute_only:
+            parts.append("compute_only = true (only Conv/Linear quantized)")
         added = [n for n in self.exclude if n not in base.exclude]
         dropped = [n for n in base.exclude if n not in self.exclude]
         if added:
@@ -56,20 +72,57 @@ class TorchAoBuilder:
         self.profile, self.recipe, self.source, self.reference = profile, recipe, source, reference
         self.calib, self.settings, self.tmp = calib, settings, tmp
         self.censuses: dict[Path, LayerCensus | None] = {}
+        self._units: dict[str, list[str]] | None = None
+        self._kind: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """The reference graph's kind (recover/search.py ``model_kind``): "depthwise", "cnn" or "other"."""
+        if self._kind is None:
+            from edgekit.recover.search import model_kind
+
+            self._kind = model_kind(self.reference.path)
+        return self._kind
+
+    @property
+    def steps(self) -> tuple[str, ...] | None:
+        """The search's order for this target (module docstring); None: the search's default."""
+        if self.recipe.mode != "static":
+            return None
+        if self.kind == "other":
+            return ("recipe", "calibration", "precision")
+        return ("recipe", "prefix", "calibration", "precision")
+
+    def units(self) -> dict[str, list[str]]:
+        """{Conv/Linear module: it and the BatchNorm / activation modules that alone read it, in order}, from
+        torch.fx (empty for a model it cannot trace: modules are then kept float alone)."""
+        if self._units is None:
+            self._units = _units(self.source.module)
+        return self._units
+
+    def recipe_for(self, spec: TorchSpec) -> Any:
+        wanted = [u for entry in spec.exclude for m in entry.split(JOIN) for u in self.units().get(m, [m])]
+        changes: dict[str, Any] = {"keep_float": tuple(dict.fromkeys([*self.recipe.keep_float, *wanted]))}
+        for key in ("per_channel", "reduce_range", "compute_only"):
+            if getattr(spec, key) is not None:
+                changes[key] = getattr(spec, key)
+        return dataclasses.replace(self.recipe, **changes)
 
     def build(self, spec: TorchSpec, dst: Path) -> dict[str, Any]:
         from edgekit.backends.torch_ao.backend import TorchAoBackend
 
-        wanted = [m for entry in spec.exclude for m in entry.split(JOIN)]
-        keep = list(dict.fromkeys([*self.recipe.keep_float, *wanted]))
-        profile = dataclasses.replace(self.profile, recipe={**self.profile.recipe, "keep_float": keep})
+        recipe = self.recipe_for(spec)
+        keep = list(recipe.keep_float)
+        raw = {**self.profile.recipe, "keep_float": keep}
+        raw.update({k: getattr(recipe, k) for k in ("per_channel", "reduce_range", "compute_only") if getattr(spec, k) is not None})
+        profile = dataclasses.replace(self.profile, recipe=raw)
         work = self.tmp / f"work_{dst.stem}"
         if work.exists():
             shutil.rmtree(work)
         work.mkdir(parents=True)
         ctx = BuildContext(profile, self.reference, self.source, work, work, self.calib,
                            dataclasses.replace(self.settings, method=spec.method),
-                           recipe=dataclasses.replace(self.recipe, keep_float=tuple(keep)))
+                           recipe=recipe)
         artifact = TorchAoBackend().build(ctx)
         shutil.move(str(work / artifact.files[0].path), str(dst))
         shutil.rmtree(work)
@@ -96,7 +149,33 @@ class TorchAoBuilder:
         return out
 
     def repairs(self) -> list[Callable[[TorchSpec], TorchSpec]]:
-        return []  # the engines' qconfigs are fixed by torch.ao; the other repairs are ONNX graph rewrites
+        """The recipe repairs that apply to this recipe, host and model, in the module docstring's order (static
+        mode; the dynamic mode's qconfig is fixed)."""
+        r = self.recipe
+        if r.mode != "static":
+            return []
+        out: list[Callable[[TorchSpec], TorchSpec]] = []
+        if not r.weights_per_channel():
+            out.append(lambda s: dataclasses.replace(s, per_channel=True))
+        if self.kind == "other" and not r.compute_only:
+            out.append(lambda s: dataclasses.replace(s, compute_only=True))
+        if r.reduced() == "activations":
+            out.append(lambda s: dataclasses.replace(s, reduce_range="weights"))
+        return out
+
+    def prefix_order(self) -> tuple[list[str], set[str]]:
+        """The quantizable Conv/Linear modules in the reference graph's order (the prefix step), and their set."""
+        import onnx
+
+        from edgekit.debug.names import module_map
+
+        modules = dict(self.source.module.named_modules())
+        reference = onnx.load(str(self.reference.path), load_external_data=False)
+        mapped = module_map(reference)
+        order = [mapped[n.name] for n in reference.graph.node if n.name in mapped
+                 and isinstance(modules.get(mapped[n.name]), LAYER_TYPES)]
+        order = [m for m in dict.fromkeys(order) if not any(m == k or m.startswith(k + ".") for k in self.recipe.keep_float)]
+        return order, set(order)
 
     def feeds(self) -> list[Mapping[str, np.ndarray]]:
         if self.calib is None:
@@ -133,10 +212,46 @@ class TorchAoBuilder:
             before = producers.get(x.onnx_node, [])
             input_to_blame = act is not None and (weight is None or act < weight)
             entries.append(JOIN.join([*before, x.torch_module]) if input_to_blame and before else x.torch_module)
-        return list(dict.fromkeys(entries)), {x.torch_module for x in found} | set(entries)  # type: ignore[misc]
+        # every layer counts toward the FP32 share: the ones the analysis found quantized and the ones kept float
+        kept = {m for entry in spec.exclude for m in entry.split(JOIN)}
+        return list(dict.fromkeys(entries)), {x.torch_module for x in found} | kept  # type: ignore[misc]
 
 
 JOIN = "+"  # an entry of several modules kept float together (TorchSpec.exclude)
+
+
+def _layer_types() -> tuple[type, ...]:
+    from torch import nn
+
+    return (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+LAYER_TYPES = _layer_types()
+
+
+def _units(model: Any) -> dict[str, list[str]]:
+    """``TorchAoBuilder.units`` of ``model``."""
+    import torch.fx
+    from torch import nn
+
+    try:
+        traced = torch.fx.symbolic_trace(model)
+    except Exception:
+        return {}
+    modules = dict(traced.named_modules())
+    follow = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Hardswish, nn.SiLU)
+    out: dict[str, list[str]] = {}
+    for node in traced.graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(str(node.target)), LAYER_TYPES):
+            continue
+        unit, n = [str(node.target)], node
+        while len(n.users) == 1:
+            n = next(iter(n.users))
+            if n.op != "call_module" or not isinstance(modules.get(str(n.target)), follow):
+                break
+            unit.append(str(n.target))
+        out[str(node.target)] = unit
+    return out
 
 
 def _layer_producers(reference: Any, modules: Mapping[str, str]) -> dict[str, list[str]]:

@@ -47,6 +47,11 @@ def session(model: str | bytes, threads: int, optimize: bool = True, save_to: Pa
 
 
 class OrtRunner(Runner):
+    """A session over one file. Its idle workers sleep (``spinning=False``) unless told otherwise: every runner is
+    timed taking turns with others in one process (validate/latency.py), where spinning ORT workers steal the cores
+    of the next runner; torch's OpenMP threads worst of all (an ort-fp32 session spinning beside a torch.ao artifact
+    on 2 threads made its calls hundreds of times slower: docs/gates.md)."""
+
     def __init__(self, path: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...], threads: int, spinning: bool = False):
         super().__init__(inputs, outputs)
         self.path, self.threads = Path(path), threads

@@ -7,21 +7,24 @@ from __future__ import annotations
 import copy
 import logging
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import torch
 import torch.ao.nn.quantized.dynamic as ao_dynamic
 from torch import Tensor, nn
-from torch.ao.quantization import QConfig, default_dynamic_qconfig, get_default_qconfig_mapping, per_channel_dynamic_qconfig
+from torch.ao.quantization import (QConfig, default_dynamic_qconfig, default_per_channel_weight_observer,
+                                   default_weight_observer, get_default_qconfig_mapping, per_channel_dynamic_qconfig)
 from torch.ao.quantization import quantize_dynamic as ao_quantize_dynamic
 from torch.ao.quantization.fx.custom_config import PrepareCustomConfig
-from torch.ao.quantization.observer import HistogramObserver, MinMaxObserver
+from torch.ao.quantization.observer import HistogramObserver, MinMaxObserver, PerChannelMinMaxObserver
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 from edgekit.backends.base import Availability, Backend, BuildContext, CalibrationSettings, Runner
 from edgekit.backends.calibration import calibration_feeds
 from edgekit.backends.torch_ao.artifact import ARTIFACT, TorchAoRunner, serialize, to_torchscript
+from edgekit.backends.torch_ao.clamp import clamp_output_observers, clamped_layers, finish_clamps
 from edgekit.backends.torch_ao.census import QUANTIZED_MODULES, float_ops, layer_census
 from edgekit.backends.torch_ao.common import quantized_engine, set_module, torch_warnings_to_log, under
 from edgekit.backends.torch_ao.integer import FloatOp, IntegerOps, find_integer_ops, unwrap_float_ops, wrap_float_ops
@@ -64,28 +67,74 @@ class PercentileObserver(HistogramObserver):
         return self._calculate_qparams(new_min, new_max)
 
 
-def _activation_observer(engine: str, settings: CalibrationSettings) -> Any:
-    """The calibration method as a torch.ao activation observer, with the engine's own activation range."""
-    rr = REDUCE_RANGE[engine]
+@dataclass(frozen=True)
+class StaticOptions:
+    """The recipe's static-mode choices (TorchAoRecipe): weight granularity and activation range."""
+
+    per_channel: bool
+    reduced: str  # the operand with 7 bits: "activations", "weights" or "none" (TorchAoRecipe.reduce_range)
+    compute_only: bool = False  # only Conv/Linear (with the BatchNorm/ReLU fused into them) quantized
+
+    @classmethod
+    def default(cls, engine: str) -> "StaticOptions":
+        return cls(engine == "fbgemm", "activations" if REDUCE_RANGE[engine] else "none")
+
+
+# compute_only: the layers quantized, and the module types fused into them (torch.ao wants one qconfig for a fusion)
+COMPUTE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+FUSED_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.ReLU)
+
+
+def _activation_observer(rr: bool, settings: CalibrationSettings) -> Any:
+    """The calibration method as a torch.ao activation observer, 7-bit when ``rr``."""
     if settings.method == "minmax":
-        return MinMaxObserver.with_args(dtype=torch.quint8, qscheme=torch.per_tensor_affine, reduce_range=rr)
-    if settings.method in ("entropy", "mse"):  # torch.ao has no entropy observer; its histogram one minimizes L2
-        return HistogramObserver.with_args(reduce_range=rr)
-    return PercentileObserver.with_args(reduce_range=rr, percentile=settings.percentile)
+        cls, kwargs = MinMaxObserver, dict(dtype=torch.quint8, qscheme=torch.per_tensor_affine, reduce_range=rr)
+    elif settings.method in ("entropy", "mse"):  # torch.ao has no entropy observer; its histogram one minimizes L2
+        cls, kwargs = HistogramObserver, dict(reduce_range=rr)
+    else:
+        cls, kwargs = PercentileObserver, dict(reduce_range=rr, percentile=settings.percentile)
+    return cls.with_args(**kwargs)
 
 
-def _qconfig_mapping(engine: str, settings: CalibrationSettings, keep_float: tuple[str, ...]) -> Any:
-    """The engine's default mapping with the calibration method's observer wherever the default activation observer was."""
+def _weight_observer(per_channel: bool, bits: int) -> Any:
+    """Symmetric qint8 weights in ``bits`` bits (7: [-64, 63]), per output channel or per tensor."""
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    if per_channel:
+        return PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric, quant_min=lo, quant_max=hi)
+    return MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric, quant_min=lo, quant_max=hi)
+
+
+def _qconfig_mapping(engine: str, settings: CalibrationSettings, keep_float: tuple[str, ...],
+                     options: StaticOptions | None = None) -> Any:
+    """The engine's default mapping with the calibration method's observer wherever the default activation observer
+    was, and the weights ``options`` asks for instead of the default ones (per channel or per tensor, 7-bit where
+    the weights are the reduced operand); with ``options.compute_only`` only Conv/Linear (and what fuses into them)
+    keep a qconfig."""
+    options = options or StaticOptions.default(engine)
     mapping = get_default_qconfig_mapping(engine)
-    default_activation = mapping.global_qconfig.activation
-    observer = _activation_observer(engine, settings)
+    default_activation, default_weight = mapping.global_qconfig.activation, mapping.global_qconfig.weight
+    observer = _activation_observer(options.reduced == "activations", settings)
+    weight = default_weight
+    if options.reduced == "weights":
+        weight = _weight_observer(options.per_channel, 7)
+    elif options.per_channel != StaticOptions.default(engine).per_channel:
+        weight = default_per_channel_weight_observer if options.per_channel else default_weight_observer
 
     def swap(qc: Any) -> Any:
-        return QConfig(activation=observer, weight=qc.weight) if qc is not None and qc.activation is default_activation else qc
+        if qc is None or qc.activation is not default_activation:
+            return qc
+        return QConfig(activation=observer, weight=weight if qc.weight is default_weight else qc.weight)
 
-    mapping.set_global(swap(mapping.global_qconfig))
+    global_qconfig = mapping.global_qconfig
+    mapping.set_global(swap(global_qconfig))
     for pattern, qc in list(mapping.object_type_qconfigs.items()):
         mapping.set_object_type(pattern, swap(qc))
+    if options.compute_only:
+        mapping.set_global(None)
+        for pattern in list(mapping.object_type_qconfigs):
+            mapping.set_object_type(pattern, None)
+        for t in (*COMPUTE_TYPES, *FUSED_TYPES):
+            mapping.set_object_type(t, swap(global_qconfig))
     for name in keep_float:
         mapping.set_module_name(name, None)
     return mapping
@@ -94,18 +143,27 @@ def _qconfig_mapping(engine: str, settings: CalibrationSettings, keep_float: tup
 # --------------------------------------------------------------------------------------- static (FX)
 
 
-def _prepare_island(island: Any, skip: tuple[str, ...], mapping: Any, example: tuple, keep: tuple[str, ...]) -> tuple[Any, list[str]]:
+def _clamped_outputs(prepared: Any, clamped: dict[str, tuple[float, float]]) -> Any:
+    """``prepared`` with the output observers of the layers a clamp alone reads clamped (torch_ao/clamp.py)."""
+    clamp_output_observers(prepared, clamped)
+    return prepared
+
+
+def _prepare_island(island: Any, skip: tuple[str, ...], engine: str, settings: CalibrationSettings, example: tuple,
+                    keep: tuple[str, ...], options: StaticOptions) -> tuple[Any, list[str]]:
     """prepare_fx on one island. Ops on integer tensors (ids, masks), or on values computed from them alone, get no
     qconfig: torch.ao would observe and quantize them like activations ("Quantize only works on Float Tensor")."""
     config = PrepareCustomConfig().set_non_traceable_module_names(list(skip))
     traced = trace_island(island, skip)
+    mapping = _qconfig_mapping(engine, settings, keep, options)
+    clamped = clamped_layers(traced)
     try:
         integer = find_integer_ops(traced, example)
     except Exception:  # the island's graph does not run on the inputs seen: prepare it as torch.ao alone would
         log.debug("integer check of %s failed", type(island).__name__, exc_info=True)
         integer = IntegerOps()
     if not integer.nodes and not integer.modules:
-        return prepare_fx(island, mapping, example, prepare_custom_config=config), []
+        return _clamped_outputs(prepare_fx(island, mapping, example, prepare_custom_config=config), clamped), []
     # the traced graph is what gets prepared: its calls lose their module scope, so keep_float scopes go by node too
     scoped = [n for n in traced.graph.nodes if n.op in ("call_function", "call_method") and under(n.meta.get(SCOPE, ""), keep)]
     wrap_float_ops(traced, integer.nodes + [n for n in scoped if n not in integer.nodes])
@@ -113,13 +171,16 @@ def _prepare_island(island: Any, skip: tuple[str, ...], mapping: Any, example: t
     for name in integer.modules:
         mapping.set_module_name(name, None)
     config.set_non_traceable_module_classes([FloatOp])
-    return prepare_fx(traced, mapping, example, prepare_custom_config=config), integer.sources
+    return _clamped_outputs(prepare_fx(traced, mapping, example, prepare_custom_config=config), clamped), integer.sources
 
 
 def quantize_static(
-    model: Any, engine: str, calibration: Iterator[tuple], example: tuple, settings: CalibrationSettings, keep_float: tuple[str, ...]
+    model: Any, engine: str, calibration: Iterator[tuple], example: tuple, settings: CalibrationSettings, keep_float: tuple[str, ...],
+    options: StaticOptions | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """FX graph mode static PTQ of ``model`` (modified in place): fuse, observe the calibration batches, convert."""
+    options = options or StaticOptions.default(engine)
+    default = StaticOptions.default(engine)
 
     untraceable: dict[str, str] = {}
     glue: dict[str, str] = {}
@@ -131,8 +192,7 @@ def quantize_static(
         if under(path, keep_float) is not None or path not in inputs:
             continue  # kept float whole, or never called on the example batch
         island = model.get_submodule(path) if path else model
-        mapping = _qconfig_mapping(engine, settings, rel_keep)
-        prepared[path], sources = _prepare_island(island, skip, mapping, inputs[path], rel_keep)
+        prepared[path], sources = _prepare_island(island, skip, engine, settings, inputs[path], rel_keep, options)
         if sources:
             integer[path or "(model)"] = sources
         model = set_module(model, path, prepared[path])
@@ -144,14 +204,20 @@ def quantize_static(
     if batches == 0:
         raise ValueError("the calibration data yielded no batches")
     for path, observed in prepared.items():
-        model = set_module(model, path, unwrap_float_ops(convert_fx(observed)))
+        model = set_module(model, path, finish_clamps(unwrap_float_ops(convert_fx(observed)), engine))
     notes: dict[str, Any] = {
         "quantizer": f"torch.ao FX graph mode (prepare_fx/convert_fx), get_default_qconfig_mapping('{engine}'): "
         "BatchNorm folded into Conv, ReLU fused, adds and concatenations quantized where the model has them",
         "calibration": {"method": settings.method, "observer": OBSERVERS[settings.method], "samples": samples, "batches": batches},
-        "activations": f"quint8 asymmetric per-tensor, {'7' if REDUCE_RANGE[engine] else '8'}-bit range ({engine} default)",
-        "weights": "qint8 symmetric " + ("per-channel" if engine == "fbgemm" else "per-tensor") + f" ({engine} default)",
+        "activations": f"quint8 asymmetric per-tensor, {'7' if options.reduced == 'activations' else '8'}-bit range "
+                       + (f"({engine} default)" if options.reduced == default.reduced else "(recipe reduce_range)"),
+        "weights": "qint8 symmetric " + ("per-channel" if options.per_channel else "per-tensor")
+                   + (" 7-bit" if options.reduced == "weights" else "")
+                   + (f" ({engine} default)" if (options.per_channel, options.reduced) == (default.per_channel, default.reduced)
+                      else " (recipe per_channel / reduce_range)"),
     }
+    if options.compute_only:
+        notes["compute_only"] = "only Conv/Linear quantized (recipe compute_only): every other op runs in float"
     if settings.method == "percentile":
         notes["calibration"]["percentile"] = settings.percentile
     if untraceable:
@@ -265,7 +331,9 @@ class TorchAoBackend(Backend):
         with quantized_engine(recipe.engine), torch_warnings_to_log():
             if recipe.mode == "static":
                 batches = calibration_batches(ctx.calibration, ctx.source.inputs, ctx.calibration_settings)
-                quantized, found = quantize_static(model, recipe.engine, batches, example, ctx.calibration_settings, recipe.keep_float)
+                options = StaticOptions(recipe.weights_per_channel(), recipe.reduced(), recipe.compute_only)
+                quantized, found = quantize_static(model, recipe.engine, batches, example, ctx.calibration_settings,
+                                                   recipe.keep_float, options)
             else:
                 quantized, found = quantize_dynamic(model, recipe.engine, example, recipe.keep_float)
             stayed = float_ops(quantized, example, recipe.mode, recipe.engine, found, recipe.keep_float)
