@@ -1,0 +1,433 @@
+"""Issue 14's anchors: other tools' static INT8 on the same ONNX files and data as benchmarks/recover_bench.py,
+measured with edgekit's recovered ort-int8 in one run on ONNX Runtime CPU (2 threads, the same feeds).
+
+Peers, each with the recipe its documentation recommends for the model kind:
+- NNCF ``nncf.quantize`` on the ONNX model: ``ModelType.TRANSFORMER`` for MiniLM; its defaults (mixed preset off,
+  fast bias correction on) for the CNNs.
+- ONNX Runtime ``quantize_static``: matrix products only for MiniLM (MatMul and Gemm: the reference holds the
+  linear layers as Gemm; uint8 activations, int8 weights, QDQ); its defaults
+  (QDQ, MinMax) for the CNNs.
+- NVIDIA ModelOpt ``modelopt.onnx.quantization.quantize``: int8, entropy calibration on the CPU provider, the rest
+  of the graph kept FP32 (its default FP16 is for TensorRT; ONNX Runtime CPU has no fast FP16 kernels).
+- AIMET ``aimet_onnx``: QuantizationSimModel with TF-enhanced encodings, after cross-layer equalization on CNNs,
+  exported as a QDQ model.
+
+Two steps, two environments (``make bench-anchors`` runs both): the peers are installed into their own venv
+(benchmarks/.venv-anchors, benchmarks/anchors-requirements.txt), never into the project's.
+
+    .venv/bin/python benchmarks/anchors.py prepare                         # project venv: ONNX files, torch outputs
+    benchmarks/.venv-anchors/bin/python benchmarks/anchors.py run          # peers' venv: quantize, measure
+
+``prepare`` reuses benchmarks/work/recover_<model>/ (recover_bench.py's build: the reference ONNX every tool starts
+from, the ort-fp32 artifact every speed-up is measured against, edgekit's recovered ort-int8) and builds it when it
+is missing; it writes the torch FP32 outputs on the held-out data. ``run`` writes benchmarks/results/anchors.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import timing  # noqa: E402  numpy only: importable in the peers' venv
+
+WORK = HERE / "work"
+OUT = WORK / "anchors"
+RESULTS = HERE / "results"
+MODELS = ("minilm", "mobilenetv2_like", "resnet18_like")
+PEERS = ("nncf", "ort-quantize-static", "modelopt", "aimet")
+THREADS = 2
+DATA = {"minilm": ("minilm_calib.npz", "minilm_val.npz"), "mobilenetv2_like": ("cnn_calib.npz", "cnn_val.npz"),
+        "resnet18_like": ("cnn_calib.npz", "cnn_val.npz")}
+PEER_MODULES = {"nncf": "nncf", "ort-quantize-static": "onnxruntime", "modelopt": "modelopt", "aimet": "aimet_onnx"}
+PACKAGES = ("onnxruntime", "onnx", "numpy", "torch", "nncf", "nvidia-modelopt", "aimet-onnx")
+
+
+def build_dir(name: str) -> Path:
+    return WORK / f"recover_{name}"
+
+
+# ----------------------------------------------------------------------------------------- prepare (project venv)
+
+
+def prepare(names: list[str], budget: float) -> None:
+    """recover_bench.py's build of every model (kept when it is there) and the torch outputs on the held-out data."""
+    import recover_bench
+
+    recover_bench.prepare(names)
+    for name in names:
+        if not (build_dir(name) / "ort-int8" / "model.onnx").is_file():
+            print(f"anchors: building {build_dir(name)} with recover_bench.py (budget {budget:.0f} s)", flush=True)
+            recover_bench.bench_model(name, budget, build_dir(name))
+        target = OUT / name / "torch_val.npz"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(target, output=torch_outputs(name, load(WORK / "data" / DATA[name][1])))
+        print(f"anchors: wrote {target}", flush=True)
+
+
+def torch_outputs(name: str, val: dict[str, np.ndarray]) -> np.ndarray:
+    """The torch FP32 model's outputs, one sample at a time (the ONNX files take batch 1)."""
+    import torch
+
+    import models
+
+    module = models.minilm() if name == "minilm" else cnn_module(name)
+    rows = []
+    with torch.inference_mode():
+        for feed in samples(val):
+            out = module(*(torch.from_numpy(feed[k]) for k in val))
+            rows.append(out.numpy().reshape(1, -1))
+    return np.concatenate(rows)
+
+
+def cnn_module(name: str) -> Any:
+    from safetensors.torch import load_file
+
+    import models
+
+    module = models.CNNS[name]()
+    module.load_state_dict(load_file(str(WORK / f"{name}.safetensors")), strict=True)
+    return module.eval()
+
+
+# ------------------------------------------------------------------------------------------ run (peers' venv)
+
+
+def load(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+def samples(data: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """Batch-1 feeds, in the data file's order."""
+    n = len(next(iter(data.values())))
+    return [{k: v[i : i + 1] for k, v in data.items()} for i in range(n)]
+
+
+@dataclass
+class Case:
+    """One model: the files every tool starts from and the data every artifact is judged on."""
+
+    name: str
+    reference: Path  # what every peer quantizes (edgekit's reference/model.onnx)
+    fp32: Path  # edgekit's ort-fp32 artifact: the denominator of every speed-up
+    edgekit: Path  # edgekit's recovered ort-int8 artifact
+    calib: dict[str, np.ndarray]
+    val: dict[str, np.ndarray]
+    torch_out: np.ndarray
+
+    @property
+    def transformer(self) -> bool:
+        return self.name == "minilm"
+
+
+def load_case(name: str) -> Case:
+    d = build_dir(name)
+    calib, val = (load(WORK / "data" / f) for f in DATA[name])
+    return Case(name, d / "reference" / "model.onnx", d / "ort-fp32" / "model.onnx", d / "ort-int8" / "model.onnx",
+                calib, val, load(OUT / name / "torch_val.npz")["output"])
+
+
+# The peers: each takes the Case and the output path, writes a QDQ ONNX model there and returns its recipe text.
+
+
+def quantize_nncf(case: Case, out: Path) -> str:
+    import nncf
+    import onnx
+
+    model = onnx.load(str(case.reference))
+    feeds = samples(case.calib)
+    dataset = nncf.Dataset(feeds)
+    if case.transformer:
+        q = nncf.quantize(model, dataset, subset_size=len(feeds), model_type=nncf.ModelType.TRANSFORMER)
+        recipe = "nncf.quantize(model_type=TRANSFORMER), default preset (mixed), all calibration samples"
+    else:
+        q = nncf.quantize(model, dataset, subset_size=len(feeds), fast_bias_correction=True)
+        recipe = "nncf.quantize defaults (performance preset, fast bias correction), all calibration samples"
+    onnx.save(q, str(out))
+    return recipe
+
+
+class Reader:
+    """ONNX Runtime's CalibrationDataReader over batch-1 feeds (a fresh iterator per rewind)."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self.feeds, self._it = feeds, iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = iter(self.feeds)
+
+
+def quantize_ort(case: Case, out: Path) -> str:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class _Reader(Reader, CalibrationDataReader):
+        pass
+
+    reader = _Reader(samples(case.calib))
+    if case.transformer:
+        # the reference ONNX holds MiniLM's linear layers as Gemm (2-D, after a Reshape), its attention products as
+        # MatMul: "MatMuls only" means both, and no Add, LayerNorm, Softmax or GELU
+        quantize_static(str(case.reference), str(out), reader, quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=["MatMul", "Gemm"], activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, per_channel=False)
+        return "quantize_static QDQ, MatMul and Gemm only (the linear layers), uint8 activations / int8 weights, MinMax"
+    quantize_static(str(case.reference), str(out), reader)
+    return "quantize_static defaults (QDQ, int8 activations and weights, per-tensor, MinMax)"
+
+
+def quantize_modelopt(case: Case, out: Path) -> str:
+    from modelopt.onnx.quantization import quantize
+
+    quantize(str(case.reference), quantize_mode="int8", calibration_data=case.calib, calibration_method="entropy",
+             calibration_eps=["cpu"], high_precision_dtype="fp32", mha_accumulation_dtype="fp32", output_path=str(out),
+             log_level="WARNING")
+    return "modelopt.onnx.quantization.quantize int8, entropy calibration on CPU, high_precision_dtype fp32"
+
+
+def quantize_aimet(case: Case, out: Path) -> str:
+    import onnx
+    from aimet_onnx.quantsim import QuantizationSimModel
+
+    model = onnx.load(str(case.reference))
+    recipe = "QuantizationSimModel int8 weights and activations (default config), tf_enhanced encodings"
+    if not case.transformer:
+        from aimet_onnx.cross_layer_equalization import equalize_model
+
+        equalize_model(model)
+        recipe = "cross-layer equalization (BatchNorm folding, ReLU6 -> ReLU), then " + recipe
+    sim = QuantizationSimModel(model, param_type="int8", activation_type="int8", quant_scheme="tf_enhanced",
+                               providers=["CPUExecutionProvider"])
+    sim.compute_encodings(samples(case.calib))
+    onnx.save(sim.to_onnx_qdq(), str(out))  # activations exported unsigned (its default)
+    return recipe + "; exported with to_onnx_qdq() (uint8 activations)"
+
+
+QUANTIZERS: dict[str, Callable[[Case, Path], str]] = {
+    "nncf": quantize_nncf, "ort-quantize-static": quantize_ort, "modelopt": quantize_modelopt, "aimet": quantize_aimet}
+
+
+@dataclass
+class Artifact:
+    """One ONNX file to measure: edgekit's, or a peer's with how it was made (or why there is none)."""
+
+    label: str
+    path: Path | None
+    recipe: str = ""
+    quantize_s: float | None = None
+    error: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def make_peer(case: Case, peer: str) -> Artifact:
+    """Quantize with one peer; a peer that is not installed or fails is recorded with its error, never fatal."""
+    out = OUT / case.name / f"{peer}.onnx"
+    try:
+        __import__(PEER_MODULES[peer])
+    except Exception as exc:  # not installed here: anchors-requirements.txt says why
+        return Artifact(peer, None, error=f"not importable: {type(exc).__name__}: {exc}")
+    start = time.monotonic()
+    try:
+        recipe = QUANTIZERS[peer](case, out)
+    except Exception as exc:
+        tail = traceback.format_exc().strip().splitlines()[-3:]
+        return Artifact(peer, None, quantize_s=round(time.monotonic() - start, 1), error=f"{type(exc).__name__}: {exc}"[:500],
+                        metrics={"traceback_tail": tail})
+    return Artifact(peer, out, recipe, round(time.monotonic() - start, 1))
+
+
+def session(path: Path) -> Any:
+    """ONNX Runtime CPU, THREADS intra-op threads, full graph optimization, no spin-waiting (the sessions take turns)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = THREADS, 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-sample cosine, as edgekit's validator computes it (edgekit/validate/metrics.py: two zero rows count as 1)."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    dot = np.sum(a * b, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.where((na == 0) & (nb == 0), 1.0, dot / np.maximum(na * nb, 1e-300))
+    return np.clip(cos, -1.0, 1.0)
+
+
+def outputs(sess: Any, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
+    name = sess.get_outputs()[0].name
+    return np.concatenate([sess.run([name], f)[0].reshape(1, -1) for f in feeds])
+
+
+def quantized_nodes(path: Path) -> dict[str, int]:
+    """How much of the graph is INT8: QuantizeLinear / DequantizeLinear / QLinear* / *Integer node counts."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    ops = [n.op_type for n in model.graph.node]
+    return {"nodes": len(ops), "QuantizeLinear": ops.count("QuantizeLinear"), "DequantizeLinear": ops.count("DequantizeLinear"),
+            "int8_ops": sum(1 for o in ops if o.startswith("QLinear") or o.endswith("Integer"))}
+
+
+def measure(case: Case, artifacts: list[Artifact], rounds: int) -> None:
+    """Cosine vs torch (and vs ort-fp32) on every held-out sample, then p50 of all artifacts interleaved on sample 0."""
+    feeds = samples(case.val)
+    sessions: dict[str, Any] = {}
+    fp32 = next(a for a in artifacts if a.label == "ort-fp32")
+    for art in artifacts:
+        if art.path is None:
+            continue
+        try:
+            sessions[art.label] = session(art.path)
+        except Exception as exc:
+            art.error = f"ONNX Runtime cannot load it: {type(exc).__name__}: {str(exc)[:300]}"
+    ref = outputs(sessions[fp32.label], feeds)
+    for art in artifacts:
+        if art.label not in sessions:
+            continue
+        out = outputs(sessions[art.label], feeds)
+        art.metrics.update({
+            "cosine_vs_torch": float(np.mean(cosine_rows(case.torch_out, out))),
+            "min_cosine_vs_torch": float(np.min(cosine_rows(case.torch_out, out))),
+            "cosine_vs_ort_fp32": float(np.mean(cosine_rows(ref, out))),
+            "graph": quantized_nodes(art.path),
+        })
+    feed = feeds[0]
+    calls = {label: (lambda s=s: s.run(None, feed)) for label, s in sessions.items()}
+    before = timing.host_sample()
+    times = timing.interleaved(calls, warmup=5, rounds=rounds, per_round=2)
+    busy = timing.cpu_busy_other(before, timing.host_sample())
+    base = timing.percentiles(times[fp32.label])["p50_ms"]
+    for art in artifacts:
+        if art.label in times:
+            stats = timing.percentiles(times[art.label])
+            art.metrics.update({"latency": stats, "speedup_vs_ort_fp32": base / stats["p50_ms"]})
+    for art in artifacts:
+        art.metrics["timing_other_cpus_busy"] = busy
+
+
+def bench_case(name: str, peers: list[str], rounds: int) -> list[Artifact]:
+    case = load_case(name)
+    (OUT / name).mkdir(parents=True, exist_ok=True)
+    artifacts = [Artifact("ort-fp32", case.fp32, "edgekit's ort-fp32 artifact (the speed-up denominator)"),
+                 Artifact("edgekit", case.edgekit, "edgekit static ort-int8 with recovery (recover_bench.py's build)")]
+    for peer in peers:
+        print(f"anchors: {name}: quantizing with {peer}", flush=True)
+        artifacts.append(make_peer(case, peer))
+        if artifacts[-1].error:
+            print(f"anchors: {name}: {peer} failed: {artifacts[-1].error}", flush=True)
+    print(f"anchors: {name}: measuring {sum(a.path is not None for a in artifacts)} artifacts", flush=True)
+    measure(case, artifacts, rounds)
+    return artifacts
+
+
+def versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str | None] = {}
+    for pkg in PACKAGES:
+        try:
+            found[pkg] = version(pkg)
+        except PackageNotFoundError:
+            found[pkg] = None
+    return found
+
+
+def host() -> dict[str, Any]:
+    """CPU model and the INT8-relevant ISA flags (as edgekit.hostinfo.cpu reports them), load, Python."""
+    model, flags = platform.machine(), set()
+    with open("/proc/cpuinfo", encoding="utf-8") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
+    return {"cpu": model, "cores": os.cpu_count(), "isa": [f for f in wanted if f in flags], "python": platform.python_version(),
+            "hostname": platform.node(), "loadavg_start": list(os.getloadavg())}
+
+
+def row(model: str, art: Artifact) -> dict[str, Any]:
+    m = {k: v for k, v in art.metrics.items()}
+    return {"model": model, "tool": art.label, "recipe": art.recipe, "quantize_s": art.quantize_s, "error": art.error,
+            "file": str(art.path.relative_to(HERE.parent)) if art.path else None, **m}
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'model':<18} {'tool':<21} {'cos vs torch':>12} {'cos vs fp32':>12} {'p50 ms':>8} {'speed-up':>8}  note"]
+    for r in rows:
+        if r.get("cosine_vs_torch") is None:
+            lines.append(f"{r['model']:<18} {r['tool']:<21} {'-':>12} {'-':>12} {'-':>8} {'-':>8}  {r['error'] or ''}"[:200])
+            continue
+        lines.append(f"{r['model']:<18} {r['tool']:<21} {r['cosine_vs_torch']:>12.5f} {r['cosine_vs_ort_fp32']:>12.5f} "
+                     f"{r['latency']['p50_ms']:>8.2f} {r['speedup_vs_ort_fp32']:>7.2f}x")
+    return "\n".join(lines)
+
+
+def run(names: list[str], peers: list[str], rounds: int, result: str, argv: list[str]) -> int:
+    meta = host()
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        missing = [p for p in (build_dir(name) / "reference" / "model.onnx", OUT / name / "torch_val.npz") if not p.is_file()]
+        if missing:
+            print(f"anchors: {missing[0]} is missing; run `.venv/bin/python benchmarks/anchors.py prepare` first", file=sys.stderr)
+            return 2
+        rows += [row(name, a) for a in bench_case(name, peers, rounds)]
+    meta["loadavg_end"] = list(os.getloadavg())
+    doc = {"command": "benchmarks/anchors.py " + " ".join(argv), "host": meta, "versions": versions(), "threads": THREADS,
+           "rounds": rounds, "cosine": "mean over held-out samples of the per-sample cosine vs the torch FP32 model "
+           "(cosine_vs_torch, as recover_bench.py reports it) and vs edgekit's ort-fp32 ONNX (cosine_vs_ort_fp32)",
+           "speedup": "p50 of ort-fp32 / p50 of the artifact, every artifact of a model interleaved in one process",
+           "results": rows}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / result).write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
+    print(table(rows))
+    print(f"anchors: wrote {RESULTS / result}; load average {meta['loadavg_start']} -> {meta['loadavg_end']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("step", choices=("prepare", "run"))
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, from: " + ", ".join(MODELS))
+    parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated, from: " + ", ".join(PEERS))
+    parser.add_argument("--budget", type=float, default=180.0, help="prepare: recovery budget_s of a missing build")
+    parser.add_argument("--rounds", type=int, default=40, help="run: interleaved timing rounds (2 timed calls each)")
+    parser.add_argument("--result", default="anchors.json", help="run: file name under benchmarks/results/")
+    args = parser.parse_args(argv)
+    names, peers = args.models.split(","), args.peers.split(",")
+    bad = [n for n in names if n not in MODELS] + [p for p in peers if p not in PEERS]
+    if bad:
+        print(f"anchors: unknown model or peer {bad[0]!r}", file=sys.stderr)
+        return 2
+    if args.step == "prepare":
+        prepare(names, args.budget)
+        return 0
+    return run(names, peers, args.rounds, args.result, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
