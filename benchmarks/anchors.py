@@ -2,15 +2,14 @@
 measured with edgekit's recovered ort-int8 in one run on ONNX Runtime CPU (2 threads, the same feeds).
 
 Peers, each with the recipe its documentation recommends for the model kind:
-- NNCF ``nncf.quantize`` on the ONNX model: ``ModelType.TRANSFORMER`` for MiniLM; its defaults (mixed preset off,
-  fast bias correction on) for the CNNs.
+- NNCF ``nncf.quantize`` on the ONNX model: ``ModelType.TRANSFORMER`` for MiniLM; its defaults (performance
+  preset, fast bias correction) for the CNNs.
 - ONNX Runtime ``quantize_static``: matrix products only for MiniLM (MatMul and Gemm: the reference holds the
-  linear layers as Gemm; uint8 activations, int8 weights, QDQ); its defaults
-  (QDQ, MinMax) for the CNNs.
+  linear layers as Gemm; uint8 activations, int8 weights, QDQ); its defaults (QDQ, MinMax) for the CNNs.
 - NVIDIA ModelOpt ``modelopt.onnx.quantization.quantize``: int8, entropy calibration on the CPU provider, the rest
   of the graph kept FP32 (its default FP16 is for TensorRT; ONNX Runtime CPU has no fast FP16 kernels).
-- AIMET ``aimet_onnx``: QuantizationSimModel with TF-enhanced encodings, after cross-layer equalization on CNNs,
-  exported as a QDQ model.
+- AIMET ``aimet_onnx``: QuantizationSimModel, min-max encodings for MiniLM, cross-layer equalization then TF-enhanced
+  encodings for the CNNs, exported as a QDQ model.
 
 Two steps, two environments (``make bench-anchors`` runs both): the peers are installed into their own venv
 (benchmarks/.venv-anchors, benchmarks/anchors-requirements.txt), never into the project's.
@@ -46,17 +45,25 @@ import timing  # noqa: E402  numpy only: importable in the peers' venv
 WORK = HERE / "work"
 OUT = WORK / "anchors"
 RESULTS = HERE / "results"
-MODELS = ("minilm", "mobilenetv2_like", "resnet18_like")
+MODELS = ("minilm", "mobilenetv2_like", "resnet18_like", "vit")
 PEERS = ("nncf", "ort-quantize-static", "modelopt", "aimet")
 THREADS = 2
 DATA = {"minilm": ("minilm_calib.npz", "minilm_val.npz"), "mobilenetv2_like": ("cnn_calib.npz", "cnn_val.npz"),
         "resnet18_like": ("cnn_calib.npz", "cnn_val.npz")}
+VIT = OUT / "vit"  # the tests' small ViT (tests/test_recover.py NET, its seeded data): net.py, weights, data
 PEER_MODULES = {"nncf": "nncf", "ort-quantize-static": "onnxruntime", "modelopt": "modelopt", "aimet": "aimet_onnx"}
 PACKAGES = ("onnxruntime", "onnx", "numpy", "torch", "nncf", "nvidia-modelopt", "aimet-onnx")
 
 
 def build_dir(name: str) -> Path:
     return WORK / f"recover_{name}"
+
+
+def data_paths(name: str) -> tuple[Path, Path]:
+    """(calibration, held-out) .npz files of a model."""
+    if name == "vit":
+        return VIT / "calib.npz", VIT / "val.npz"
+    return WORK / "data" / DATA[name][0], WORK / "data" / DATA[name][1]
 
 
 # ----------------------------------------------------------------------------------------- prepare (project venv)
@@ -66,15 +73,65 @@ def prepare(names: list[str], budget: float) -> None:
     """recover_bench.py's build of every model (kept when it is there) and the torch outputs on the held-out data."""
     import recover_bench
 
-    recover_bench.prepare(names)
+    recover_bench.prepare([n for n in names if n != "vit"])
+    if "vit" in names:
+        prepare_vit()
     for name in names:
         if not (build_dir(name) / "ort-int8" / "model.onnx").is_file():
-            print(f"anchors: building {build_dir(name)} with recover_bench.py (budget {budget:.0f} s)", flush=True)
-            recover_bench.bench_model(name, budget, build_dir(name))
+            print(f"anchors: building {build_dir(name)} with recovery (budget {budget:.0f} s)", flush=True)
+            if name == "vit":
+                build_vit(budget)
+            else:
+                recover_bench.bench_model(name, budget, build_dir(name))
         target = OUT / name / "torch_val.npz"
         target.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(target, output=torch_outputs(name, load(WORK / "data" / DATA[name][1])))
+        np.savez(target, output=torch_outputs(name, load(data_paths(name)[1])))
         print(f"anchors: wrote {target}", flush=True)
+
+
+def prepare_vit() -> None:
+    """The ViT of tests/test_recover.py (its NET source read from the test file, not copied), its seeded weights and
+    its data: 96 calibration and 64 held-out standard-normal images (seed 0), as the test makes them."""
+    import ast
+
+    from safetensors.torch import save_file
+
+    tree = ast.parse((HERE.parent / "tests" / "test_recover.py").read_text())
+    net = next(n.value.value for n in tree.body
+               if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == "NET")
+    VIT.mkdir(parents=True, exist_ok=True)
+    (VIT / "net.py").write_text(net)
+    save_file({k: v.contiguous() for k, v in vit_module(load_weights=False).state_dict().items()}, str(VIT / "vit.safetensors"))
+    x = np.random.default_rng(0).standard_normal((160, 3, 32, 32)).astype(np.float32)
+    np.savez(VIT / "calib.npz", x=x[:96])
+    np.savez(VIT / "val.npz", x=x[96:])
+
+
+def vit_module(load_weights: bool = True) -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_anchors_vit_net", VIT / "net.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    module = mod.vit()
+    if load_weights:
+        from safetensors.torch import load_file
+
+        module.load_state_dict(load_file(str(VIT / "vit.safetensors")), strict=True)
+    return module.eval()
+
+
+def build_vit(budget: float) -> None:
+    """The test's build (ort-fp32, ort-int8 with recovery, the default gates) into benchmarks/work/recover_vit."""
+    from edgekit.config import load_config
+    from edgekit.console import Console
+    from edgekit.pipeline import BuildOptions, build
+
+    cfg = {"model": {"source": f"{VIT / 'net.py'}:vit", "weights": str(VIT / "vit.safetensors"), "outputs": ["logits"],
+                     "inputs": [{"name": "x", "shape": [1, 3, 32, 32]}]},
+           "calibration": {"data": str(VIT / "calib.npz")}, "validation": {"data": str(VIT / "val.npz")},
+           "targets": {"use": ["ort-fp32", "ort-int8"], "ort-int8": {"recover": {"budget_s": budget}}}}
+    build(load_config(cfg), BuildOptions(out=build_dir("vit")), Console(progress=True))
 
 
 def torch_outputs(name: str, val: dict[str, np.ndarray]) -> np.ndarray:
@@ -83,7 +140,7 @@ def torch_outputs(name: str, val: dict[str, np.ndarray]) -> np.ndarray:
 
     import models
 
-    module = models.minilm() if name == "minilm" else cnn_module(name)
+    module = models.minilm() if name == "minilm" else vit_module() if name == "vit" else cnn_module(name)
     rows = []
     with torch.inference_mode():
         for feed in samples(val):
@@ -130,12 +187,12 @@ class Case:
 
     @property
     def transformer(self) -> bool:
-        return self.name == "minilm"
+        return self.name in ("minilm", "vit")
 
 
 def load_case(name: str) -> Case:
     d = build_dir(name)
-    calib, val = (load(WORK / "data" / f) for f in DATA[name])
+    calib, val = (load(p) for p in data_paths(name))
     return Case(name, d / "reference" / "model.onnx", d / "ort-fp32" / "model.onnx", d / "ort-int8" / "model.onnx",
                 calib, val, load(OUT / name / "torch_val.npz")["output"])
 
@@ -150,7 +207,12 @@ def quantize_nncf(case: Case, out: Path) -> str:
     model = onnx.load(str(case.reference))
     feeds = samples(case.calib)
     dataset = nncf.Dataset(feeds)
-    if case.transformer:
+    if case.name == "vit":  # issue 14's best NNCF recipe for the small ViT: the overflow fix on every layer
+        advanced = nncf.AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix.ENABLE)
+        q = nncf.quantize(model, dataset, subset_size=len(feeds), model_type=nncf.ModelType.TRANSFORMER,
+                          advanced_parameters=advanced)
+        recipe = "nncf.quantize(model_type=TRANSFORMER, overflow_fix=ENABLE), default preset (mixed), all calibration samples"
+    elif case.transformer:
         q = nncf.quantize(model, dataset, subset_size=len(feeds), model_type=nncf.ModelType.TRANSFORMER)
         recipe = "nncf.quantize(model_type=TRANSFORMER), default preset (mixed), all calibration samples"
     else:
@@ -174,7 +236,7 @@ class Reader:
 
 
 def quantize_ort(case: Case, out: Path) -> str:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     class _Reader(Reader, CalibrationDataReader):
         pass
@@ -182,11 +244,14 @@ def quantize_ort(case: Case, out: Path) -> str:
     reader = _Reader(samples(case.calib))
     if case.transformer:
         # the reference ONNX holds MiniLM's linear layers as Gemm (2-D, after a Reshape), its attention products as
-        # MatMul: "MatMuls only" means both, and no Add, LayerNorm, Softmax or GELU
+        # MatMul: "MatMuls only" means both, and no Add, LayerNorm, Softmax or GELU. Calibration: MinMax for MiniLM,
+        # percentile for the small ViT (issue 14's best ORT recipe for each)
+        method = CalibrationMethod.Percentile if case.name == "vit" else CalibrationMethod.MinMax
         quantize_static(str(case.reference), str(out), reader, quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=["MatMul", "Gemm"], activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, per_channel=False)
-        return "quantize_static QDQ, MatMul and Gemm only (the linear layers), uint8 activations / int8 weights, MinMax"
+                        weight_type=QuantType.QInt8, per_channel=False, calibrate_method=method)
+        return (f"quantize_static QDQ, MatMul and Gemm only (the linear layers), uint8 activations / int8 weights, "
+                f"{method.name}")
     quantize_static(str(case.reference), str(out), reader)
     return "quantize_static defaults (QDQ, int8 activations and weights, per-tensor, MinMax)"
 
@@ -205,13 +270,16 @@ def quantize_aimet(case: Case, out: Path) -> str:
     from aimet_onnx.quantsim import QuantizationSimModel
 
     model = onnx.load(str(case.reference))
-    recipe = "QuantizationSimModel int8 weights and activations (default config), tf_enhanced encodings"
+    # MiniLM: min-max encodings (TF-enhanced ones collapse it: mean cosine about 0.05 in a probe on 8 held-out
+    # sentences, min-max about 0.36); CNNs: AIMET's documented PTQ recipe, CLE then TF-enhanced encodings
+    scheme = "min_max" if case.transformer else "tf_enhanced"
+    recipe = f"QuantizationSimModel int8 weights and activations (default config), {scheme} encodings"
     if not case.transformer:
         from aimet_onnx.cross_layer_equalization import equalize_model
 
         equalize_model(model)
         recipe = "cross-layer equalization (BatchNorm folding, ReLU6 -> ReLU), then " + recipe
-    sim = QuantizationSimModel(model, param_type="int8", activation_type="int8", quant_scheme="tf_enhanced",
+    sim = QuantizationSimModel(model, param_type="int8", activation_type="int8", quant_scheme=scheme,
                                providers=["CPUExecutionProvider"])
     sim.compute_encodings(samples(case.calib))
     onnx.save(sim.to_onnx_qdq(), str(out))  # activations exported unsigned (its default)
@@ -289,7 +357,7 @@ def quantized_nodes(path: Path) -> dict[str, int]:
             "int8_ops": sum(1 for o in ops if o.startswith("QLinear") or o.endswith("Integer"))}
 
 
-def measure(case: Case, artifacts: list[Artifact], rounds: int) -> None:
+def measure(case: Case, artifacts: list[Artifact], rounds: int, quiet_wait_s: float) -> None:
     """Cosine vs torch (and vs ort-fp32) on every held-out sample, then p50 of all artifacts interleaved on sample 0."""
     feeds = samples(case.val)
     sessions: dict[str, Any] = {}
@@ -306,6 +374,9 @@ def measure(case: Case, artifacts: list[Artifact], rounds: int) -> None:
         if art.label not in sessions:
             continue
         out = outputs(sessions[art.label], feeds)
+        if not np.all(np.isfinite(out)):  # strict JSON has no NaN: say so instead
+            art.error = f"{int(np.sum(~np.isfinite(out)))} non-finite output values on the held-out data"
+            continue
         art.metrics.update({
             "cosine_vs_torch": float(np.mean(cosine_rows(case.torch_out, out))),
             "min_cosine_vs_torch": float(np.min(cosine_rows(case.torch_out, out))),
@@ -314,8 +385,10 @@ def measure(case: Case, artifacts: list[Artifact], rounds: int) -> None:
         })
     feed = feeds[0]
     calls = {label: (lambda s=s: s.run(None, feed)) for label, s in sessions.items()}
+    per_round = calls_per_round(calls[fp32.label])
+    waited = timing.wait_for_quiet(quiet_wait_s)
     before = timing.host_sample()
-    times = timing.interleaved(calls, warmup=5, rounds=rounds, per_round=2)
+    times = timing.interleaved(calls, warmup=5, rounds=rounds, per_round=per_round)
     busy = timing.cpu_busy_other(before, timing.host_sample())
     base = timing.percentiles(times[fp32.label])["p50_ms"]
     for art in artifacts:
@@ -323,10 +396,22 @@ def measure(case: Case, artifacts: list[Artifact], rounds: int) -> None:
             stats = timing.percentiles(times[art.label])
             art.metrics.update({"latency": stats, "speedup_vs_ort_fp32": base / stats["p50_ms"]})
     for art in artifacts:
-        art.metrics["timing_other_cpus_busy"] = busy
+        art.metrics.update({"timing_other_cpus_busy": busy, "timing_rounds": rounds, "timing_calls_per_round": per_round,
+                            "timing_waited_for_quiet": list(waited) if waited else None})
 
 
-def bench_case(name: str, peers: list[str], rounds: int) -> list[Artifact]:
+def calls_per_round(call: Callable[[], Any], slice_s: float = 0.02) -> int:
+    """Timed calls per path and round: 2, or enough for about ``slice_s`` of FP32 work, so that a sub-millisecond
+    model (the ViT) is not timed one call between two other sessions' calls."""
+    for _ in range(3):
+        call()
+    start = time.perf_counter()
+    for _ in range(5):
+        call()
+    return max(2, int(slice_s / max((time.perf_counter() - start) / 5, 1e-6)))
+
+
+def bench_case(name: str, peers: list[str], rounds: int, quiet_wait_s: float) -> list[Artifact]:
     case = load_case(name)
     (OUT / name).mkdir(parents=True, exist_ok=True)
     artifacts = [Artifact("ort-fp32", case.fp32, "edgekit's ort-fp32 artifact (the speed-up denominator)"),
@@ -337,7 +422,7 @@ def bench_case(name: str, peers: list[str], rounds: int) -> list[Artifact]:
         if artifacts[-1].error:
             print(f"anchors: {name}: {peer} failed: {artifacts[-1].error}", flush=True)
     print(f"anchors: {name}: measuring {sum(a.path is not None for a in artifacts)} artifacts", flush=True)
-    measure(case, artifacts, rounds)
+    measure(case, artifacts, rounds, quiet_wait_s)
     return artifacts
 
 
@@ -386,7 +471,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run(names: list[str], peers: list[str], rounds: int, result: str, argv: list[str]) -> int:
+def run(names: list[str], peers: list[str], rounds: int, quiet_wait_s: float, result: str, argv: list[str]) -> int:
     meta = host()
     rows: list[dict[str, Any]] = []
     for name in names:
@@ -394,7 +479,7 @@ def run(names: list[str], peers: list[str], rounds: int, result: str, argv: list
         if missing:
             print(f"anchors: {missing[0]} is missing; run `.venv/bin/python benchmarks/anchors.py prepare` first", file=sys.stderr)
             return 2
-        rows += [row(name, a) for a in bench_case(name, peers, rounds)]
+        rows += [row(name, a) for a in bench_case(name, peers, rounds, quiet_wait_s)]
     meta["loadavg_end"] = list(os.getloadavg())
     doc = {"command": "benchmarks/anchors.py " + " ".join(argv), "host": meta, "versions": versions(), "threads": THREADS,
            "rounds": rounds, "cosine": "mean over held-out samples of the per-sample cosine vs the torch FP32 model "
@@ -415,7 +500,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, from: " + ", ".join(MODELS))
     parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated, from: " + ", ".join(PEERS))
     parser.add_argument("--budget", type=float, default=180.0, help="prepare: recovery budget_s of a missing build")
-    parser.add_argument("--rounds", type=int, default=40, help="run: interleaved timing rounds (2 timed calls each)")
+    parser.add_argument("--rounds", type=int, default=40, help="run: interleaved timing rounds (2 or more timed calls each)")
+    parser.add_argument("--quiet-wait", type=float, default=60.0,
+                        help="run: wait up to this many seconds for other processes to leave the CPUs before timing")
     parser.add_argument("--result", default="anchors.json", help="run: file name under benchmarks/results/")
     args = parser.parse_args(argv)
     names, peers = args.models.split(","), args.peers.split(",")
@@ -426,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.step == "prepare":
         prepare(names, args.budget)
         return 0
-    return run(names, peers, args.rounds, args.result, argv)
+    return run(names, peers, args.rounds, args.quiet_wait, args.result, argv)
 
 
 if __name__ == "__main__":
