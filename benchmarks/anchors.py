@@ -19,7 +19,8 @@ Two steps, two environments (``make bench-anchors`` runs both): the peers are in
 
 ``prepare`` reuses benchmarks/work/recover_<model>/ (recover_bench.py's build: the reference ONNX every tool starts
 from, the ort-fp32 artifact every speed-up is measured against, edgekit's recovered ort-int8) and builds it when it
-is missing; it writes the torch FP32 outputs on the held-out data. ``run`` writes benchmarks/results/anchors.json.
+is missing; it writes the torch FP32 outputs on the held-out data. ``run`` quantizes with each peer in a child
+process (``anchors.py quantize``), measures and writes benchmarks/results/anchors.json.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -38,9 +39,20 @@ from typing import Any, Callable
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
-import timing  # noqa: E402  numpy only: importable in the peers' venv
+
+def _sibling(name: str) -> Any:
+    """A module of benchmarks/ by path: benchmarks/ stays off sys.path in the peers' venv, so none of its files
+    (models.py, report.py, ...) can shadow a package a peer imports (benchmarks/subproc.py says the same)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_anchors_{name}", HERE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+timing = _sibling("timing")  # numpy only: importable in the peers' venv
 
 WORK = HERE / "work"
 OUT = WORK / "anchors"
@@ -71,6 +83,7 @@ def data_paths(name: str) -> tuple[Path, Path]:
 
 def prepare(names: list[str], budget: float) -> None:
     """recover_bench.py's build of every model (kept when it is there) and the torch outputs on the held-out data."""
+    sys.path.insert(0, str(HERE))  # the project's venv: recover_bench.py and models.py import their siblings
     import recover_bench
 
     recover_bench.prepare([n for n in names if n != "vit"])
@@ -303,20 +316,35 @@ class Artifact:
 
 
 def make_peer(case: Case, peer: str) -> Artifact:
-    """Quantize with one peer; a peer that is not installed or fails is recorded with its error, never fatal."""
-    out = OUT / case.name / f"{peer}.onnx"
+    """Quantize with one peer in a child process (ModelOpt patches ONNX Runtime's calibrators for the whole process,
+    which breaks a later quantize_static); a peer that is not installed or fails is recorded with its error."""
+    out, log, meta = (OUT / case.name / f"{peer}{ext}" for ext in (".onnx", ".log", ".json"))
+    for path in (out, meta):
+        path.unlink(missing_ok=True)
+    start = time.monotonic()
+    with open(log, "w", encoding="utf-8") as fh:
+        code = subprocess.run([sys.executable, str(Path(__file__).resolve()), "quantize", "--models", case.name,
+                               "--peers", peer], stdout=fh, stderr=subprocess.STDOUT, check=False).returncode
+    seconds = round(time.monotonic() - start, 1)
+    if code != 0 or not meta.is_file():
+        lines = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+        error = next((ln for ln in reversed(lines) if "Error" in ln or "error" in ln), lines[-1] if lines else "")
+        return Artifact(peer, None, quantize_s=seconds, error=f"exit {code}: {error.strip()}"[:500],
+                        metrics={"log": str(log.relative_to(HERE.parent))})
+    return Artifact(peer, out, json.loads(meta.read_text())["recipe"], seconds)
+
+
+def quantize_child(name: str, peer: str) -> int:
+    """`anchors.py quantize`: one peer on one model, the recipe written beside the ONNX file (make_peer's child)."""
     try:
         __import__(PEER_MODULES[peer])
     except Exception as exc:  # not installed here: anchors-requirements.txt says why
-        return Artifact(peer, None, error=f"not importable: {type(exc).__name__}: {exc}")
-    start = time.monotonic()
-    try:
-        recipe = QUANTIZERS[peer](case, out)
-    except Exception as exc:
-        tail = traceback.format_exc().strip().splitlines()[-3:]
-        return Artifact(peer, None, quantize_s=round(time.monotonic() - start, 1), error=f"{type(exc).__name__}: {exc}"[:500],
-                        metrics={"traceback_tail": tail})
-    return Artifact(peer, out, recipe, round(time.monotonic() - start, 1))
+        print(f"not importable: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 3
+    case = load_case(name)
+    recipe = QUANTIZERS[peer](case, OUT / name / f"{peer}.onnx")
+    (OUT / name / f"{peer}.json").write_text(json.dumps({"recipe": recipe}))
+    return 0
 
 
 def session(path: Path) -> Any:
@@ -496,7 +524,7 @@ def run(names: list[str], peers: list[str], rounds: int, quiet_wait_s: float, re
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=("prepare", "run"))
+    parser.add_argument("step", choices=("prepare", "run", "quantize"))
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, from: " + ", ".join(MODELS))
     parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated, from: " + ", ".join(PEERS))
     parser.add_argument("--budget", type=float, default=180.0, help="prepare: recovery budget_s of a missing build")
@@ -513,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.step == "prepare":
         prepare(names, args.budget)
         return 0
+    if args.step == "quantize":
+        return quantize_child(names[0], peers[0])
     return run(names, peers, args.rounds, args.quiet_wait, args.result, argv)
 
 
