@@ -16,6 +16,7 @@ Two steps, two environments (``make bench-anchors`` runs both): the peers are in
 
     .venv/bin/python benchmarks/anchors.py prepare                         # project venv: ONNX files, torch outputs
     benchmarks/.venv-anchors/bin/python benchmarks/anchors.py run          # peers' venv: quantize, measure
+    .venv/bin/python benchmarks/anchors.py markdown                        # BENCHMARKS.md's section from the result
 
 ``prepare`` reuses benchmarks/work/recover_<model>/ (recover_bench.py's build: the reference ONNX every tool starts
 from, the ort-fp32 artifact every speed-up is measured against, edgekit's recovered ort-int8) and builds it when it
@@ -439,11 +440,21 @@ def calls_per_round(call: Callable[[], Any], slice_s: float = 0.02) -> int:
     return max(2, int(slice_s / max((time.perf_counter() - start) / 5, 1e-6)))
 
 
+def build_verdict(name: str) -> dict[str, Any]:
+    """What the build that wrote edgekit's artifact measured itself (its manifest.json): another run's numbers."""
+    manifest = json.loads((build_dir(name) / "manifest.json").read_text())
+    t = manifest["targets"]["ort-int8"]
+    return {"manifest": str((build_dir(name) / "manifest.json").relative_to(HERE.parent)), "status": t["status"],
+            "cosine_vs_torch": t["metrics"]["vs_torch"]["worst"]["cosine"],
+            "speedup_vs_ort_fp32": t["latency"].get("speedup_vs_ort_fp32")}
+
+
 def bench_case(name: str, peers: list[str], rounds: int, quiet_wait_s: float) -> list[Artifact]:
     case = load_case(name)
     (OUT / name).mkdir(parents=True, exist_ok=True)
     artifacts = [Artifact("ort-fp32", case.fp32, "edgekit's ort-fp32 artifact (the speed-up denominator)"),
-                 Artifact("edgekit", case.edgekit, "edgekit static ort-int8 with recovery (recover_bench.py's build)")]
+                 Artifact("edgekit", case.edgekit, "edgekit static ort-int8 with recovery (recover_bench.py's build)",
+                          metrics={"its_build": build_verdict(name)})]
     for peer in peers:
         print(f"anchors: {name}: quantizing with {peer}", flush=True)
         artifacts.append(make_peer(case, peer))
@@ -521,10 +532,91 @@ def run(names: list[str], peers: list[str], rounds: int, quiet_wait_s: float, re
     return 0
 
 
+LABELS = {"minilm": "MiniLM", "mobilenetv2_like": "MobileNetV2-shaped", "resnet18_like": "ResNet-18-shaped",
+          "vit": "small ViT (tests)"}
+TOOLS = {"edgekit": "edgekit ort-int8, recovered", "nncf": "NNCF", "ort-quantize-static": "ONNX Runtime quantize_static",
+         "modelopt": "NVIDIA ModelOpt", "aimet": "AIMET (aimet-onnx)"}
+
+
+def _cell(r: dict[str, Any] | None) -> str:
+    if r is None:
+        return "—"
+    if r.get("cosine_vs_torch") is None:
+        return "failed (see json)"
+    return f"{r['cosine_vs_torch']:.4f} at {r['speedup_vs_ort_fp32']:.2f}x"
+
+
+def _other_runs() -> dict[str, dict[str, Any]]:
+    """edgekit's numbers as recover_bench.py published them (benchmarks/results/recover*.json): other runs."""
+    found: dict[str, dict[str, Any]] = {}
+    for name in ("recover.json", "recover_minilm.json"):
+        path = RESULTS / name
+        if path.is_file():
+            for r in json.loads(path.read_text())["results"]:
+                found[r["model"]] = {**r, "file": name}
+    return found
+
+
+def _bar(model: str, by: dict[tuple[str, str], dict[str, Any]]) -> str:
+    """Issue 14's bar for the model: edgekit at least as accurate as the most accurate peer, at edgekit's speed."""
+    ours = by.get((model, "edgekit"), {})
+    peers = [r for (m, t), r in by.items() if m == model and t not in ("edgekit", "ort-fp32") and r.get("cosine_vs_torch")]
+    if not peers or ours.get("cosine_vs_torch") is None:
+        return f"- {LABELS.get(model, model)}: no comparison (a tool failed)"
+    best = max(peers, key=lambda r: r["cosine_vs_torch"])
+    met = ours["cosine_vs_torch"] >= best["cosine_vs_torch"]
+    speed = ours["speedup_vs_ort_fp32"] / best["speedup_vs_ort_fp32"]
+    return (f"- {LABELS.get(model, model)}: the most accurate peer is {TOOLS[best['tool']]} ({best['cosine_vs_torch']:.4f} at "
+            f"{best['speedup_vs_ort_fp32']:.2f}x); edgekit {ours['cosine_vs_torch']:.4f} at {speed:.2f}x that tool's speed: "
+            + ("at least as accurate, **met**" if met else "less accurate, **not met**"))
+
+
+def markdown(doc: dict[str, Any]) -> list[str]:
+    """BENCHMARKS.md's anchors section from anchors.json: cosine vs torch and speed-up vs ort-fp32 per tool and model."""
+    rows = doc["results"]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    by = {(r["model"], r["tool"]): r for r in rows}
+    host, v = doc["host"], doc["versions"]
+    lines = ["## Anchors: other tools' static INT8 on the same files (issue 14)", "",
+             f"From `make bench-anchors` (`{doc['command']}` in benchmarks/.venv-anchors after `anchors.py prepare` in "
+             ".venv; benchmarks/results/anchors.json). Every tool starts from the reference ONNX of recover_bench.py's "
+             "build (benchmarks/work/recover_<model>/reference/model.onnx) with its calibration data; every artifact "
+             f"runs on ONNX Runtime {v.get('onnxruntime')} CPU, {doc['threads']} threads, on the same held-out feeds. "
+             "Cell: mean cosine vs the torch FP32 model over the held-out samples, at p50 speed-up over edgekit's "
+             "ort-fp32 artifact, all of a model's artifacts timed interleaved in one process. "
+             f"Host: {host['cpu']}, {host['cores']} cores, ISA flags {', '.join(host['isa'])}; load average "
+             f"{', '.join(f'{x:.1f}' for x in host['loadavg_start'])} at the start, "
+             f"{', '.join(f'{x:.1f}' for x in host['loadavg_end'])} at the end (a shared host: ratios, not "
+             "milliseconds). Versions: " + ", ".join(f"{k} {x}" for k, x in v.items() if x) + ".", "",
+             "| tool | " + " | ".join(LABELS.get(m, m) for m in models) + " |", "|---" * (len(models) + 1) + "|"]
+    for tool, label in TOOLS.items():
+        lines.append(f"| {label} | " + " | ".join(_cell(by.get((m, tool))) for m in models) + " |")
+    other = _other_runs()
+    lines.append("| edgekit ort-int8, recovered, as published (**another run**: "
+                 + " / ".join(sorted({o["file"] for o in other.values()})) + ") | "
+                 + " | ".join(_cell(other.get(m)) for m in models) + " |")
+    builds = {m: by[(m, "edgekit")].get("its_build") for m in models if (m, "edgekit") in by}
+    lines += ["", "edgekit's row times the ort-int8 artifact of the build in benchmarks/work/recover_<model>/ (written by "
+              "recover_bench.py, or by `anchors.py prepare` when missing); that build's own validator said: "
+              + "; ".join(f"{LABELS.get(m, m)} {b['cosine_vs_torch']:.4f} at {b['speedup_vs_ort_fp32']:.2f}x ({b['status']})"
+                          for m, b in builds.items() if b) + ".", ""]
+    lines += [_bar(m, by) for m in models] + [""]
+    lines += ["Recipes (anchors.json has each one's text, its quantization seconds and node counts):", ""]
+    recipes = {}
+    for r in rows:
+        if r["tool"] in TOOLS and r["tool"] != "edgekit" and r.get("recipe"):
+            recipes.setdefault(r["tool"], {}).setdefault(r["recipe"], []).append(LABELS.get(r["model"], r["model"]))
+    for tool, texts in recipes.items():
+        lines.append(f"- {TOOLS[tool]}: " + "; ".join(f"{', '.join(ms)}: {t}" for t, ms in texts.items()))
+    failed = [r for r in rows if r.get("error")]
+    lines += [f"- failed: {LABELS.get(r['model'], r['model'])} {TOOLS.get(r['tool'], r['tool'])}: {r['error']}" for r in failed]
+    return lines + [""]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=("prepare", "run", "quantize"))
+    parser.add_argument("step", choices=("prepare", "run", "quantize", "markdown"))
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, from: " + ", ".join(MODELS))
     parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated, from: " + ", ".join(PEERS))
     parser.add_argument("--budget", type=float, default=180.0, help="prepare: recovery budget_s of a missing build")
@@ -543,6 +635,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.step == "quantize":
         return quantize_child(names[0], peers[0])
+    if args.step == "markdown":  # BENCHMARKS.md's section, from the result file
+        print("\n".join(markdown(json.loads((RESULTS / args.result).read_text()))))
+        return 0
     return run(names, peers, args.rounds, args.quiet_wait, args.result, argv)
 
 
