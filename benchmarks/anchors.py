@@ -489,8 +489,9 @@ def host() -> dict[str, Any]:
                 flags = set(value.split())
                 break
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True, check=False)
     return {"cpu": model, "cores": os.cpu_count(), "isa": [f for f in wanted if f in flags], "python": platform.python_version(),
-            "hostname": platform.node(), "loadavg_start": list(os.getloadavg())}
+            "hostname": platform.node(), "loadavg_start": list(os.getloadavg()), "commit": head.stdout.strip() or None}
 
 
 def row(model: str, art: Artifact) -> dict[str, Any]:
@@ -587,7 +588,8 @@ def markdown(doc: dict[str, Any]) -> list[str]:
              f"Host: {host['cpu']}, {host['cores']} cores, ISA flags {', '.join(host['isa'])}; load average "
              f"{', '.join(f'{x:.1f}' for x in host['loadavg_start'])} at the start, "
              f"{', '.join(f'{x:.1f}' for x in host['loadavg_end'])} at the end (a shared host: ratios, not "
-             "milliseconds). Versions: " + ", ".join(f"{k} {x}" for k, x in v.items() if x) + ".", "",
+             "milliseconds). Versions: " + ", ".join(f"{k} {x}" for k, x in v.items() if x) + " (ModelOpt's [onnx] "
+             "extra spelled out without the onnxruntime-gpu and cupy-cuda12x it pulls: anchors-requirements.txt).", "",
              "| tool | " + " | ".join(LABELS.get(m, m) for m in models) + " |", "|---" * (len(models) + 1) + "|"]
     for tool, label in TOOLS.items():
         lines.append(f"| {label} | " + " | ".join(_cell(by.get((m, tool))) for m in models) + " |")
@@ -610,7 +612,12 @@ def markdown(doc: dict[str, Any]) -> list[str]:
         lines.append(f"- {TOOLS[tool]}: " + "; ".join(f"{', '.join(ms)}: {t}" for t, ms in texts.items()))
     failed = [r for r in rows if r.get("error")]
     lines += [f"- failed: {LABELS.get(r['model'], r['model'])} {TOOLS.get(r['tool'], r['tool'])}: {r['error']}" for r in failed]
-    return lines + [""]
+    return lines + ["", "Reproduce (the peers go into benchmarks/.venv-anchors from benchmarks/anchors-requirements.txt, "
+                    "never into .venv):", "",
+                    "    make bench-anchors                                             # all of the below",
+                    "    .venv/bin/python benchmarks/anchors.py prepare                 # ONNX files (builds missing ones), torch outputs",
+                    "    benchmarks/.venv-anchors/bin/python benchmarks/anchors.py run  # quantize with each peer, measure",
+                    "    .venv/bin/python benchmarks/anchors.py markdown                # this section", ""]
 
 
 def main(argv: list[str] | None = None) -> int:
