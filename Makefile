@@ -73,5 +73,22 @@ check-large: $(STAMP)
 bench-fleet: $(STAMP)
 	$(PY) benchmarks/fleet_bench.py
 
+# Issue 14's anchors (benchmarks/anchors.py): NNCF, ONNX Runtime's quantize_static, NVIDIA ModelOpt and AIMET on the
+# ONNX files and data of benchmarks/recover_bench.py, measured with edgekit's recovered ort-int8 in one run. The peers
+# live in their own venv, never in .venv; constraints.txt keeps torch at the CPU wheel (checked: no CUDA build).
+ANCHORS_VENV := benchmarks/.venv-anchors
+ANCHORS_PY   := $(ANCHORS_VENV)/bin/python
+.PHONY: bench-anchors
+
+$(ANCHORS_PY):
+	$(PYTHON) -m venv $(ANCHORS_VENV)
+
+bench-anchors: $(STAMP) $(ANCHORS_PY)
+	$(PIP) install --quiet -c constraints.txt -e ".[test,minilm]"
+	$(ANCHORS_PY) -m pip install --quiet -c constraints.txt -r benchmarks/anchors-requirements.txt
+	@$(ANCHORS_PY) -c "import torch; assert torch.__version__.startswith('2.13.0') and torch.version.cuda is None, torch.__version__"
+	$(PY) benchmarks/anchors.py prepare
+	$(ANCHORS_PY) benchmarks/anchors.py run
+
 clean:
 	rm -rf $(VENV) edgekit-demo dist build *.egg-info

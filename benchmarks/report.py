@@ -274,6 +274,16 @@ def calibration_section(folder: Path = Path(__file__).resolve().parent / "result
     return out
 
 
+def anchors_section() -> list[str]:
+    """benchmarks/anchors.py's section (`make bench-anchors`), when it has been run."""
+    path = Path(__file__).resolve().parent / "results" / "anchors.json"
+    if not path.is_file():
+        return []
+    from anchors import markdown
+
+    return markdown(json.loads(path.read_text())) + [""]
+
+
 def render(doc: dict[str, Any], json_path: Path | str) -> str:
     from analysis import ANALYSIS, METHOD, ST_NOTE  # the prose that goes with the numbers
 
@@ -343,8 +353,8 @@ def render(doc: dict[str, Any], json_path: Path | str) -> str:
     from int4_report import int4_section  # benchmarks/int4_bench.py's result, when it has been run
     from recover_report import recover_section  # benchmarks/recover_bench.py's result, when it has been run
 
-    lines += (summary + [""] + runs + body + int4_section() + recover_section() + calibration_section() + debug_section()
-              + ST_NOTE(doc))
+    lines += (summary + [""] + runs + body + int4_section() + recover_section() + anchors_section() + calibration_section()
+              + debug_section() + ST_NOTE(doc))
     return "\n".join(lines) + "\n"
 
 
