@@ -18,7 +18,7 @@ def session(model: str | bytes, threads: int, optimize: bool = True, save_to: Pa
     Idle intra-op workers sleep instead of spin-waiting (``spinning=True`` turns spinning back on): edgekit always
     has several runners taking turns in one process (the validator's interleaved timing: ONNX Runtime sessions and
     torch), and one session's spinning workers steal the cores of the next. On a loaded host that stall dominates:
-    docs/benchmarking.md has the measurement.
+    docs/gates.md ("How latency is timed") has the measurement.
     ``profile_prefix``: ONNX Runtime's profiler on, its trace written under that prefix by ``end_profiling()``.
     ``external_data``: the model saved to ``save_to`` keeps its weights in ``<save_to name>.data`` beside it."""
     import onnxruntime as ort
