@@ -63,7 +63,7 @@ PEERS = ("nncf", "ort-quantize-static", "modelopt", "aimet")
 THREADS = 2
 DATA = {"minilm": ("minilm_calib.npz", "minilm_val.npz"), "mobilenetv2_like": ("cnn_calib.npz", "cnn_val.npz"),
         "resnet18_like": ("cnn_calib.npz", "cnn_val.npz")}
-VIT = OUT / "vit"  # the tests' small ViT (tests/test_recover.py NET, its seeded data): net.py, weights, data
+VIT = OUT / "vit"  # the tests' small ViT (tests/small_models.py, its seeded data): net.py, weights, data
 PEER_MODULES = {"nncf": "nncf", "ort-quantize-static": "onnxruntime", "modelopt": "modelopt", "aimet": "aimet_onnx"}
 PACKAGES = ("onnxruntime", "onnx", "numpy", "torch", "nncf", "nvidia-modelopt", "aimet-onnx")
 
@@ -104,17 +104,12 @@ def prepare(names: list[str], budget: float) -> None:
 
 
 def prepare_vit() -> None:
-    """The ViT of tests/test_recover.py (its NET source read from the test file, not copied), its seeded weights and
-    its data: 96 calibration and 64 held-out standard-normal images (seed 0), as the test makes them."""
-    import ast
-
+    """The ViT of tests/test_recover.py (tests/small_models.py, read, not copied), its seeded weights and its data:
+    96 calibration and 64 held-out standard-normal images (seed 0), as the test makes them."""
     from safetensors.torch import save_file
 
-    tree = ast.parse((HERE.parent / "tests" / "test_recover.py").read_text())
-    net = next(n.value.value for n in tree.body
-               if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == "NET")
     VIT.mkdir(parents=True, exist_ok=True)
-    (VIT / "net.py").write_text(net)
+    (VIT / "net.py").write_text((HERE.parent / "tests" / "small_models.py").read_text())
     save_file({k: v.contiguous() for k, v in vit_module(load_weights=False).state_dict().items()}, str(VIT / "vit.safetensors"))
     x = np.random.default_rng(0).standard_normal((160, 3, 32, 32)).astype(np.float32)
     np.savez(VIT / "calib.npz", x=x[:96])
@@ -572,6 +567,21 @@ def _bar(model: str, by: dict[tuple[str, str], dict[str, Any]]) -> str:
             + ("at least as accurate, **met**" if met else "less accurate, **not met**"))
 
 
+def _reruns() -> list[str]:
+    """Runs of some models and peers written beside anchors.json with ``run --models M --peers P --result
+    anchors_<name>.json`` (after a change to edgekit, say): each model's artifacts timed in that run, with its bar."""
+    lines = []
+    for path in sorted(RESULTS.glob("anchors_*.json")):
+        doc = json.loads(path.read_text())
+        by = {(r["model"], r["tool"]): r for r in doc["results"]}
+        host = doc["host"]
+        lines += ["", f"Re-run: `{doc['command']}` (benchmarks/results/{path.name}), commit {host.get('commit', '?')}, load "
+                  f"average {', '.join(f'{x:.1f}' for x in host['loadavg_start'])} at the start:", ""]
+        lines += [f"- {LABELS.get(m, m)} {TOOLS.get(t, t)}: {_cell(r)}" for (m, t), r in by.items() if t != "ort-fp32"]
+        lines += [_bar(m, by) for m in dict.fromkeys(m for m, _ in by)]
+    return lines
+
+
 def markdown(doc: dict[str, Any]) -> list[str]:
     """BENCHMARKS.md's anchors section from anchors.json: cosine vs torch and speed-up vs ort-fp32 per tool and model."""
     rows = doc["results"]
@@ -612,6 +622,7 @@ def markdown(doc: dict[str, Any]) -> list[str]:
         lines.append(f"- {TOOLS[tool]}: " + "; ".join(f"{', '.join(ms)}: {t}" for t, ms in texts.items()))
     failed = [r for r in rows if r.get("error")]
     lines += [f"- failed: {LABELS.get(r['model'], r['model'])} {TOOLS.get(r['tool'], r['tool'])}: {r['error']}" for r in failed]
+    lines += _reruns()
     return lines + ["", "Reproduce (the peers go into benchmarks/.venv-anchors from benchmarks/anchors-requirements.txt, "
                     "never into .venv):", "",
                     "    make bench-anchors                                             # all of the below",
