@@ -140,13 +140,16 @@ def describe(spec: Spec, base: Spec) -> str:
         parts.append("only Conv/Gemm/MatMul quantized (elementwise, normalization, softmax and reshaping ops FP32)")
     if spec.reduce_range is not None and spec.reduce_range != base.reduce_range:
         parts.append(f"reduce_range = {str(spec.reduce_range).lower()} (8-bit weights: this host has exact INT8 dot products)")
-    added = [n for n in spec.exclude if n not in base.exclude]
-    dropped = [n for n in base.exclude if n not in spec.exclude]
-    if added:
-        parts.append("FP32: " + ", ".join(added))
-    if dropped:
-        parts.append("INT8 again: " + ", ".join(dropped))
+    parts += exclusion_changes(spec.exclude, base.exclude, "FP32")
     return "; ".join(parts) or "as before"
+
+
+def exclusion_changes(exclude: tuple[str, ...], base: tuple[str, ...], kept: str) -> list[str]:
+    """The describe() parts for the layers a candidate keeps out of INT8 against its base: "``kept``: a, b" for the
+    ones it adds, "INT8 again: c" for the ones it drops (every backend family's candidates say it the same way)."""
+    added = [n for n in exclude if n not in base]
+    dropped = [n for n in base if n not in exclude]
+    return ([f"{kept}: " + ", ".join(added)] if added else []) + (["INT8 again: " + ", ".join(dropped)] if dropped else [])
 
 
 def iter_methods(configured: str) -> Iterator[str]:

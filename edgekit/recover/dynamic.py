@@ -20,6 +20,7 @@ from edgekit.backends.calibration import calibration_feeds
 from edgekit.backends.onnx.census import onnx_census
 from edgekit.backends.ort.dynamic import Prepared, prepare_dynamic, quantize_prepared
 from edgekit.backends.ort.recipe import OrtRecipe
+from edgekit.recover.candidates import exclusion_changes
 from edgekit.types import FeedSource, LayerCensus, TensorSpec
 
 RANK_SAMPLES = 16  # calibration samples the layer ranking reads (as for static QDQ: recover/candidates.py)
@@ -46,12 +47,7 @@ class DynamicSpec:
             parts.append(f"reduce_range = {str(self.reduce_range).lower()} (8-bit weights: this host has exact INT8 dot products)")
         if self.matmul_only and not base.matmul_only:
             parts.append("only MatMul/Gemm quantized (Conv/ConvTranspose FP32)")
-        added = [n for n in self.exclude if n not in base.exclude]
-        dropped = [n for n in base.exclude if n not in self.exclude]
-        if added:
-            parts.append("FP32: " + ", ".join(added))
-        if dropped:
-            parts.append("INT8 again: " + ", ".join(dropped))
+        parts += exclusion_changes(self.exclude, base.exclude, "FP32")
         return "; ".join(parts) or "as before"
 
 

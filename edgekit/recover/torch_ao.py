@@ -28,6 +28,7 @@ import numpy as np
 
 from edgekit.backends.base import BuildContext, CalibrationSettings
 from edgekit.backends.calibration import calibration_feeds
+from edgekit.recover.candidates import exclusion_changes
 from edgekit.types import FeedSource, LayerCensus, Reference, SourceModel, TargetProfile
 
 RANK_SAMPLES = 16
@@ -55,12 +56,7 @@ class TorchSpec:
             parts.append(f"reduce_range = {self.reduce_range}" + (" (8-bit activations, 7-bit weights)" if self.reduce_range == "weights" else ""))
         if self.compute_only and not base.compute_only:
             parts.append("compute_only = true (only Conv/Linear quantized)")
-        added = [n for n in self.exclude if n not in base.exclude]
-        dropped = [n for n in base.exclude if n not in self.exclude]
-        if added:
-            parts.append("float: " + ", ".join(added))
-        if dropped:
-            parts.append("INT8 again: " + ", ".join(dropped))
+        parts += exclusion_changes(self.exclude, base.exclude, "float")
         return "; ".join(parts) or "as before"
 
 
