@@ -104,29 +104,28 @@ def prepare(names: list[str], budget: float) -> None:
 
 
 def prepare_vit() -> None:
-    """The ViT of tests/test_recover.py (tests/small_models.py, read, not copied), its seeded weights and its data:
-    96 calibration and 64 held-out standard-normal images (seed 0), as the test makes them."""
-    from safetensors.torch import save_file
+    """The ViT of tests/test_recover.py, its seeded weights and its data, as the test lays them out
+    (tests/small_models.py write_sandbox: 96 calibration and 64 held-out standard-normal images, seed 0)."""
+    import importlib.util
 
     VIT.mkdir(parents=True, exist_ok=True)
-    (VIT / "net.py").write_text((HERE.parent / "tests" / "small_models.py").read_text())
-    save_file({k: v.contiguous() for k, v in vit_module(load_weights=False).state_dict().items()}, str(VIT / "vit.safetensors"))
-    x = np.random.default_rng(0).standard_normal((160, 3, 32, 32)).astype(np.float32)
-    np.savez(VIT / "calib.npz", x=x[:96])
-    np.savez(VIT / "val.npz", x=x[96:])
+    spec = importlib.util.spec_from_file_location("_anchors_small_models", HERE.parent / "tests" / "small_models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.write_sandbox(VIT)
 
 
-def vit_module(load_weights: bool = True) -> Any:
+def vit_module() -> Any:
+    """The ViT from VIT's net.py with its saved weights."""
     import importlib.util
+
+    from safetensors.torch import load_file
 
     spec = importlib.util.spec_from_file_location("_anchors_vit_net", VIT / "net.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     module = mod.vit()
-    if load_weights:
-        from safetensors.torch import load_file
-
-        module.load_state_dict(load_file(str(VIT / "vit.safetensors")), strict=True)
+    module.load_state_dict(load_file(str(VIT / "vit.safetensors")), strict=True)
     return module.eval()
 
 

@@ -40,18 +40,11 @@ def _config(model: str, budget: float, chosen: tuple[str, ...] = TARGETS) -> str
 
 
 def _prepare(root: Path) -> None:
-    import numpy as np
-    from safetensors.torch import save_file
-
-    (root / "net.py").write_text(MODELS.read_text())
-    spec = importlib.util.spec_from_file_location("_bench_net", root / "net.py")
+    """tests/small_models.py's write_sandbox: net.py, both models' weights, calibration and validation data."""
+    spec = importlib.util.spec_from_file_location("_bench_small_models", MODELS)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    for name in ("mbv2", "vit"):
-        save_file({k: v.contiguous() for k, v in getattr(mod, name)().state_dict().items()}, str(root / f"{name}.safetensors"))
-    x = np.random.default_rng(0).standard_normal((160, 3, 32, 32)).astype(np.float32)
-    np.savez(root / "calib.npz", x=x[:96])
-    np.savez(root / "val.npz", x=x[96:])
+    mod.write_sandbox(root)
 
 
 def bench_model(root: Path, model: str, budget: float, chosen: tuple[str, ...] = TARGETS) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The small models of the recovery tests and benchmarks (tests/test_recover.py,
 benchmarks/recover_backends_bench.py): a MobileNetV2-style CNN with planted depthwise channel spread and a ViT-style
-transformer, both seeded. Builds load this file as the model source (``net.py:mbv2``, ``net.py:vit``)."""
+transformer, both seeded. Builds load this file as the model source (``net.py:mbv2``, ``net.py:vit``);
+``write_sandbox`` lays out the folder they build in (benchmarks/anchors.py's ViT too)."""
 
 import torch
 from torch import nn
@@ -75,3 +76,20 @@ class ViTStyle(nn.Module):
 def vit():
     torch.manual_seed(0)
     return ViTStyle().eval()
+
+
+def write_sandbox(root):
+    """This file as ``root/net.py``, each model's seeded weights (``mbv2.safetensors``, ``vit.safetensors``) and the
+    data: 96 calibration (``calib.npz``) and 64 held-out (``val.npz``) standard-normal images, seed 0."""
+    from pathlib import Path
+
+    import numpy as np
+    from safetensors.torch import save_file
+
+    root = Path(root)
+    (root / "net.py").write_text(Path(__file__).read_text())
+    for name, make in (("mbv2", mbv2), ("vit", vit)):
+        save_file({k: v.contiguous() for k, v in make().state_dict().items()}, str(root / f"{name}.safetensors"))
+    x = np.random.default_rng(0).standard_normal((160, 3, 32, 32)).astype(np.float32)
+    np.savez(root / "calib.npz", x=x[:96])
+    np.savez(root / "val.npz", x=x[96:])

@@ -21,8 +21,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.cli import main
 from edgekit.recover.graphs import correct_biases, equalize, smooth_layernorms
+from small_models import write_sandbox  # the models (written as the builds' net.py), their weights and data
 
-NET = (Path(__file__).resolve().parent / "small_models.py").read_text()  # the model source builds load as net.py
 
 CONFIG = """
 [model]
@@ -56,21 +56,10 @@ def _sha(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> Path:
-    import importlib.util
-
     import torch
-    from safetensors.torch import save_file
 
     root = tmp_path_factory.mktemp("recover")
-    (root / "net.py").write_text(NET)
-    spec = importlib.util.spec_from_file_location("_recover_net", root / "net.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    for name in ("mbv2", "vit"):
-        save_file({k: v.contiguous() for k, v in getattr(mod, name)().state_dict().items()}, str(root / f"{name}.safetensors"))
-    x = np.random.default_rng(0).standard_normal((160, 3, 32, 32)).astype(np.float32)
-    np.savez(root / "calib.npz", x=x[:96])
-    np.savez(root / "val.npz", x=x[96:])
+    write_sandbox(root)
     torch.manual_seed(0)
     return root
 
