@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Iterator
@@ -40,12 +41,29 @@ def _handler(signum: int, frame: Any) -> None:
     raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
+def _unraisable(hook: Any) -> Any:
+    """A ``sys.unraisablehook`` for a signal that arrived while Python ran a weakref callback or ``__del__``: the
+    KeyboardInterrupt the handler raised there cannot propagate, and Python would print it as a traceback and go
+    on. Instead it is delivered again, to the main thread's next line, and nothing is printed."""
+
+    def unraisable(info: Any) -> None:
+        if isinstance(info.exc_value, KeyboardInterrupt) and _received:
+            signum = _received[-1]
+            main = threading.main_thread().ident  # a real signal, so a sleep or a wait in the main thread wakes up
+            threading.Timer(0.001, signal.pthread_kill, (main, signum)).start()  # after this callback has returned
+            return
+        hook(info)
+
+    return unraisable
+
+
 def install() -> Any:
     """SIGINT and SIGTERM raise in the main thread; returns the previous handlers for ``restore``."""
     if threading.current_thread() is not threading.main_thread():
         return None
     _received.clear()
-    return signal.signal(signal.SIGINT, _handler), signal.signal(signal.SIGTERM, _handler)
+    hook, sys.unraisablehook = sys.unraisablehook, _unraisable(sys.unraisablehook)
+    return signal.signal(signal.SIGINT, _handler), signal.signal(signal.SIGTERM, _handler), hook
 
 
 def restore(previous: Any, exiting: bool = False) -> None:
@@ -55,6 +73,7 @@ def restore(previous: Any, exiting: bool = False) -> None:
         return
     _received.clear()  # what this command saw is handled; a later library call must not raise it again
     _pending.clear()
+    sys.unraisablehook = previous[2]
     if exiting:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -138,6 +138,40 @@ def test_a_signal_inside_deferred_is_raised_when_the_block_ends():
         faults.restore(previous)
 
 
+SIGNAL_IN_A_WEAKREF_CALLBACK = """
+import os, signal, sys, time, weakref
+from edgekit import faults
+
+class Model: pass
+
+def callback(_):  # Python code run by the garbage collector: an exception raised here cannot propagate
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.2)
+
+faults.install()
+model = Model()
+ref = weakref.ref(model, callback)
+start = time.monotonic()
+try:
+    del model
+    time.sleep(5)  # the build going on
+    print("not interrupted")
+except faults.Terminated:
+    print(f"terminated after {time.monotonic() - start:.2f} s")
+"""
+
+
+def test_a_signal_inside_a_weakref_callback_is_delivered_again_without_a_traceback():
+    """CPython cannot raise from a weakref callback: it would print 'Exception ignored in ...' with a traceback
+    and carry on. The signal reaches the main thread's next line instead, silently."""
+    run = subprocess.run([sys.executable, "-c", SIGNAL_IN_A_WEAKREF_CALLBACK], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == ""
+    assert run.stdout.startswith("terminated after "), run.stdout
+    assert float(run.stdout.split()[2]) < 2.0, run.stdout
+
+
 @pytest.mark.slow
 def test_two_builds_into_one_folder_at_once_end_in_one_whole_build(built_sandbox):
     """Two `edgekit build` processes into the same -o over an earlier build: both end cleanly (0), and the folder
