@@ -24,27 +24,16 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "work"
+sys.path.insert(0, str(HERE.parent))
 ROLES = {"qkv": ("attention.self.query", "attention.self.key", "attention.self.value"),
          "attention_output": ("attention.output.dense",), "intermediate": ("intermediate.dense",),
          "ffn_output": ("output.dense",)}
 
 
-def main() -> int:
-    import onnx
-    import onnxruntime as ort
-
-    sys.path.insert(0, str(HERE.parent))
-    from edgekit.backends.base import CalibrationSettings
-    from edgekit.backends.onnx import qdq as qdq_module
-    from edgekit.backends.onnx.qdq import QdqSettings
-    from edgekit.config import DataConfig
-    from edgekit.data import open_feed
+def groups_of(model) -> dict[str, tuple[str, ...]]:
+    """MiniLM's weighted Gemms by role (ROLES) and its two activation products, as ONNX node names."""
     from edgekit.debug.names import module_map
-    from edgekit.recover.candidates import StaticQdq, Spec
-    from edgekit.types import TensorSpec
 
-    reference = WORK / "recover_minilm" / "reference" / "model.onnx"
-    model = onnx.load(str(reference), load_external_data=False)
     inits = {i.name for i in model.graph.initializer}
     modules = module_map(model)
     gemms = [n.name for n in model.graph.node if n.op_type in ("Gemm", "MatMul") and n.name in modules]
@@ -52,12 +41,24 @@ def main() -> int:
     groups["ffn_output"] = tuple(n for n in groups["ffn_output"] if ".attention." not in modules[n])
     groups["activation_products"] = tuple(n.name for n in model.graph.node if n.op_type == "MatMul"
                                           and not any(i in inits for i in n.input))
-    everything = {n for g in groups.values() for n in g}
+    return groups
+
+
+def minilm_feeds() -> tuple[tuple, object, dict[str, np.ndarray]]:
+    """The input specs, the calibration FeedSource and the held-out feeds recover_bench.py wrote."""
+    from edgekit.config import DataConfig
+    from edgekit.data import open_feed
+    from edgekit.types import TensorSpec
 
     specs = (TensorSpec("input_ids", ("batch", 128), "int64"), TensorSpec("attention_mask", ("batch", 128), "int64"))
     calib = open_feed(DataConfig(str(WORK / "data" / "minilm_calib.npz")), specs, "calibration")
     val = np.load(WORK / "data" / "minilm_val.npz")
-    feeds = {k: val[k] for k in ("input_ids", "attention_mask")}
+    return specs, calib, {k: val[k] for k in ("input_ids", "attention_mask")}
+
+
+def cosine_against(reference: Path, feeds: dict[str, np.ndarray]):
+    """A function: ONNX file -> its mean cosine against ``reference`` on ``feeds`` (ONNX Runtime, 2 threads)."""
+    import onnxruntime as ort
 
     def session(path: Path):
         opts = ort.SessionOptions()
@@ -70,6 +71,23 @@ def main() -> int:
         got = session(path).run(None, feeds)[0]
         cos = (expected * got).sum(1) / np.linalg.norm(expected, axis=1) / np.linalg.norm(got, axis=1)
         return float(cos.mean())
+
+    return cosine
+
+
+def main() -> int:
+    import onnx
+
+    from edgekit.backends.base import CalibrationSettings
+    from edgekit.backends.onnx import qdq as qdq_module
+    from edgekit.backends.onnx.qdq import QdqSettings
+    from edgekit.recover.candidates import StaticQdq, Spec
+
+    reference = WORK / "recover_minilm" / "reference" / "model.onnx"
+    groups = groups_of(onnx.load(str(reference), load_external_data=False))
+    everything = {n for g in groups.values() for n in g}
+    specs, calib, feeds = minilm_feeds()
+    cosine = cosine_against(reference, feeds)
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgekit-groups-") as tmp:

@@ -20,7 +20,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.cli import main
-from edgekit.recover.graphs import correct_biases, equalize, smooth_layernorms
+from edgekit.recover.graphs import correct_biases, equalize
 from small_models import write_sandbox  # the models (written as the builds' net.py), their weights and data
 
 
@@ -257,20 +257,56 @@ def test_bias_correction_removes_the_mean_error_of_quantized_weights(tmp_path):
     assert after.mean() < 0.5 * before.mean()
 
 
-def test_layernorm_smoothing_is_exact_and_shrinks_outlier_channels(tmp_path):
+def test_smoothed_candidates_are_exact_in_fp32_keep_their_mul_fp32_and_quantize_closer(tmp_path):
+    """A LayerNorm with outlier channels feeding a residual Add and, through a Reshape, two projections (BERT's
+    block input; what the residual reads is not smoothed): the smoothed graphs compute the same in FP32; built INT8, the smoothing Mul stays FP32 and the
+    projections' outputs are closer to FP32 than without smoothing."""
+    from conftest import calibration_feed
+    from edgekit.backends.base import CalibrationSettings
+    from edgekit.backends.onnx.qdq import QdqSettings
+    from edgekit.recover.candidates import GRAPHS, Spec, StaticQdq
+    from edgekit.types import TensorSpec
+
     rng = np.random.default_rng(2)
-    gamma = np.ones(16)
-    gamma[3] = 50.0  # an outlier channel after the LayerNorm
-    inits = {"g": gamma, "beta": rng.standard_normal(16) * 0.1, "w": rng.standard_normal((16, 8))}
-    nodes = [helper.make_node("LayerNormalization", ["x", "g", "beta"], ["h"], axis=-1),
-             helper.make_node("MatMul", ["h", "w"], ["y"], name="mm")]
-    src = _save(nodes, inits, tmp_path / "src.onnx", inputs=(("x", [2, 5, 16]),))
-    x = rng.standard_normal((2, 5, 16)).astype(np.float32)
-    h = (x - x.mean(-1, keepdims=True)) / x.std(-1, keepdims=True) * gamma
-    assert smooth_layernorms(src, tmp_path / "s.onnx", {"h": np.abs(h).reshape(-1, 16).max(axis=0)}) == 1
-    np.testing.assert_allclose(_run(tmp_path / "s.onnx", {"x": x}), _run(src, {"x": x}), rtol=1e-4, atol=1e-4)
-    g2 = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "s.onnx")).graph.initializer}["g"]
-    assert np.abs(g2).max() / np.median(np.abs(g2)) < 0.5 * gamma.max() / np.median(gamma)
+    gamma = np.ones(32)
+    gamma[[3, 17]] = 60.0  # outlier hidden dimensions after the LayerNorm
+    inits = {"g": gamma, "beta": rng.standard_normal(32) * 0.1, "wq": rng.standard_normal((32, 32)) / 6,
+             "wk": rng.standard_normal((32, 32)) / 6}
+    nodes = [helper.make_node("LayerNormalization", ["x", "g", "beta"], ["h"], axis=-1, name="ln"),
+             helper.make_node("Reshape", ["h", "shape"], ["h2"], name="flat"),
+             helper.make_node("MatMul", ["h2", "wq"], ["q"], name="query"),
+             helper.make_node("MatMul", ["h2", "wk"], ["k"], name="key"),
+             helper.make_node("Add", ["h", "x"], ["residual"], name="residual_add"),
+             helper.make_node("Reshape", ["residual", "shape"], ["r2"], name="flat_residual"),
+             helper.make_node("Concat", ["q", "k", "r2"], ["y"], axis=-1, name="outputs")]
+    shape = numpy_helper.from_array(np.array([-1, 32], dtype=np.int64), "shape")
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [shape, *(numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    src = tmp_path / "src.onnx"
+    onnx.save(model, str(src))
+    specs = (TensorSpec("x", ("n", 8, 32)),)
+    x = rng.standard_normal((48, 8, 32)).astype(np.float32)
+    builder = StaticQdq(src, calibration_feed(tmp_path / "c.npz", specs, x=x[:32]), specs,
+                        CalibrationSettings(method="minmax", samples=32), QdqSettings(reduce_range=False), tmp_path)
+    held_out = {"x": x[32:]}
+    exact = _run(src, held_out)
+    errors = {}
+    for graph in ("reference", *[g for g in GRAPHS if g.startswith("smoothed")]):
+        smoothed = builder.graph(graph, "minmax")
+        np.testing.assert_allclose(_run(smoothed, held_out), exact, rtol=1e-4, atol=1e-4)
+        dst = tmp_path / f"{graph}.onnx"
+        builder.build(Spec("minmax", graph, compute_only=True), dst)  # as the search builds smoothed graphs
+        model = onnx.load(str(dst))
+        muls = [n for n in model.graph.node if n.op_type == "Mul" and n.name.endswith("_smooth")]
+        assert len(muls) == (graph != "reference")
+        producers = {o: n.op_type for n in model.graph.node for o in n.output}
+        assert all(producers.get(i) != "DequantizeLinear" for m in muls for i in m.input), "the smoothing Mul was quantized"
+        got = _run(dst, held_out)[:, :64]  # the two projections
+        errors[graph] = float(np.mean((got - exact[:, :64]) ** 2) / np.mean(exact[:, :64] ** 2))
+    assert errors["smoothed-0.95"] < 0.5 * errors["reference"], errors
 
 
 def test_rank_layers_blames_the_layer_reading_a_tensor_with_an_outlier_channel(tmp_path):

@@ -7,9 +7,8 @@ bias correction, a shift measured on the calibration data):
   positively homogeneous; Clip (ReLU6) is not, so pairs through a Clip are left alone.
 * ``correct_biases``: bias correction: every quantized Conv's bias is shifted by the mean error its quantized
   weights add, E[(W_q - W) x], with E[x] per input channel measured on the calibration data inside the INT8 graph.
-* ``smooth_layernorms``: SmoothQuant-style smoothing for static INT8 (Xiao et al. 2023): a LayerNorm whose output
-  only feeds weighted MatMul/Gemm nodes gets gamma and beta divided by s per channel, the weights' rows multiplied,
-  s = amax(x)^a / amax(W)^(1-a); no extra node, so the smoothed tensor is the one quantized.
+
+SmoothQuant-style smoothing, the third repair, is backends/ort/passes/smooth.py (shared with ort-int8-dynamic).
 """
 
 from __future__ import annotations
@@ -186,55 +185,3 @@ def correct_biases(fp32: Path, quantized: Path, feeds: Iterable[Mapping[str, np.
         changed += 1
     onnx.save(model, str(dst))
     return changed
-
-
-def smooth_layernorms(src: Path, dst: Path, channel_absmax: Mapping[str, np.ndarray], alpha: float = 0.5) -> int:
-    """Write ``src`` with SmoothQuant-style smoothing folded into LayerNorms (module docstring) to ``dst``;
-    ``channel_absmax``: each MatMul input's per-channel |max| on calibration data. Returns the LayerNorms smoothed."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(src))
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    uses = _uses(graph)
-    consumers: dict[str, list[Any]] = defaultdict(list)
-    for n in graph.node:
-        for name in n.input:
-            consumers[name].append(n)
-    done = 0
-    for ln in graph.node:
-        if ln.op_type != "LayerNormalization" or len(ln.input) < 2 or ln.input[1] not in inits or uses[ln.input[1]] != 1:
-            continue
-        out = ln.output[0]
-        users = consumers.get(out, [])
-        if not users or uses[out] != len(users) or out not in channel_absmax:
-            continue
-        if len(ln.input) > 2 and ln.input[2] and (ln.input[2] not in inits or uses[ln.input[2]] != 1):
-            continue
-        ok = all(u.op_type in ("MatMul", "Gemm") and u.input[0] == out and u.input[1] in inits and uses[u.input[1]] == 1
-                 and not _attr(u, "transA", 0) for u in users)
-        if not ok:
-            continue
-        weights = [numpy_helper.to_array(inits[u.input[1]]).astype(np.float64) for u in users]
-        rows = [w.T if _attr(u, "transB", 0) else w for u, w in zip(users, weights)]  # [in channels, out]
-        if any(r.ndim != 2 or r.shape[0] != channel_absmax[out].shape[0] for r in rows):
-            continue
-        w_absmax = np.max([np.abs(r).max(axis=1) for r in rows], axis=0)
-        a_absmax = np.asarray(channel_absmax[out], dtype=np.float64)
-        live = (a_absmax > 0) & (w_absmax > 0)
-        s = np.ones_like(a_absmax)
-        s[live] = np.clip(a_absmax[live] ** alpha / w_absmax[live] ** (1.0 - alpha), *SCALE_LIMITS)
-        gamma = numpy_helper.to_array(inits[ln.input[1]]).astype(np.float64)
-        if gamma.shape != s.shape:
-            continue
-        inits[ln.input[1]].CopyFrom(numpy_helper.from_array((gamma / s).astype(np.float32), ln.input[1]))
-        if len(ln.input) > 2 and ln.input[2]:
-            beta = numpy_helper.to_array(inits[ln.input[2]]).astype(np.float64)
-            inits[ln.input[2]].CopyFrom(numpy_helper.from_array((beta / s).astype(np.float32), ln.input[2]))
-        for u, w in zip(users, weights):
-            scaled = w * (s[None, :] if _attr(u, "transB", 0) else s[:, None])
-            inits[u.input[1]].CopyFrom(numpy_helper.from_array(scaled.astype(np.float32), u.input[1]))
-        done += 1
-    onnx.save(model, str(dst))
-    return done

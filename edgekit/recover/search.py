@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgekit.console import Progress
-from edgekit.recover.candidates import StaticQdq, Spec, describe, iter_methods
+from edgekit.recover.candidates import GRAPHS, StaticQdq, Spec, describe, iter_methods
 from edgekit.recover.meter import SPEED_GATES, Measurement, Meter
 from edgekit.recover.rank import compute_nodes, quantized_nodes, rank_layers, role_groups
 from edgekit.types import Metrics, Recovery, RecoveryAttempt, TargetResult
@@ -202,20 +202,23 @@ class Search:
     def recipe(self) -> bool:
         if hasattr(self.builder, "repairs"):  # other backend families: their own repairs, each applied to the best so far
             return any(self.attempt("recipe", repair(self.best_start().spec)) for repair in self.builder.repairs())
-        method = self.best().spec.method
-        for graph in ("equalized", "corrected", "smoothed"):
+        # FP32 elementwise and normalization ops fix transformers (softmax, GELU, LayerNorm); in a CNN they are only
+        # Add/Relu/pools between quantized convs, where Q/DQ pairs around them cost speed and no accuracy is gained.
+        # Tried first, so that the graph repairs below quantize what a transformer can quantize well.
+        if self.kind == "other" and self.attempt("recipe", dataclasses.replace(self.best().spec, compute_only=True)):
+            return True
+        best = self.best().spec
+        for graph in GRAPHS[1:]:
             if self.remaining() < self.cost(False):
                 raise _OutOfBudget
-            if self.builder.graph(graph, method) is not None and self.attempt("recipe", Spec(method, graph)):
+            # smoothing is for the MatMul's input: a quantized LayerNorm or Reshape before it would round the tensor
+            # before it is smoothed, so the ops between stay FP32
+            spec = Spec(best.method, graph, compute_only=best.compute_only or graph.startswith("smoothed"))
+            if self.builder.graph(graph, best.method) is not None and self.attempt("recipe", spec):
                 return True
         from edgekit.backends.onnx.qdq import resolved_reduce_range
         from edgekit.hostinfo import has_int8_dot
 
-        best = self.best().spec
-        # FP32 elementwise and normalization ops fix transformers (softmax, GELU, LayerNorm); in a CNN they are only
-        # Add/Relu/pools between quantized convs, where Q/DQ pairs around them cost speed and no accuracy is gained
-        if self.kind == "other" and self.attempt("recipe", dataclasses.replace(best, compute_only=True)):
-            return True
         if resolved_reduce_range(self.builder.qdq.reduce_range) and has_int8_dot():
             return self.attempt("recipe", dataclasses.replace(self.best().spec, reduce_range=False))
         return False

@@ -16,6 +16,7 @@ from edgekit.backends.ort.matmul_stats import TensorStats, weighted_matmuls
 from edgekit.onnxio import save_like
 
 SCALE_LIMITS = (1e-4, 1e4)
+SMOOTH_SUFFIX = "_smooth"  # the inserted Mul nodes' names end so (a static QDQ build keeps them FP32)
 
 
 def _weight_rows_axis(node: Any) -> int | None:
@@ -29,7 +30,8 @@ def _weight_rows_axis(node: Any) -> int | None:
 
 
 def smooth(src: Path, dst: Path, stats: dict[str, TensorStats], alpha: float, below_db: float) -> dict[str, float]:
-    """Write ``src`` with every low-SQNR MatMul input smoothed (see module docstring) to ``dst``.
+    """Write ``src`` with every low-SQNR MatMul input smoothed (see module docstring) to ``dst``. Each smoothed tensor
+    gets one ``Mul`` node named ``<first reader>_smooth`` (SMOOTH_SUFFIX), its readers' weights the scales.
 
     Returns the smoothed tensors and their predicted SQNR before smoothing. A tensor is skipped when one of its
     weights is shared with another node, is not 2-D, or its node is a Gemm with transA."""
@@ -70,7 +72,7 @@ def smooth(src: Path, dst: Path, stats: dict[str, TensorStats], alpha: float, be
         smoothed = f"{tensor}__smoothed"
         graph.initializer.append(numpy_helper.from_array((1.0 / scale).astype(np.float32), inverse))
         first = min(list(graph.node).index(n) for n in nodes)
-        graph.node.insert(first, helper.make_node("Mul", [tensor, inverse], [smoothed], name=f"{nodes[0].name}_smooth"))
+        graph.node.insert(first, helper.make_node("Mul", [tensor, inverse], [smoothed], name=f"{nodes[0].name}{SMOOTH_SUFFIX}"))
         for n in nodes:
             n.input[0] = smoothed
         done[tensor] = round(st.sqnr_db, 1)
