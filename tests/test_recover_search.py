@@ -161,3 +161,72 @@ def test_role_groups_put_one_layer_of_every_block_together(tmp_path):
     assert set(groups["blocks.#.fc1+gate"]) == set(groups["blocks.#.fc1"]) | set(groups["blocks.#.gate"])
     assert all(len(nodes) == (6 if "+" in role else 3) and set(nodes) <= layers for role, nodes in groups.items())
     assert not set(groups["blocks.#.fc1"]) & set(groups["blocks.#.fc2"])
+
+
+def test_smoothing_by_role_gives_one_role_its_own_alpha_and_stays_exact(tmp_path):
+    """The smoothing step's roles, read from a real dynamo export of a stack of pre-norm blocks: the inputs fc1 and
+    gate read together form one role, fc2's another; a graph with its own alpha for fc2's inputs differs from the
+    one-alpha graph only in those inputs' smoothing scales, and both compute what the export does."""
+    import torch
+    from torch import nn
+
+    from conftest import calibration_feed
+    from edgekit.backends.base import CalibrationSettings
+    from edgekit.backends.onnx.qdq import QdqSettings
+    from edgekit.recover.candidates import StaticQdq, smoothed_graph, smoothing_of
+    from edgekit.types import TensorSpec
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = nn.LayerNorm(8)
+            self.fc1, self.gate, self.fc2 = nn.Linear(8, 16), nn.Linear(8, 16), nn.Linear(16, 8)
+
+        def forward(self, x):
+            h = self.norm(x)
+            return x + self.fc2(torch.relu(self.fc1(h)) * torch.sigmoid(self.gate(h)))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList(Block() for _ in range(3))
+
+        def forward(self, x):
+            for b in self.blocks:
+                x = b(x)
+            return x
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    with torch.no_grad():
+        for b in net.blocks:
+            b.norm.weight[2] = 30.0  # an outlier hidden dimension, as BERT's
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(net, (torch.randn(4, 8),), str(path), dynamo=True, external_data=False,
+                      dynamic_shapes=({0: torch.export.Dim("n")},))
+    model = onnx.load(str(path))
+    for node in model.graph.node:  # as the simplified reference the recovery reads: onnxsim drops node metadata
+        del node.metadata_props[:]
+    onnx.save(model, str(path))
+    specs = (TensorSpec("x", ("n", 8)),)
+    x = np.random.default_rng(0).standard_normal((32, 8)).astype(np.float32)
+    (tmp_path / "work").mkdir()
+    builder = StaticQdq(path, calibration_feed(tmp_path / "c.npz", specs, x=x), specs, CalibrationSettings(method="mse", samples=32),
+                        QdqSettings(), tmp_path / "work")
+
+    roles = builder.smoothing_roles()
+
+    assert sorted(roles) == ["blocks.#.fc1+gate", "blocks.#.fc2"] and all(len(t) == 3 for t in roles.values())
+    name = smoothed_graph(0.95, {"blocks.#.fc2": 0.5})
+    assert smoothing_of(name) == (0.95, {"blocks.#.fc2": 0.5})
+    scales = {}
+    for graph in ("smoothed-0.95", name):
+        model = onnx.load(str(builder.graph(graph, "mse")))
+        inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        scales[graph] = {m.input[0]: inits[m.input[1]] for m in model.graph.node if m.name.endswith("_smooth")}
+        got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, net(torch.from_numpy(x)).detach().numpy(), rtol=1e-4, atol=1e-4)
+    assert set(scales[name]) == set(scales["smoothed-0.95"]) == set(roles["blocks.#.fc1+gate"]) | set(roles["blocks.#.fc2"])
+    for tensor, scale in scales[name].items():
+        same = np.allclose(scale, scales["smoothed-0.95"][tensor])
+        assert same == (tensor in roles["blocks.#.fc1+gate"]), tensor

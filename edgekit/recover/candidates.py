@@ -24,6 +24,18 @@ COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # high alpha flattens (all-MiniLM-L6-v2, every MatMul/Gemm INT8: 0.9939 at 0.75, 0.9970 at 0.95)
 SMOOTH_ALPHAS = (0.95, 0.75, 0.5)
 GRAPHS = ("reference", "equalized", "corrected", *(f"smoothed-{a:g}" for a in SMOOTH_ALPHAS))
+
+
+def smoothed_graph(alpha: float, by_role: Mapping[str, float] | None = None) -> str:
+    """The name of the smoothed graph with ``alpha`` for every MatMul input but the inputs of the roles in
+    ``by_role`` (``StaticQdq.smoothing_roles``), which get their own: ``smoothed-0.95|<role>=0.75|...``."""
+    return "|".join([f"smoothed-{alpha:g}", *(f"{role}={a:g}" for role, a in sorted((by_role or {}).items()))])
+
+
+def smoothing_of(graph: str) -> tuple[float, dict[str, float]]:
+    """``smoothed_graph``'s arguments back from its name."""
+    first, *rest = graph.split("|")
+    return float(first.split("-", 1)[1]), {role: float(a) for role, a in (r.rsplit("=", 1) for r in rest)}
 RANK_SAMPLES = 16  # calibration samples the layer ranking and bias correction read
 
 
@@ -51,6 +63,7 @@ class StaticQdq:
         self.tensorrt_keep_ops = tensorrt_keep_ops
         self.graphs: dict[str, Path | None] = {"reference": reference}
         self.matmul_stats: dict[str, Any] | None = None  # the smoothing's statistics, one pass for every alpha
+        self._smoothing_roles: dict[str, tuple[str, ...]] | None = None
         self.built: dict[Spec, Path] = {}
         self.measured: set[tuple[str, str]] = set()  # (statistics graph, method) whose statistics this search has
 
@@ -110,7 +123,7 @@ class StaticQdq:
         """The FP32 graph ``name`` (GRAPHS), made on first use; None when the repair finds nothing to change."""
         if name not in self.graphs:
             if name.startswith("smoothed-"):
-                self.graphs[name] = self._smoothed(method, float(name.split("-", 1)[1]))
+                self.graphs[name] = self._smoothed(*smoothing_of(name))
             else:
                 self.graphs[name] = getattr(self, f"_{name}")(method)
         return self.graphs[name]
@@ -126,9 +139,10 @@ class StaticQdq:
         dst = self.tmp / "corrected.onnx"
         return dst if graphs.correct_biases(self.preprocessed(base, method), quantized, self.feeds(), dst) else None
 
-    def _smoothed(self, method: str, alpha: float) -> Path | None:
-        """SmoothQuant-style smoothing (backends/ort/passes/smooth.py) of every weighted MatMul/Gemm input, in graphs
-        with a LayerNormalization (transformers, whose outlier hidden dimensions it is for); None otherwise."""
+    def _smoothed(self, alpha: float, by_role: dict[str, float]) -> Path | None:
+        """SmoothQuant-style smoothing (backends/ort/passes/smooth.py) of every weighted MatMul/Gemm input, with
+        ``alpha`` or, for the inputs of a role in ``by_role``, the role's; only in graphs with a LayerNormalization
+        (transformers, whose outlier hidden dimensions it is for): None otherwise."""
         import onnx
 
         from edgekit.backends.ort.matmul_stats import activation_stats
@@ -137,8 +151,45 @@ class StaticQdq:
             return None  # nothing to smooth: no calibration pass for it
         if self.matmul_stats is None:
             self.matmul_stats = activation_stats(self.reference, self.calib, self.specs, self.settings, max_samples=RANK_SAMPLES * 2)
-        dst = self.tmp / f"smoothed-{alpha:g}.onnx"
-        return dst if smooth(self.reference, dst, self.matmul_stats, alpha, below_db=math.inf) else None
+        alphas = {t: alpha for t in self.matmul_stats}
+        roles = self.smoothing_roles()
+        for role, a in by_role.items():
+            alphas.update((t, a) for t in roles[role])
+        dst = self.tmp / f"smoothed_{len(self.graphs)}.onnx"
+        return dst if smooth(self.reference, dst, self.matmul_stats, alphas, below_db=math.inf) else None
+
+    def smoothing_roles(self) -> dict[str, tuple[str, ...]]:
+        """The weighted MatMul/Gemm inputs grouped by what reads them in every block of a stack (the readers'
+        roles, ``rank.block_roles``: ``bert.encoder.layer.#.attention.self.query+key+value`` for the block input),
+        in graph order; roles met in one block only are left out."""
+        if self._smoothing_roles is not None:
+            return self._smoothing_roles
+        import onnx
+
+        from edgekit.backends.ort.matmul_stats import weighted_matmuls
+        from edgekit.recover.rank import block_roles
+
+        model = onnx.load(str(self.reference), load_external_data=False)
+        readers: dict[str, list[str]] = {}
+        for n in weighted_matmuls(model):
+            readers.setdefault(n.input[0], []).append(n.name)
+        roles = block_roles(model, {n for names in readers.values() for n in names})
+        tensors: dict[str, list[str]] = {}
+        for tensor, names in readers.items():
+            if all(n in roles for n in names):
+                role = "+".join([roles[names[0]], *(roles[n].rsplit(".", 1)[-1] for n in names[1:])])
+                tensors.setdefault(role, []).append(tensor)
+        self._smoothing_roles = {role: tuple(ts) for role, ts in tensors.items() if "#" in role and len(ts) >= 2}
+        return self._smoothing_roles
+
+
+def _smoothing_text(graph: str) -> str:
+    alpha, by_role = smoothing_of(graph)
+    roles: dict[float, list[str]] = {}
+    for role, a in by_role.items():
+        roles.setdefault(a, []).append(role)
+    own = "".join(f"; {a:g} for the inputs of every {', '.join(r)}" for a, r in roles.items())
+    return f"SmoothQuant-style smoothing, alpha {alpha:g}{own}"
 
 
 def describe(spec: Spec, base: Spec) -> str:
@@ -150,8 +201,7 @@ def describe(spec: Spec, base: Spec) -> str:
         parts.append(f"calibrate_method = {spec.method}")
     if spec.graph != base.graph:
         parts.append({"equalized": "cross-layer equalization", "corrected": "bias correction (after equalization where it applies)",
-                      "reference": "the unmodified graph"}.get(spec.graph) or
-                     f"SmoothQuant-style smoothing, alpha {spec.graph.split('-', 1)[1]}")
+                      "reference": "the unmodified graph"}.get(spec.graph) or _smoothing_text(spec.graph))
     if spec.compute_only and not base.compute_only:
         parts.append("only Conv/Gemm/MatMul quantized (elementwise, normalization, softmax and reshaping ops FP32)")
     if spec.reduce_range is not None and spec.reduce_range != base.reduce_range:

@@ -60,22 +60,27 @@ def rank_layers(qdq_path: Path, fp32_path: Path, feeds: Sequence[Mapping[str, np
     return rank_nodes(layers, keep)
 
 
+def block_roles(model: Any, nodes: set[str]) -> dict[str, str]:
+    """Each of ``nodes`` (that maps to a torch module) to its role in a stack of blocks: the module path with its
+    block indices replaced (``bert.encoder.layer.#.output.dense``)."""
+    import re
+
+    from edgekit.debug.names import module_map
+
+    return {node: re.sub(r"(^|\.)\d+(?=\.|$)", r"\1#", module) for node, module in module_map(model).items() if node in nodes}
+
+
 def role_groups(fp32_path: Path, quantized: set[str]) -> dict[str, tuple[str, ...]]:
     """The quantized layers grouped by their role in a stack of blocks: the torch module path with its block indices
     replaced (``bert.encoder.layer.#.output.dense``), for roles that occur in two blocks or more, in graph order;
     then the roles that read one tensor together in every block, as one group (``...attention.self.query+key+value``):
     a tensor is quantized once for all its readers, so only keeping all of them FP32 takes it out of quantization.
     ``fp32_path``: the graph the QDQ file was quantized from (same node names); ``quantized``: its layers to group."""
-    import re
-
     import onnx
-
-    from edgekit.debug.names import module_map
 
     model = onnx.load(str(fp32_path), load_external_data=False)
     graph = model.graph
-    role_of = {node: re.sub(r"(^|\.)\d+(?=\.|$)", r"\1#", module)
-               for node, module in module_map(model).items() if node in quantized}
+    role_of = block_roles(model, quantized)
     groups: dict[str, list[str]] = {}
     for node, role in role_of.items():
         groups.setdefault(role, []).append(node)

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgekit.console import Progress
-from edgekit.recover.candidates import GRAPHS, StaticQdq, Spec, describe, iter_methods
+from edgekit.recover.candidates import GRAPHS, StaticQdq, Spec, describe, iter_methods, smoothed_graph, smoothing_of
 from edgekit.recover.meter import SPEED_GATES, Measurement, Meter
 from edgekit.recover.rank import compute_nodes, quantized_nodes, rank_layers, role_groups
 from edgekit.types import Metrics, Recovery, RecoveryAttempt, TargetResult
@@ -216,11 +216,36 @@ class Search:
             spec = Spec(best.method, graph, compute_only=best.compute_only or graph.startswith("smoothed"))
             if self.builder.graph(graph, best.method) is not None and self.attempt("recipe", spec):
                 return True
+        if self.smoothing_by_role():
+            return True
         from edgekit.backends.onnx.qdq import resolved_reduce_range
         from edgekit.hostinfo import has_int8_dot
 
         if resolved_reduce_range(self.builder.qdq.reduce_range) and has_int8_dot():
             return self.attempt("recipe", dataclasses.replace(self.best().spec, reduce_range=False))
+        return False
+
+    def smoothing_by_role(self) -> bool:
+        """Transformers: after one smoothing alpha for every MatMul input, the runner-up alpha for the inputs of one
+        role at a time (``StaticQdq.smoothing_roles``: every FFN down-projection's input, ...), in graph order, each
+        kept when it raised the cosine. Roles differ: on MiniLM the Q/K/V input wants 0.95, the rest 0.75."""
+        smoothed = [t for t in self.tried if t.spec.graph.startswith("smoothed-") and "|" not in t.spec.graph
+                    and t.attempt.cosine is not None]
+        if len(smoothed) < 2:
+            return False
+        smoothed.sort(key=lambda t: -round(t.attempt.cosine, 6))  # stable: a tie keeps the higher alpha (tried first)
+        current = smoothed[0]
+        alpha, other = smoothing_of(current.spec.graph)[0], smoothing_of(smoothed[1].spec.graph)[0]
+        by_role: dict[str, float] = {}
+        for role in self.builder.smoothing_roles():
+            spec = dataclasses.replace(current.spec, graph=smoothed_graph(alpha, {**by_role, role: other}))
+            if self.remaining() < self.cost(True):
+                raise _OutOfBudget
+            if self.attempt("recipe", spec):
+                return True
+            got = next((t for t in self.tried if t.spec == spec), None)
+            if got is not None and got.attempt.cosine is not None and round(got.attempt.cosine, 6) > round(current.attempt.cosine, 6):
+                by_role[role], current = other, got
         return False
 
     def best_start(self) -> Tried:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -29,9 +29,11 @@ def _weight_rows_axis(node: Any) -> int | None:
     return 1 if attrs.get("transB", 0) else 0
 
 
-def smooth(src: Path, dst: Path, stats: dict[str, TensorStats], alpha: float, below_db: float) -> dict[str, float]:
+def smooth(src: Path, dst: Path, stats: Mapping[str, TensorStats], alpha: float | Mapping[str, float],
+           below_db: float) -> dict[str, float]:
     """Write ``src`` with every low-SQNR MatMul input smoothed (see module docstring) to ``dst``. Each smoothed tensor
     gets one ``Mul`` node named ``<first reader>_smooth`` (SMOOTH_SUFFIX), its readers' weights the scales.
+    ``alpha``: one for every tensor, or one per tensor (a tensor not in the mapping is left alone).
 
     Returns the smoothed tensors and their predicted SQNR before smoothing. A tensor is skipped when one of its
     weights is shared with another node, is not 2-D, or its node is a Gemm with transA."""
@@ -51,7 +53,8 @@ def smooth(src: Path, dst: Path, stats: dict[str, TensorStats], alpha: float, be
     done: dict[str, float] = {}
     for tensor, nodes in groups.items():
         st = stats.get(tensor)
-        if st is None or st.sqnr_db >= below_db:
+        chosen = alpha.get(tensor) if isinstance(alpha, Mapping) else alpha
+        if st is None or chosen is None or st.sqnr_db >= below_db:
             continue
         axes = [_weight_rows_axis(n) for n in nodes]
         stored = [numpy_helper.to_array(inits[n.input[1]]) for n in nodes]
@@ -64,7 +67,7 @@ def smooth(src: Path, dst: Path, stats: dict[str, TensorStats], alpha: float, be
             continue
         live = (a_absmax > 0) & (w_absmax > 0)
         scale = np.ones_like(a_absmax)
-        scale[live] = np.clip(a_absmax[live] ** alpha / w_absmax[live] ** (1.0 - alpha), *SCALE_LIMITS)
+        scale[live] = np.clip(a_absmax[live] ** chosen / w_absmax[live] ** (1.0 - chosen), *SCALE_LIMITS)
         for n, w, a, original in zip(nodes, weights, axes, stored):
             scaled = w * (scale[:, None] if a == 0 else scale[None, :])
             inits[n.input[1]].CopyFrom(numpy_helper.from_array(scaled.astype(original.dtype), n.input[1]))
