@@ -434,13 +434,22 @@ def calls_per_round(call: Callable[[], Any], slice_s: float = 0.02) -> int:
     return max(2, int(slice_s / max((time.perf_counter() - start) / 5, 1e-6)))
 
 
+def _gates_text(gates: dict[str, float] | None) -> str:
+    """The gates the build searched for (recover_bench.py sets them per model: BARS, or --gates)."""
+    if not gates:
+        return ""
+    return ", built for " + " and ".join(f"{'cosine' if g == 'min_cosine' else 'speed-up'} >= {b:g}{'x' if g == 'min_speedup' else ''}"
+                                         for g, b in sorted(gates.items()))
+
+
 def build_verdict(name: str) -> dict[str, Any]:
     """What the build that wrote edgekit's artifact measured itself (its manifest.json): another run's numbers."""
     manifest = json.loads((build_dir(name) / "manifest.json").read_text())
     t = manifest["targets"]["ort-int8"]
     return {"manifest": str((build_dir(name) / "manifest.json").relative_to(HERE.parent)), "status": t["status"],
             "cosine_vs_torch": t["metrics"]["vs_torch"]["worst"]["cosine"],
-            "speedup_vs_ort_fp32": t["latency"].get("speedup_vs_ort_fp32")}
+            "speedup_vs_ort_fp32": t["latency"].get("speedup_vs_ort_fp32"),
+            "gates": {g["gate"]: g["bound"] for g in t.get("gates", []) if g["gate"] in ("min_cosine", "min_speedup")}}
 
 
 def bench_case(name: str, peers: list[str], rounds: int, quiet_wait_s: float) -> list[Artifact]:
@@ -609,8 +618,8 @@ def markdown(doc: dict[str, Any]) -> list[str]:
     builds = {m: by[(m, "edgekit")].get("its_build") for m in models if (m, "edgekit") in by}
     lines += ["", "edgekit's row times the ort-int8 artifact of the build in benchmarks/work/recover_<model>/ (written by "
               "recover_bench.py, or by `anchors.py prepare` when missing); that build's own validator said: "
-              + "; ".join(f"{LABELS.get(m, m)} {b['cosine_vs_torch']:.4f} at {b['speedup_vs_ort_fp32']:.2f}x ({b['status']})"
-                          for m, b in builds.items() if b) + ".", ""]
+              + "; ".join(f"{LABELS.get(m, m)} {b['cosine_vs_torch']:.4f} at {b['speedup_vs_ort_fp32']:.2f}x ({b['status']}"
+                          + _gates_text(b.get("gates")) + ")" for m, b in builds.items() if b) + ".", ""]
     lines += [_bar(m, by) for m in models] + [""]
     lines += ["Recipes (anchors.json has each one's text, its quantization seconds and node counts):", ""]
     recipes = {}
