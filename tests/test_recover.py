@@ -132,6 +132,25 @@ def test_vit_style_fails_without_recovery_and_meets_the_gate_with_it(models, vit
 
 
 @pytest.mark.slow
+def test_a_transformer_past_its_first_repairs_tries_smoothing_then_alpha_by_role(models):
+    """The small ViT with a gate no candidate meets: after 'only compute ops', the search tries smoothing with alpha
+    0.95, 0.75 and 0.5 (the graph has LayerNorms), then the runner-up alpha for one block role's inputs at a time;
+    every attempt is recorded with its cosine, and the best is written and vouched for by the manifest."""
+    code, manifest, _ = _build(models, "vit", "vit_tight", extra="""
+[targets.ort-int8.gates]
+min_cosine = 0.9999999
+""")
+    t = manifest["targets"]["ort-int8"]
+    changes = [a["change"] for a in t["recovery"]["attempts"]]
+    assert code == 1 and t["status"] == "failed" and t["recovery"]["met"] is False
+    smoothing = [c for c in changes if "SmoothQuant-style smoothing" in c]
+    assert [c.split("alpha ")[1][:4].rstrip(";") for c in smoothing[:3]] == ["0.95", "0.75", "0.5"], changes
+    assert any("for the inputs of every layers.#." in c for c in smoothing[3:]), changes
+    assert all(a["cosine"] is not None for a in t["recovery"]["attempts"])
+    assert _sha(models / "vit_tight" / t["files"][0]["path"]) == t["files"][0]["sha256"]
+
+
+@pytest.mark.slow
 def test_the_same_build_twice_picks_the_same_candidate_and_bytes(mbv2_builds):
     (_, first, _), (_, second, _) = mbv2_builds
     a, b = first["targets"]["ort-int8"], second["targets"]["ort-int8"]
