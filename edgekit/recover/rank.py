@@ -62,12 +62,14 @@ def rank_layers(qdq_path: Path, fp32_path: Path, feeds: Sequence[Mapping[str, np
 
 def block_roles(model: Any, nodes: set[str]) -> dict[str, str]:
     """Each of ``nodes`` (that maps to a torch module) to its role in a stack of blocks: the module path with its
-    block indices replaced (``bert.encoder.layer.#.output.dense``)."""
+    block indices replaced (``bert.encoder.layer.#.output.dense``). A last index is a layer's place inside an
+    ``nn.Sequential``, not a block, and stays: a ViT block's two MLP Linears are ``layers.#.mlp.0`` and
+    ``layers.#.mlp.2``, two roles."""
     import re
 
     from edgekit.debug.names import module_map
 
-    return {node: re.sub(r"(^|\.)\d+(?=\.|$)", r"\1#", module) for node, module in module_map(model).items() if node in nodes}
+    return {node: re.sub(r"(^|\.)\d+(?=\.)", r"\1#", module) for node, module in module_map(model).items() if node in nodes}
 
 
 def role_groups(fp32_path: Path, quantized: set[str]) -> dict[str, tuple[str, ...]]:
