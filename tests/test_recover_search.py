@@ -230,3 +230,34 @@ def test_smoothing_by_role_gives_one_role_its_own_alpha_and_stays_exact(tmp_path
     for tensor, scale in scales[name].items():
         same = np.allclose(scale, scales["smoothed-0.95"][tensor])
         assert same == (tensor in roles["blocks.#.fc1+gate"]), tensor
+
+
+def test_block_roles_keep_a_layers_place_inside_a_sequential(tmp_path):
+    """A block's MLP as an nn.Sequential: its two Linears are two roles (the last index is their place in the
+    Sequential), each met in every block; the block index becomes '#'."""
+    import torch
+    from torch import nn
+
+    from edgekit.recover.rank import block_roles
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList(nn.ModuleDict({"mlp": nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8))})
+                                        for _ in range(2))
+
+        def forward(self, x):
+            for b in self.blocks:
+                x = x + b["mlp"](x)
+            return x
+
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(Net().eval(), (torch.randn(1, 8),), str(path), dynamo=True, external_data=False)
+    model = onnx.load(str(path))
+    for node in model.graph.node:  # as the simplified reference the recovery reads: onnxsim drops node metadata
+        del node.metadata_props[:]
+    linears = {n.name for n in model.graph.node if n.op_type in ("Gemm", "MatMul")}
+
+    roles = block_roles(model, linears)
+
+    assert sorted(roles.values()) == ["blocks.#.mlp.0", "blocks.#.mlp.0", "blocks.#.mlp.2", "blocks.#.mlp.2"], roles
