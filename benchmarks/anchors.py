@@ -14,6 +14,8 @@ Peers, each with the recipe its documentation recommends for the model kind:
 Two steps, two environments (``make bench-anchors`` runs both): the peers are installed into their own venv
 (benchmarks/.venv-anchors, benchmarks/anchors-requirements.txt), never into the project's.
 
+    .venv/bin/python benchmarks/recover_bench.py --models minilm --budget 300 --gates 0.9973,1.19 \
+        --result recover_minilm_nncf.json                                  # MiniLM aimed at NNCF's accuracy
     .venv/bin/python benchmarks/anchors.py prepare                         # project venv: ONNX files, torch outputs
     benchmarks/.venv-anchors/bin/python benchmarks/anchors.py run          # peers' venv: quantize, measure
     .venv/bin/python benchmarks/anchors.py markdown                        # BENCHMARKS.md's section from the result
@@ -634,6 +636,8 @@ def markdown(doc: dict[str, Any]) -> list[str]:
     return lines + ["", "Reproduce (the peers go into benchmarks/.venv-anchors from benchmarks/anchors-requirements.txt, "
                     "never into .venv):", "",
                     "    make bench-anchors                                             # all of the below",
+                    "    .venv/bin/python benchmarks/recover_bench.py --models minilm --budget 300 --gates 0.9973,1.19 \\",
+                    "        --result recover_minilm_nncf.json                          # MiniLM aimed at NNCF's accuracy",
                     "    .venv/bin/python benchmarks/anchors.py prepare                 # ONNX files (builds missing ones), torch outputs",
                     "    benchmarks/.venv-anchors/bin/python benchmarks/anchors.py run  # quantize with each peer, measure",
                     "    .venv/bin/python benchmarks/anchors.py markdown                # this section", ""]
