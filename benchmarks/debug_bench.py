@@ -175,7 +175,10 @@ def main(argv: list[str] | None = None) -> int:
                       "recovered": x.keep_fp32.recovered if x.keep_fp32 else None,
                       "cost_ms": x.keep_fp32.latency_cost_ms if x.keep_fp32 else None,
                       "cost_noise_ms": x.keep_fp32.latency_noise_ms if x.keep_fp32 else None,
-                      "recovered_per_ms": x.keep_fp32.recovered_per_ms if x.keep_fp32 else None} for x in report.layers[:5]],
+                      "recovered_per_ms": x.keep_fp32.recovered_per_ms if x.keep_fp32 else None,
+                      "recovered_se": x.keep_fp32.recovered_se if x.keep_fp32 else None,
+                      "recovered_per_ms_se": x.keep_fp32.recovered_per_ms_se if x.keep_fp32 else None}
+                     for x in report.layers[:5]],
             "lowest_local_sqnr": min((x for x in report.layers if x.local_sqnr_db is not None),
                                      key=lambda x: x.local_sqnr_db).label if report.layers else None,
         }
@@ -214,14 +217,17 @@ def debug_section(path: Path = RESULTS) -> list[str]:
              f"From `{r['command']}` (benchmarks/results/debug_bench.json): {r['cpu']}, ISA {' '.join(r['isa']) or 'none'}, "
              f"2 threads, {load}. The built-in `ort-int8` profile quantizes this model's stem (a MaxPool follows it). "
              f"Artifact cosine {t['end_to_end']['cosine']:.6f} on {r.get('samples', 32)} held-out crops, {t['layers']} INT8 "
-             f"layers, analysis {t['debug_seconds']:.0f} s. Rank = cosine recovered per ms of cost (docs/debug.md)."
+             f"layers, analysis {t['debug_seconds']:.0f} s. Rank = cosine recovered per ms of cost; scores within "
+             "two standard errors of each other are ordered by the cosine recovered (docs/debug.md)."
              + (" The host was loaded (more than twice as many runnable processes as its 2 cores): milliseconds are "
                 "inflated and costs carry a standard error of up to a millisecond; the costs are differences measured "
                 "within interleaved rounds, which the load shifts far less." if busy else ""), "",
-             "| rank | layer | keep-FP32 cosine | recovered | cost ms (± s.e.) | recovered/ms |", "|---|---|---|---|---|---|"]
+             "| rank | layer | keep-FP32 cosine | recovered (± s.e.) | cost ms (± s.e.) | recovered/ms (± s.e.) |",
+             "|---|---|---|---|---|---|"]
     for i, x in enumerate(t["top5"]):
-        lines.append(f"| {i + 1} | `{x['layer']}` | {num(x['keep_fp32_cosine'], '.6f')} | {num(x.get('recovered'), '+.2e')} | "
-                     f"{num(x['cost_ms'], '+.2f')} (± {num(x.get('cost_noise_ms'), '.2f')}) | {num(x['recovered_per_ms'], '.3g')} |")
+        lines.append(f"| {i + 1} | `{x['layer']}` | {num(x['keep_fp32_cosine'], '.6f')} | {num(x.get('recovered'), '+.2e')} "
+                     f"(± {num(x.get('recovered_se'), '.1e')}) | {num(x['cost_ms'], '+.2f')} (± {num(x.get('cost_noise_ms'), '.2f')}) | "
+                     f"{num(x['recovered_per_ms'], '.3g')} (± {num(x.get('recovered_per_ms_se'), '.2g')}) |")
     lines.append("")
     first = t["top5"][0]["layer"] if t["top5"] else None
     met = img.get("rank") == 1

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     ranking = json.loads((HERE / "results" / "debug_bench.json").read_text())["targets"]["ort-int8"]
     labels = [r["layer"] for r in ranking["top5"]] + [ranking["image_layer"]["layer"]]
-    nodes = list(dict.fromkeys(re.search(r"\((\S+)\)$", label).group(1) for label in labels))
+    nodes = list(dict.fromkeys(m.group(1) if (m := re.search(r"\((\S+)\)$", label)) else label for label in labels))
 
     g = Graphs(onnx.load(str(args.build / "reference" / "model.onnx")), onnx.load(str(args.build / "ort-int8" / "model.onnx")))
     layers = {x.node: x for x in find_layers(g)}
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for node in nodes:
         delta = cosines(keep_fp32(g, [layers[node]])) - base
-        rows.append({"layer": next(label for label in labels if label.endswith(f"({node})")),
+        rows.append({"layer": next(label for label in labels if label == node or label.endswith(f"({node})")),
                      "recovered": float(delta.mean()), "standard_error": float(delta.std(ddof=1) / np.sqrt(len(delta))),
                      "positive_share": float(np.mean(delta > 0))})
         print(f"{rows[-1]['layer']}: recovered {rows[-1]['recovered']:.3e} ± {rows[-1]['standard_error']:.1e} "

@@ -222,3 +222,22 @@ def test_module_names_come_from_scopes_parameters_and_metadata_never_from_shared
     assert module_map(model) == {"/layer1/layer1.0/conv1/Conv": "layer1.0.conv1", "node_Conv_31": "layer1.0.conv2",
                                  "node_mul": "blocks.3.scale"}
     assert resolve_layer_names(["layer1"], model) == ["/layer1/layer1.0/conv1/Conv", "node_Conv_31"]
+
+
+def test_the_rank_orders_scores_it_cannot_tell_apart_by_the_cosine_recovered():
+    """ResNet's measured case (docs/debug.md): fc recovers little for nothing and leads; the stem and two convs score
+    within each other's two standard errors per ms, so the one recovering most comes first among them; a layer far
+    below stays last. Without standard errors (the recovery's untimed ranking) the order is by score alone."""
+    from edgekit.debug.rank import ranked
+    from edgekit.debug.report import KeepFp32
+
+    keep = {"fc": KeepFp32(0.99919, recovered=3.3e-5, recovered_per_ms=2.8e-4, recovered_per_ms_se=0.3e-4),
+            "conv1": KeepFp32(0.99922, recovered=6.7e-5, recovered_per_ms=6.5e-5, recovered_per_ms_se=1.2e-5),
+            "conv0": KeepFp32(0.99924, recovered=8.5e-5, recovered_per_ms=6.3e-5, recovered_per_ms_se=1.1e-5),
+            "stem": KeepFp32(0.99928, recovered=1.24e-4, recovered_per_ms=6.2e-5, recovered_per_ms_se=1.1e-5),
+            "late": KeepFp32(0.99916, recovered=1e-6, recovered_per_ms=1e-6, recovered_per_ms_se=1e-7)}
+
+    assert ranked(list(keep), keep.get, lambda n: n) == ["fc", "stem", "conv0", "conv1", "late"]
+    for k in keep.values():
+        k.recovered_per_ms_se = None
+    assert ranked(list(keep), keep.get, lambda n: n) == ["fc", "conv1", "conv0", "stem", "late"]

@@ -26,7 +26,7 @@ import numpy as np
 from edgekit.console import Progress
 from edgekit.debug.layers import LAYER_OPS, Layer
 from edgekit.debug.report import BlockReport, DebugReport, KeepFp32, LayerReport
-from edgekit.debug.run import LayerErrors, Timing, agreement
+from edgekit.debug.run import LayerErrors, Timing, agreement, sample_cosines, worst_output
 from edgekit.types import Feed
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,10 @@ class Candidates:
     def __init__(self, reference: list[list[Any]], base: Run, build: Callable[[list[Layer]], Run], feeds: list[Feed],
                  timing: Timing | None):
         self.reference, self.base, self.build, self.feeds, self.timing = reference, base, build, feeds, timing
-        self.end_to_end = agreement(reference, [base(f) for f in feeds])
+        outputs = [base(f) for f in feeds]
+        self.end_to_end = agreement(reference, outputs)
+        self.output = worst_output(reference, outputs) if feeds else 0
+        self.base_cosines = sample_cosines(reference, outputs, self.output) if feeds else np.zeros(0)
         self.latency_feed = {k: v[:1] for k, v in feeds[0].items()}
         self.cache: dict[Key, KeepFp32] = {}
         self.layers: dict[Key, list[Layer]] = {}
@@ -64,13 +67,16 @@ class Candidates:
     def _measure(self, layers: list[Layer]) -> KeepFp32:
         try:
             run = self.build(layers)
-            cosine = agreement(self.reference, [run(f) for f in self.feeds])["cosine"]
+            outputs = [run(f) for f in self.feeds]
+            cosine = agreement(self.reference, outputs)["cosine"]
         except Exception as exc:  # the runtime refused the edited graph: this candidate cannot be measured
             log.debug("keep-FP32 graph for %s refused: %s", [x.node for x in layers], exc)
             return KeepFp32(None)
         now = self.end_to_end["cosine"]
         recovered = cosine - now if cosine is not None and now is not None else None
-        return KeepFp32(cosine, recovered=recovered)
+        gains = sample_cosines(self.reference, outputs, self.output) - self.base_cosines
+        se = float(gains.std(ddof=1) / np.sqrt(len(gains))) if len(gains) > 1 else None
+        return KeepFp32(cosine, recovered=recovered, recovered_se=se)
 
     def time_costs(self, progress: Progress | None = None) -> None:
         """The latency cost of every measured candidate, TIME_GROUP at a time, filled into its KeepFp32."""
@@ -138,8 +144,42 @@ def cost_floor(cost: Cost) -> float:
 
 def _with_cost(k: KeepFp32, c: Cost) -> KeepFp32:
     k.p50_ms, k.latency_cost_ms, k.latency_noise_ms = c.p50_ms, c.cost_ms, c.noise_ms
-    k.recovered_per_ms = k.recovered / max(c.cost_ms, cost_floor(c)) if k.recovered is not None else None
+    if k.recovered is None:
+        return k
+    cost = max(c.cost_ms, cost_floor(c))
+    k.recovered_per_ms = k.recovered / cost
+    if k.recovered_se is not None:  # a cost at the floor is the floor, exactly; above it, its error adds
+        cost_share = c.noise_ms / cost if c.cost_ms > cost_floor(c) else 0.0
+        k.recovered_per_ms_se = float(np.hypot(k.recovered_se / cost, abs(k.recovered_per_ms) * cost_share))
     return k
+
+
+def ranked(keys: list[Any], keep: Callable[[Any], KeepFp32 | None], tie: Callable[[Any], Any]) -> list[Any]:
+    """``keys`` (each with a score) highest score first, where the measurement resolves it: the keys after a run's
+    first whose score it cannot tell apart from the first's (their two-standard-error intervals overlap) join the
+    run, and a run is ordered by the cosine recovered, the larger first. Without standard errors (the recovery's
+    untimed ranking) each key is its own run. Ties left: ``tie``."""
+
+    def k(x: Any) -> KeepFp32:
+        found = keep(x)
+        assert found is not None
+        return found
+
+    by_score = sorted(keys, key=lambda x: (-(score(k(x)) or 0.0), tie(x)))
+    out: list[Any] = []
+    i = 0
+    while i < len(by_score):
+        first, j = k(by_score[i]), i + 1
+        if first.recovered_per_ms_se is not None:
+            low = (score(first) or 0.0) - 2.0 * first.recovered_per_ms_se
+            while j < len(by_score):
+                other = k(by_score[j])
+                if other.recovered_per_ms_se is None or (score(other) or 0.0) + 2.0 * other.recovered_per_ms_se < low:
+                    break
+                j += 1
+        out += sorted(by_score[i:j], key=lambda x: (-round(k(x).recovered or 0.0, DIGITS), tie(x)))
+        i = j
+    return out
 
 
 def score(k: KeepFp32 | None) -> float | None:
@@ -177,8 +217,8 @@ def measure_layers(layers: list[Layer], modules: dict[str, str], candidates: Can
 
 def rank_nodes(layers: list[Layer], keep: dict[str, KeepFp32]) -> list[str]:
     """Node names, the measured ones by score (highest first; ties in name order), then the others in graph order."""
-    scored = {x.node: s for x in layers if (s := score(keep.get(x.node))) is not None}
-    return sorted(scored, key=lambda n: (-scored[n], n)) + [x.node for x in layers if x.node not in scored]
+    scored = [x.node for x in layers if score(keep.get(x.node)) is not None]
+    return ranked(scored, keep.get, lambda n: n) + [x.node for x in layers if x.node not in set(scored)]
 
 
 def assemble(layers: list[Layer], errors: dict[str, LayerErrors], keep: dict[str, KeepFp32], modules: dict[str, str],
@@ -194,12 +234,11 @@ def assemble(layers: list[Layer], errors: dict[str, LayerErrors], keep: dict[str
     def local(r: LayerReport) -> float:
         return r.local_sqnr_db if r.local_sqnr_db is not None else 1e9
 
-    scored = [r for r in reports if score(r.keep_fp32) is not None]
-    ranked = sorted(scored, key=lambda r: (-score(r.keep_fp32), local(r)))  # type: ignore[operator]
-    for i, r in enumerate(ranked):
+    order = ranked([r for r in reports if score(r.keep_fp32) is not None], lambda r: r.keep_fp32, local)
+    for i, r in enumerate(order):
         r.rank = i + 1
     rest = sorted((r for r in reports if r.rank is None), key=local)
-    return DebugReport("", "", "", "", 0, end_to_end, ranked + rest, blocks, notes)
+    return DebugReport("", "", "", "", 0, end_to_end, order + rest, blocks, notes)
 
 
 def _past(deadline: float | None) -> bool:

@@ -22,6 +22,8 @@ class KeepFp32:
     recovered_per_ms: float | None = None  # recovered / max(cost, the timing's resolution: rank.cost_floor)
     recovered: float | None = None  # cosine - the artifact's cosine
     latency_noise_ms: float | None = None  # the standard error of latency_cost_ms
+    recovered_se: float | None = None  # the standard error of recovered, from the per-sample differences
+    recovered_per_ms_se: float | None = None  # the standard error of recovered_per_ms (both errors propagated)
 
 
 @dataclass

@@ -129,6 +129,24 @@ def run_all(model: bytes | str, feeds: list[Feed], threads: int) -> list[list[np
     return [sess.run(None, feed) for feed in feeds]
 
 
+def sample_cosines(reference: list[list[np.ndarray]], outputs: list[list[np.ndarray]], index: int) -> np.ndarray:
+    """The cosine of output ``index`` against the reference, one per sample (a batch's rows are samples)."""
+    from edgekit.validate.metrics import cosine_rows
+
+    rows = []
+    for ref, out in zip(reference, outputs):
+        r, o = np.asarray(ref[index], np.float64), np.asarray(out[index], np.float64)
+        n = r.shape[0] if r.ndim > 0 else 1
+        rows.append(cosine_rows(r.reshape(n, -1), o.reshape(n, -1)))
+    return np.concatenate(rows) if rows else np.zeros(0)
+
+
+def worst_output(reference: list[list[np.ndarray]], outputs: list[list[np.ndarray]]) -> int:
+    """The output whose mean cosine ``agreement`` reports (the lowest)."""
+    means = [float(sample_cosines(reference, outputs, i).mean()) for i in range(len(reference[0]))] if reference else []
+    return int(np.argmin(means)) if means else 0
+
+
 def agreement(reference: list[list[np.ndarray]], outputs: list[list[np.ndarray]]) -> dict[str, float | None]:
     """Mean cosine and SQNR of ``outputs`` against ``reference``, the worst over the model's outputs."""
     per_output = [OutputError() for _ in reference[0]] if reference else []
