@@ -20,7 +20,7 @@ from edgekit.backends import BuildContext, CalibrationSettings, get_backend
 from edgekit.config import DataConfig, ModelConfig
 from edgekit.console import silenced_fds
 from edgekit.errors import EdgekitError
-from edgekit.faults import write_fault
+from edgekit.faults import raise_if_signalled, write_fault
 from edgekit.types import Artifact, FeedSource, Reference, SourceModel, TargetProfile
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,7 @@ def build_target(job: TargetJob, source: SourceModel, calibration: FeedSource | 
     except EdgekitError:
         raise
     except Exception as exc:  # the other targets go on
+        raise_if_signalled()  # not when it was Ctrl-C, re-raised by a library as its own error
         fault = write_fault(exc, job.root)
         if fault is not None:  # a full disk or read-only folder is the build's problem, not this target's
             raise fault from None

@@ -172,6 +172,29 @@ def test_a_signal_inside_a_weakref_callback_is_delivered_again_without_a_traceba
     assert float(run.stdout.split()[2]) < 2.0, run.stdout
 
 
+def test_ctrl_c_that_a_library_turns_into_its_own_error_stops_the_report_without_a_warning(caplog):
+    """CI saw it: SIGINT while matplotlib drew report.html's histogram, and pybind11 turned the KeyboardInterrupt
+    into a TypeError, which the plot's error handling logged with a traceback. The handler now re-raises the signal."""
+    from edgekit import faults
+    from edgekit.report.html import _figure
+
+    def draw() -> str:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+        except KeyboardInterrupt:
+            raise TypeError("affine_transform(): incompatible function arguments") from None  # as pybind11 did
+        return "<svg/>"
+
+    previous = faults.install()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _figure(draw, "a caption")
+    finally:
+        faults.restore(previous)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 @pytest.mark.slow
 def test_two_builds_into_one_folder_at_once_end_in_one_whole_build(built_sandbox):
     """Two `edgekit build` processes into the same -o over an earlier build: both end cleanly (0), and the folder

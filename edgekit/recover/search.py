@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgekit.console import Progress
+from edgekit.faults import raise_if_signalled
 from edgekit.recover.candidates import GRAPHS, StaticQdq, Spec, describe, iter_methods, smoothed_graph, smoothing_of
 from edgekit.recover.meter import SPEED_GATES, Measurement, Meter
 from edgekit.recover.rank import compute_nodes, quantized_nodes, rank_layers, role_groups
@@ -149,6 +150,7 @@ class Search:
             notes = self.builder.build(spec, path)
             m = self.meter.measure(path, self.more_accurate)
         except Exception as exc:  # a candidate the quantizer or ORT rejects is skipped, the search goes on
+            raise_if_signalled()  # not when it was Ctrl-C, re-raised by the library as its own error
             self.progress.note(f"{self.name}: recovery candidate '{change}' failed: {type(exc).__name__}: {str(exc)[:200]}")
             return False
         seconds = time.monotonic() - began

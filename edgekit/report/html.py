@@ -12,6 +12,7 @@ import logging
 from html import escape
 from typing import Any, Callable
 
+from edgekit.faults import raise_if_signalled
 from edgekit.report.analysis import recovery_axis, recovery_plot, sensitivity_plot, written_attempt
 from edgekit.report.data import ReportData
 from edgekit.report.figure import STATUS_COLORS, finite
@@ -80,6 +81,7 @@ def _figure(draw: Callable[[], str], caption: str) -> str:
     try:
         svg = draw()
     except Exception as exc:  # noqa: BLE001 - a plotting fault must not lose a finished build's report
+        raise_if_signalled()  # Ctrl-C inside the plotting library, re-raised by it as another error: stop, quietly
         log.warning("report.html: a plot could not be drawn", exc_info=True)
         return f'<p class="plot-error">This plot could not be drawn ({escape(type(exc).__name__)}: {escape(str(exc)[:200])}).</p>'
     return f"<figure>\n{svg}<figcaption>{caption}</figcaption>\n</figure>" if svg else ""

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edgekit.faults import raise_if_signalled
 from edgekit.types import LatencyStats
 
 
@@ -50,6 +51,7 @@ def interleaved(timed: dict[str, Timed], progress: Callable[[str, int, int], Non
             call()
             return True
         except Exception as exc:  # a runner failing while timed is that runner's error; the others go on
+            raise_if_signalled()  # not when it was Ctrl-C, re-raised by the runtime as its own error
             failed[name] = f"{type(exc).__name__}: {str(exc)[:300]}"
             return False
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from edgekit.backends import Runner, get_backend
 from edgekit.console import Progress
+from edgekit.faults import raise_if_signalled
 from edgekit.types import (Artifact, GateVerdict, Metrics, Reference, SizeInfo, SourceModel, TargetLatency, TargetProfile,
                            TargetResult)
 from edgekit.validate.gates import check, measured_values, speed_resolution
@@ -85,6 +86,7 @@ def measure(
         try:
             runners[name] = get_backend(profile.backend).load(artifact, root, profile, reference)
         except Exception as exc:
+            raise_if_signalled()  # not when it was Ctrl-C, re-raised by the runtime as its own error
             targets[name] = TargetMeasure(f"loading the artifact failed: {type(exc).__name__}: {str(exc)[:300]}")
     torch_ref = TorchRunner(torch_source, reference.outputs, timing.threads) if torch_source is not None else None
     onnx_ref = reference_runner(reference, timing.threads)

@@ -11,6 +11,7 @@ import numpy as np
 
 from edgekit.backends.base import Runner
 from edgekit.config import DataConfig
+from edgekit.faults import raise_if_signalled
 from edgekit.types import Batch, Feed, FeedSource, Metrics, Reference, SourceModel, TensorSpec, batch_rows
 from edgekit.validate.metrics import Accuracy, Comparison, PairedAccuracy
 
@@ -133,6 +134,7 @@ def observe(
             try:
                 results[name] = runner.run(batch.feed)
             except Exception as exc:  # a backend failing at run time is that target's error, not the build's
+                raise_if_signalled()  # not when it was Ctrl-C, re-raised by the runtime as its own error
                 observed[name].error = f"running the artifact failed: {type(exc).__name__}: {str(exc)[:300]}"
                 log.debug("runner %s failed", name, exc_info=True)
         for name, out in results.items():
