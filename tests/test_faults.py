@@ -195,6 +195,31 @@ def test_ctrl_c_that_a_library_turns_into_its_own_error_stops_the_report_without
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
+def test_ctrl_c_wrapped_into_a_model_error_still_ends_as_an_interrupt(sandbox):
+    """The user's model factory catches Ctrl-C and raises its own error, which edgekit reports as a bad model
+    (exit 2): after a signal the build ends as interrupted instead (130), with that message and no traceback."""
+    net = (sandbox / "net.py").read_text()
+    (sandbox / "net.py").write_text(net + """
+
+def build_interrupted():
+    import os, signal, time
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)
+    except KeyboardInterrupt:
+        raise RuntimeError("weights server: request cancelled") from None
+    return build()
+""")
+    from conftest import GOOD_CONFIG
+
+    (sandbox / "cfg.toml").write_text(GOOD_CONFIG.replace('"net.py:build"', '"net.py:build_interrupted"'))
+    run = subprocess.run([sys.executable, "-m", "edgekit", "-q", "build", str(sandbox / "cfg.toml"), "-o", str(sandbox / "out")],
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 130, run.stderr
+    assert "interrupted; nothing half-written was kept" in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert not (sandbox / "out").exists()
+
+
 @pytest.mark.slow
 def test_two_builds_into_one_folder_at_once_end_in_one_whole_build(built_sandbox):
     """Two `edgekit build` processes into the same -o over an earlier build: both end cleanly (0), and the folder

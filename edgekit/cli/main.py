@@ -156,15 +156,18 @@ def _run(argv: list[str], console: Console, debug: bool) -> int:
         from edgekit.cli import commands
 
         return getattr(commands, f"cmd_{args.command}")(args, console)
+    except KeyboardInterrupt as exc:  # Ctrl-C (130) or SIGTERM (faults.Terminated, 143)
+        return _interrupted(exc, console)
     except EdgekitError as exc:
+        if (interrupt := faults.interrupted_by(exc)) is not None:  # a library turned Ctrl-C into an error we wrapped
+            return _interrupted(interrupt, console)
         if debug:
             traceback.print_exc()
         console.error(str(exc))
         return exc.exit_code
-    except KeyboardInterrupt as exc:  # Ctrl-C (130) or SIGTERM (faults.Terminated, 143)
-        console.error(f"{'terminated' if isinstance(exc, faults.Terminated) else 'interrupted'}; nothing half-written was kept")
-        return getattr(exc, "exit_code", 130)
     except Exception as exc:  # a bug in edgekit: still one line, with the way to see more
+        if (interrupt := faults.interrupted_by(exc)) is not None:  # a library turned Ctrl-C into its own error
+            return _interrupted(interrupt, console)
         fault = faults.write_fault(exc, Path(getattr(exc, "filename", None) or Path.cwd()))
         if fault is not None:  # a full disk or read-only folder met outside a build (report, targets --write)
             console.error(str(fault))
@@ -173,3 +176,8 @@ def _run(argv: list[str], console: Console, debug: bool) -> int:
             traceback.print_exc()
         console.error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback, and report it)")
         return 70
+
+
+def _interrupted(exc: KeyboardInterrupt, console: Console) -> int:
+    console.error(f"{'terminated' if isinstance(exc, faults.Terminated) else 'interrupted'}; nothing half-written was kept")
+    return getattr(exc, "exit_code", 130)
