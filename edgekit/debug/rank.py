@@ -26,7 +26,7 @@ import numpy as np
 from edgekit.console import Progress
 from edgekit.debug.layers import LAYER_OPS, Layer
 from edgekit.debug.report import BlockReport, DebugReport, KeepFp32, LayerReport
-from edgekit.debug.run import LayerErrors, Timing, agreement, sample_cosines, worst_output
+from edgekit.debug.run import LayerErrors, Timing, agreement, sample_cosines
 from edgekit.types import Feed
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,10 @@ class Candidates:
         self.reference, self.base, self.build, self.feeds, self.timing = reference, base, build, feeds, timing
         outputs = [base(f) for f in feeds]
         self.end_to_end = agreement(reference, outputs)
-        self.output = worst_output(reference, outputs) if feeds else 0
-        self.base_cosines = sample_cosines(reference, outputs, self.output) if feeds else np.zeros(0)
+        # per-sample cosines of the output ``agreement`` reports (the lowest mean), for the recovered cosine's spread
+        per_output = [sample_cosines(reference, outputs, i) for i in range(len(reference[0]))] if feeds else []
+        self.output = int(np.argmin([c.mean() for c in per_output])) if per_output else 0
+        self.base_cosines = per_output[self.output] if per_output else np.zeros(0)
         self.latency_feed = {k: v[:1] for k, v in feeds[0].items()}
         self.cache: dict[Key, KeepFp32] = {}
         self.layers: dict[Key, list[Layer]] = {}

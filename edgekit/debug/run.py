@@ -141,12 +141,6 @@ def sample_cosines(reference: list[list[np.ndarray]], outputs: list[list[np.ndar
     return np.concatenate(rows) if rows else np.zeros(0)
 
 
-def worst_output(reference: list[list[np.ndarray]], outputs: list[list[np.ndarray]]) -> int:
-    """The output whose mean cosine ``agreement`` reports (the lowest)."""
-    means = [float(sample_cosines(reference, outputs, i).mean()) for i in range(len(reference[0]))] if reference else []
-    return int(np.argmin(means)) if means else 0
-
-
 def agreement(reference: list[list[np.ndarray]], outputs: list[list[np.ndarray]]) -> dict[str, float | None]:
     """Mean cosine and SQNR of ``outputs`` against ``reference``, the worst over the model's outputs."""
     per_output = [OutputError() for _ in reference[0]] if reference else []

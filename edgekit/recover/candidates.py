@@ -167,7 +167,7 @@ class StaticQdq:
         import onnx
 
         from edgekit.backends.ort.matmul_stats import weighted_matmuls
-        from edgekit.recover.rank import block_roles
+        from edgekit.recover.rank import block_roles, role_label
 
         model = onnx.load(str(self.reference), load_external_data=False)
         readers: dict[str, list[str]] = {}
@@ -177,8 +177,7 @@ class StaticQdq:
         tensors: dict[str, list[str]] = {}
         for tensor, names in readers.items():
             if all(n in roles for n in names):
-                role = "+".join([roles[names[0]], *(roles[n].rsplit(".", 1)[-1] for n in names[1:])])
-                tensors.setdefault(role, []).append(tensor)
+                tensors.setdefault(role_label([roles[n] for n in names]), []).append(tensor)
         self._smoothing_roles = {role: tuple(ts) for role, ts in tensors.items() if "#" in role and len(ts) >= 2}
         return self._smoothing_roles
 

@@ -72,6 +72,13 @@ def block_roles(model: Any, nodes: set[str]) -> dict[str, str]:
     return {node: re.sub(r"(^|\.)\d+(?=\.)", r"\1#", module) for node, module in module_map(model).items() if node in nodes}
 
 
+def role_label(roles: Sequence[str]) -> str:
+    """One name for the roles that read one tensor: the first in full, the others by their last part
+    (``bert.encoder.layer.#.attention.self.query+key+value``); a role repeated counts once."""
+    unique = list(dict.fromkeys(roles))
+    return "+".join([unique[0], *(r.rsplit(".", 1)[-1] for r in unique[1:])])
+
+
 def role_groups(fp32_path: Path, quantized: set[str]) -> dict[str, tuple[str, ...]]:
     """The quantized layers grouped by their role in a stack of blocks: the torch module path with its block indices
     replaced (``bert.encoder.layer.#.output.dense``), for roles that occur in two blocks or more, in graph order;
@@ -96,5 +103,5 @@ def role_groups(fp32_path: Path, quantized: set[str]) -> dict[str, tuple[str, ..
         if len(roles) >= 2:
             shared.setdefault(roles, []).extend(nodes)
     for roles, nodes in shared.items():
-        groups["+".join([roles[0], *(r.rsplit(".", 1)[-1] for r in roles[1:])])] = nodes
+        groups[role_label(roles)] = nodes
     return {role: tuple(nodes) for role, nodes in groups.items() if len(nodes) >= 2 and "#" in role}

@@ -233,8 +233,8 @@ class Search:
         """Transformers: after one smoothing alpha for every MatMul input, the runner-up alpha for the inputs of one
         role at a time (``StaticQdq.smoothing_roles``: every FFN down-projection's input, ...), in graph order, each
         kept when it raised the cosine. Roles differ: on MiniLM the Q/K/V input wants 0.95, the rest 0.75."""
-        smoothed = [t for t in self.tried if t.spec.graph.startswith("smoothed-") and "|" not in t.spec.graph
-                    and t.attempt.cosine is not None]
+        smoothed = [t for t in self.tried if t.spec.graph.startswith("smoothed-") and not smoothing_of(t.spec.graph)[1]
+                    and t.attempt.cosine is not None]  # one alpha for every input
         if len(smoothed) < 2:
             return False
         smoothed.sort(key=lambda t: -round(t.attempt.cosine, 6))  # stable: a tie keeps the higher alpha (tried first)
