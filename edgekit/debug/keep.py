@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.backends.onnx.fp32_pools import pool_fp32_outputs
 from edgekit.backends.onnx.graph import prune_dead
 from edgekit.debug.layers import Graphs, Layer
 
@@ -85,6 +86,7 @@ def keep_fp32(g: Graphs, layers: list[Layer]) -> bytes:
             nodes += before.get(n.output[0], [])
         del graph.node[:]
         graph.node.extend(nodes)
+    pool_fp32_outputs(graph)  # a pool after an FP32 layer in ONNX Runtime's fast layout: the cost a build would pay
     prune_dead(graph)
     return model.SerializeToString()
 

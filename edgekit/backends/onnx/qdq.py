@@ -17,6 +17,7 @@ from typing import Any, Callable
 from edgekit.backends.base import CalibrationSettings
 from edgekit.backends.onnx import qdq_ranges, stats_cache
 from edgekit.backends.onnx.calibration import FeedCalibrationReader
+from edgekit.backends.onnx.fp32_pools import pool_fp32_outputs_in
 from edgekit.backends.onnx.graph import first_line, nodes_of_types, scratch_cwd, strip_value_info
 from edgekit.backends.onnx.session import session
 from edgekit.onnxio import has_external_data, load_onnx, move_model, save_like
@@ -172,6 +173,7 @@ def quantize_static_qdq(
             **cache,
         )
         chosen["fp32_reads"] = fp32_nodes_read_fp32(out, graph, set(fp32_nodes))
+        chosen["fp32_pools"] = pool_fp32_outputs_in(out)
 
     with tempfile.TemporaryDirectory(prefix="edgekit-ort-") as tmpdir:
         tmp = Path(tmpdir)
@@ -211,6 +213,9 @@ def quantize_static_qdq(
         notes["calibration"]["percentile"] = settings.percentile
     if chosen["fp32_reads"]:
         notes["fp32_nodes"] = f"{chosen['fp32_reads']} input(s) of FP32 nodes read the FP32 tensor, not its Q/DQ copy"
+    if chosen["fp32_pools"]:
+        notes["fp32_pools"] = (f"{chosen['fp32_pools']} MaxPool(s) after an FP32 layer pool its FP32 output, then "
+                               "quantize (same numbers; ONNX Runtime runs the pool in its fast FP32 layout)")
     if fallback:
         notes["quantizer"] = fallback
     if chosen["collected"].warning:
