@@ -13,10 +13,10 @@ from edgekit.backends.base import CalibrationSettings, Runner
 from edgekit.backends.onnx.qdq import QdqSettings
 from edgekit.config import RecoverSettings
 from edgekit.console import Progress
+from edgekit.backends.onnx.census import onnx_census
 from edgekit.recover.candidates import Spec, StaticQdq
 from edgekit.recover.meter import Meter
 from edgekit.recover.search import Search, write_choice
-from edgekit.backends.onnx.census import onnx_census
 from edgekit.types import Artifact, ArtifactFile, FeedSource, LayerCensus, Reference, SourceModel, TargetProfile
 from edgekit.validate.measure import ReferenceTiming, measure, timed_on_device
 from edgekit.validate.run import ValidationData
@@ -81,8 +81,7 @@ def _census(builder: Any, notes: Mapping[str, Any], path: Path) -> LayerCensus |
     """The INT8 layer census of the written candidate: from its build's notes, else counted in the ONNX file."""
     layers = LayerCensus.from_dict(notes.get("int8_layers"))
     if layers is None and path.suffix == ".onnx":
-        from edgekit.backends.onnx.census import onnx_census
-
+        
         layers = onnx_census(path)
     return layers
 
@@ -121,7 +120,7 @@ def recover_build(root: Path, manifest: Any, profiles: Mapping[str, TargetProfil
         with tempfile.TemporaryDirectory(prefix="edgekit-recover-") as tmp:
             builder = _builder(profile, recipe, reference, calibration, calibration_settings, Path(tmp), torch_source)
             meter = Meter(name, profile, reference, torch_source, data, shapes, task, baseline, _loader(name, profile, reference),
-                          timed_on_device(profile, result.artifact), getattr(builder, "census", onnx_census))
+                          timed_on_device(profile, result.artifact), builder.census)
             try:
                 outcome = Search(name, result, builder, meter, _configured(profile, recipe, calibration_settings),
                                  chosen.budget_s, progress, Path(tmp)).run()

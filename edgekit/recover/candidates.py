@@ -17,6 +17,7 @@ from edgekit.backends.calibration import calibration_feeds
 from edgekit.backends.onnx.qdq import QdqSettings, preprocess, quantize_static_qdq
 from edgekit.backends.ort.passes.smooth import SMOOTH_SUFFIX, smooth
 from edgekit.recover import graphs
+from edgekit.recover.family import Family
 from edgekit.types import FeedSource, TensorSpec
 
 COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -50,7 +51,7 @@ class Spec:
     compute_only: bool = False  # quantize only COMPUTE ops; the others (elementwise, norms, softmax, reshapes) stay FP32
 
 
-class StaticQdq:
+class StaticQdq(Family):
     """Builds candidates of one static QDQ target from its reference, calibration data and recipe settings."""
 
     def __init__(self, reference: Path, calib: FeedSource, specs: tuple[TensorSpec, ...], settings: CalibrationSettings,
@@ -66,6 +67,7 @@ class StaticQdq:
         self._smoothing_roles: dict[str, tuple[str, ...]] | None = None
         self.built: dict[Spec, Path] = {}
         self.measured: set[tuple[str, str]] = set()  # (statistics graph, method) whose statistics this search has
+        self._nodes: dict[Path, tuple[set[str], tuple[str, ...]]] = {}
 
     def statistics_of(self, spec: Spec) -> str:
         """The graph whose activation statistics ``spec`` is calibrated with: bias correction changes only biases,
@@ -89,13 +91,10 @@ class StaticQdq:
         keep = set(qdq.exclude_op_types) | set(self.tensorrt_keep_ops or ())
         exclude = spec.exclude
         if spec.compute_only or spec.graph.startswith("smoothed"):
-            import onnx
-
-            nodes = onnx.load(str(src), load_external_data=False).graph.node
+            op_types, smoothing = self._nodes_of(src)
             if spec.compute_only:
-                keep |= {n.op_type for n in nodes} - set(COMPUTE)
-            # the smoothing Mul stays FP32: quantizing its input as well as its output would add a rounding
-            exclude += tuple(n.name for n in nodes if n.op_type == "Mul" and n.name.endswith(SMOOTH_SUFFIX))
+                keep |= op_types - set(COMPUTE)
+            exclude += smoothing  # the smoothing Mul stays FP32: quantizing its input too would add a rounding
         settings = dataclasses.replace(self.settings, method=spec.method)
         base = self.statistics_of(spec)
         stats_from = self.preprocessed(base, spec.method) if base != spec.graph else None
@@ -109,6 +108,16 @@ class StaticQdq:
         self.built[spec] = dst
         self.measured.add((base, spec.method))
         return notes
+
+    def _nodes_of(self, src: Path) -> tuple[set[str], tuple[str, ...]]:
+        """(the op types of the graph at ``src``, its smoothing Mul nodes), read once per graph."""
+        if src not in self._nodes:
+            import onnx
+
+            nodes = onnx.load(str(src), load_external_data=False).graph.node
+            self._nodes[src] = ({n.op_type for n in nodes},
+                                tuple(n.name for n in nodes if n.op_type == "Mul" and n.name.endswith(SMOOTH_SUFFIX)))
+        return self._nodes[src]
 
     def preprocessed(self, name: str, method: str) -> Path:
         """The graph the quantizer reads for ``name`` (its node names are the QDQ graph's), named as

@@ -21,7 +21,8 @@ from edgekit.backends.onnx.census import onnx_census
 from edgekit.backends.ort.dynamic import Prepared, prepare_dynamic, quantize_prepared
 from edgekit.backends.ort.recipe import OrtRecipe
 from edgekit.recover.candidates import exclusion_changes
-from edgekit.types import FeedSource, LayerCensus, TensorSpec
+from edgekit.recover.family import Family
+from edgekit.types import FeedSource, TensorSpec
 
 RANK_SAMPLES = 16  # calibration samples the layer ranking reads (as for static QDQ: recover/candidates.py)
 CONV_OPS = ("Conv", "ConvTranspose")
@@ -51,7 +52,7 @@ class DynamicSpec:
         return "; ".join(parts) or "as before"
 
 
-class DynamicBuilder:
+class DynamicBuilder(Family):
     """Builds, describes and ranks candidates of one ort dynamic INT8 target."""
 
     def __init__(self, reference: Path, recipe: OrtRecipe, calib: FeedSource | None, specs: tuple[TensorSpec, ...],
@@ -93,9 +94,6 @@ class DynamicBuilder:
             notes["recovery_fp32"] = list(exclude)
         notes["int8_layers"] = onnx_census(dst).to_dict()
         return notes
-
-    def census(self, path: Path) -> LayerCensus | None:
-        return onnx_census(path)
 
     # ------------------------------------------------------------------------------------ the search's steps
     def methods(self, configured: str) -> tuple[str, ...]:

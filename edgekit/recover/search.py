@@ -15,9 +15,9 @@ first that meets every gate or at the budget, write the best so far in place of 
 
 Order by model kind: a CNN with depthwise convolutions tries the recipe repairs first (equalization and bias correction
 are what is known to work there), then the FP32 prefix, then calibration and the greedy layers; another CNN the prefix
-first; any other model calibration, recipe, roles, precision. Another backend family's builder may name its own order
-(``steps``) and its layers for the prefix (``prefix_order``), in the names its builds exclude. In a deep CNN every layer amplifies the error of the
-activations before it, and a lone FP32 node still reads and writes quantized tensors: only a run of FP32 nodes takes
+first; any other model calibration, recipe, roles, precision. Another backend family's builder (a ``Family``,
+family.py) may name its own order (``steps``), methods, repairs, its layers for the prefix (``prefix_order``) and its
+ranking, in the names its builds exclude. In a deep CNN every layer amplifies the error of the activations before it, and a lone FP32 node still reads and writes quantized tensors: only a run of FP32 nodes takes
 the tensors between them out of quantization, hence the prefix.
 
 Cost: a candidate is built from the activation statistics of its graph and method, collected once per search (the
@@ -45,6 +45,7 @@ from typing import Any, Callable
 from edgekit.console import Progress
 from edgekit.faults import raise_if_signalled
 from edgekit.recover.candidates import GRAPHS, StaticQdq, Spec, describe, iter_methods, smoothed_graph, smoothing_of
+from edgekit.recover.family import Family
 from edgekit.recover.meter import SPEED_GATES, Measurement, Meter
 from edgekit.recover.rank import compute_nodes, quantized_nodes, rank_layers, role_groups
 from edgekit.types import Metrics, Recovery, RecoveryAttempt, TargetResult
@@ -86,7 +87,7 @@ def _attempt(step: str, change: str, m: Measurement, seconds: float, exclude: tu
 class Search:
     """One target's search; ``run`` returns the Outcome (attempts and the file to write)."""
 
-    def __init__(self, name: str, result: TargetResult, builder: StaticQdq, meter: Meter, configured: Spec,
+    def __init__(self, name: str, result: TargetResult, builder: Family, meter: Meter, configured: Spec,
                  budget_s: float, progress: Progress, tmp: Path):
         self.name, self.builder, self.meter, self.base, self.budget_s = name, builder, meter, configured, budget_s
         self.progress, self.tmp = progress, tmp
@@ -128,7 +129,7 @@ class Search:
 
     def _fresh(self, spec: Spec) -> bool:
         """Whether building ``spec`` collects new statistics (a builder that cannot tell: every build does)."""
-        return self.builder.fresh(spec) if hasattr(self.builder, "fresh") else True
+        return self.builder.fresh(spec)
 
     def more_accurate(self, metrics: Metrics) -> bool:
         """Whether a candidate measuring ``metrics`` is more accurate than the best so far (worth timing)."""
@@ -184,7 +185,7 @@ class Search:
         steps = {"depthwise": (self.recipe, self.prefix, self.calibration, self.precision),
                  "cnn": (self.prefix, self.recipe, self.calibration, self.precision)}.get(
                      self.kind, (self.calibration, self.recipe, self.roles, self.precision))
-        own = getattr(self.builder, "steps", None)  # a family's own order (recover/torch_ao.py: its repairs first)
+        own = self.builder.steps  # a family's own order (recover/torch_ao.py: its repairs first)
         if own:
             named = {"calibration": self.calibration, "recipe": self.recipe, "prefix": self.prefix, "roles": self.roles,
                      "precision": self.precision}
@@ -200,12 +201,15 @@ class Search:
         return Outcome(recovery, chosen.path, chosen.notes)
 
     def calibration(self) -> bool:
-        methods = self.builder.methods(self.base.method) if hasattr(self.builder, "methods") else iter_methods(self.base.method)
+        methods = self.builder.methods(self.base.method)
+        if methods is None:
+            methods = iter_methods(self.base.method)
         return any(self.attempt("calibration", dataclasses.replace(self.base, method=m)) for m in methods)
 
     def recipe(self) -> bool:
-        if hasattr(self.builder, "repairs"):  # other backend families: their own repairs, each applied to the best so far
-            return any(self.attempt("recipe", repair(self.best_start().spec)) for repair in self.builder.repairs())
+        repairs = self.builder.repairs()
+        if repairs is not None:  # other backend families: their own repairs, each applied to the best so far
+            return any(self.attempt("recipe", repair(self.best_start().spec)) for repair in repairs)
         # FP32 elementwise and normalization ops fix transformers (softmax, GELU, LayerNorm); in a CNN they are only
         # Add/Relu/pools between quantized convs, where Q/DQ pairs around them cost speed and no accuracy is gained.
         # Tried first, so that the graph repairs below quantize what a transformer can quantize well.
@@ -274,9 +278,10 @@ class Search:
         such k by bisection (fewer FP32 nodes: faster). True when that candidate meets the speed gates too."""
         import onnx
 
-        if hasattr(self.builder, "prefix_order"):  # other families: their layers in order, names their builds exclude
+        own = self.builder.prefix_order()  # other families: their layers in order, names their builds exclude
+        if own is not None:
             start = self.best_start()
-            order, compute = self.builder.prefix_order()
+            order, compute = own
         else:
             start, artifact = self.starting_point()
             order = [n.name for n in quantized_nodes(onnx.load(str(artifact)))]
@@ -291,7 +296,7 @@ class Search:
 
         def accurate(k: int) -> bool:
             change = f"FP32 prefix: the first {k} quantized nodes ({order[0]} .. {order[k - 1]})"
-            if hasattr(self.builder, "prefix_order"):  # the family's own words for what the candidate keeps float
+            if own is not None:  # the family's own words for what the candidate keeps float
                 change = f"prefix of {k} layers: {describe(candidate(k), spec)}"
             self.attempt("prefix", candidate(k), change)
             return any(t.spec == candidate(k) and t.accurate for t in self.tried)
@@ -338,8 +343,9 @@ class Search:
         start, artifact = self.starting_point()
         spec = start.spec
         seconds = max(1.0, min(60.0, self.remaining() / 3))
-        if hasattr(self.builder, "rank"):  # other backend families rank their own layers (names their builds exclude)
-            ranked, compute = self.builder.rank(spec, artifact, seconds)
+        own = self.builder.rank(spec, artifact, seconds)  # other families rank their own layers (names they exclude)
+        if own is not None:
+            ranked, compute = own
         else:
             fp32 = self.builder.preprocessed(spec.graph, spec.method)
             ranked = rank_layers(artifact, fp32, self.builder.feeds(), seconds)

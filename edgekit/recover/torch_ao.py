@@ -29,6 +29,7 @@ import numpy as np
 from edgekit.backends.base import BuildContext, CalibrationSettings
 from edgekit.backends.calibration import calibration_feeds
 from edgekit.recover.candidates import exclusion_changes
+from edgekit.recover.family import Family
 from edgekit.types import FeedSource, LayerCensus, Reference, SourceModel, TargetProfile
 
 RANK_SAMPLES = 16
@@ -60,7 +61,7 @@ class TorchSpec:
         return "; ".join(parts) or "as before"
 
 
-class TorchAoBuilder:
+class TorchAoBuilder(Family):
     """Builds, describes and ranks candidates of one torch.ao target."""
 
     def __init__(self, profile: TargetProfile, recipe: Any, source: SourceModel, reference: Reference,
