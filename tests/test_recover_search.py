@@ -261,3 +261,29 @@ def test_block_roles_keep_a_layers_place_inside_a_sequential(tmp_path):
     roles = block_roles(model, linears)
 
     assert sorted(roles.values()) == ["blocks.#.mlp.0", "blocks.#.mlp.0", "blocks.#.mlp.2", "blocks.#.mlp.2"], roles
+
+
+def test_a_speed_up_near_a_speed_gate_is_a_close_call_timed_again():
+    """40 interleaved calls put one MobileNetV2-shaped candidate at 1.41x and at 1.25x in two builds against a 1.3x
+    gate: within CLOSE_CALL of a speed gate's bound the meter times the candidate again, RECHECK_RUNS calls."""
+    from types import SimpleNamespace
+
+    from edgekit.recover.meter import CLOSE_CALL, RECHECK_RUNS, RUNS, Meter
+    from edgekit.types import Gates, LatencyStats
+
+    def stats(p50: float) -> LatencyStats:
+        return LatencyStats(p50, p50, p50, p50, 0.0, p50, RUNS)
+
+    def close(gates: Gates, base_ms: float, cand_ms: float) -> bool:
+        meter = SimpleNamespace(profile=SimpleNamespace(gates=gates))
+        return Meter._close_call(meter, {"baseline": stats(base_ms), "candidate": stats(cand_ms)})
+
+    assert RECHECK_RUNS > 3 * RUNS
+    gate = Gates(min_speedup=1.3)
+    assert close(gate, 5.0, 5.0 / 1.25) and close(gate, 5.0, 5.0 / 1.41)  # the two runs above: both rechecked
+    assert not close(gate, 5.0, 5.0 / (1.3 * (1 + CLOSE_CALL) + 0.01))  # clear of the bound: one timing decides
+    assert not close(gate, 5.0, 5.0 / 1.0)
+    assert close(Gates(max_p50_ms=4.0), 5.0, 4.2) and not close(Gates(max_p50_ms=4.0), 5.0, 2.0)
+    assert not close(Gates(), 5.0, 4.0)  # no speed gate: nothing to decide
+    assert not Meter._close_call(SimpleNamespace(profile=SimpleNamespace(gates=gate)),
+                                 {"baseline": stats(5.0), "candidate": "RuntimeError: refused"})

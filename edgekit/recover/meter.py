@@ -13,7 +13,8 @@ import numpy as np
 
 from edgekit.backends.base import Runner
 from edgekit.backends.onnx.session import OrtRunner
-from edgekit.types import Feed, GateVerdict, LayerCensus, Metrics, Reference, SizeInfo, SourceModel, TargetLatency, TargetProfile
+from edgekit.types import (Feed, GateVerdict, LatencyStats, LayerCensus, Metrics, Reference, SizeInfo, SourceModel, TargetLatency,
+                           TargetProfile)
 from edgekit.backends.onnx.census import onnx_census
 from edgekit.validate.gates import check, measured_values, speed_resolution
 from edgekit.validate.latency import Timed, interleaved
@@ -21,6 +22,11 @@ from edgekit.validate.run import TorchRunner, ValidationData, latency_feed, obse
 
 WARMUP = 5
 RUNS = 40  # timed calls per candidate (and per baseline, interleaved); the final artifact is timed in full again
+# a speed-up (or p50) within this share of a speed gate's bound is timed again with RECHECK_RUNS calls before the
+# search takes the gate's verdict: 40 calls of a 3.5 ms model put one candidate at 1.41x and at 1.25x in two
+# builds against a 1.3x gate (benchmarks/recover_bench.py, MobileNetV2-shaped)
+CLOSE_CALL = 0.10
+RECHECK_RUNS = 160
 SPEED_GATES = ("min_speedup", "max_p50_ms")  # the gates only the timing decides
 
 
@@ -100,9 +106,13 @@ class Meter:
             gates = check(self.name, self.profile.gates, measured_values(metrics, None, size, census))
             if any(g.passed is False for g in gates if g.gate not in SPEED_GATES) and not worth_timing(metrics):
                 return Measurement(metrics, None, None, gates, timed=False)
-            runs = min(self.profile.runtime.runs, RUNS)
-            lat = interleaved({"baseline": Timed(lambda: self.baseline.run(self.feed), WARMUP, runs),
-                               "candidate": Timed(lambda: runner.run(self.feed), WARMUP, runs)})
+            def timed(runs: int) -> dict[str, LatencyStats | str]:
+                return interleaved({"baseline": Timed(lambda: self.baseline.run(self.feed), WARMUP, runs),
+                                    "candidate": Timed(lambda: runner.run(self.feed), WARMUP, runs)})
+
+            lat = timed(min(self.profile.runtime.runs, RUNS))
+            if self._close_call(lat) and not any(g.passed is False for g in gates if g.gate not in SPEED_GATES):
+                lat = timed(RECHECK_RUNS)  # it could meet every gate: the speed verdict is the one that decides
         finally:
             runner.close()
         cand, base = lat["candidate"], lat["baseline"]
@@ -113,6 +123,15 @@ class Meter:
         speed = speed_resolution(None if isinstance(base, str) else base.min_ms, "ort-fp32", self.on_device)
         gates = check(self.name, self.profile.gates, measured_values(metrics, latency, size, census, speed))
         return Measurement(metrics, p50, speedup, gates)
+
+    def _close_call(self, lat: dict[str, LatencyStats | str]) -> bool:
+        """Whether the timing puts the candidate within CLOSE_CALL of a speed gate's bound."""
+        cand, base = lat["candidate"], lat["baseline"]
+        if isinstance(cand, str) or isinstance(base, str) or not cand.p50_ms:
+            return False
+        g = self.profile.gates
+        near = [(base.p50_ms / cand.p50_ms, g.min_speedup), (cand.p50_ms, g.max_p50_ms)]
+        return any(bound and abs(value / bound - 1.0) < CLOSE_CALL for value, bound in near)
 
     def _metrics(self, runner: Runner) -> Metrics:
         """The candidate's comparison with the references on the validation data (the validator's metrics)."""
