@@ -276,6 +276,10 @@ def ST_NOTE(doc: dict[str, Any]) -> list[str]:  # noqa: N802 - a constant-like r
         "    .venv/bin/python benchmarks/run.py --models resnet18_like,minilm",
         "    .venv/bin/python benchmarks/recipe_sweep.py  # the recipe measurements quoted above",
         "    .venv/bin/python benchmarks/kernel_timings.py       # single-kernel timings (benchmarks/results/kernels.md; make bench runs it)",
+        "    .venv/bin/python benchmarks/recover_bench.py        # issue 14's recovery bars (recover.json; make bench runs it)",
+        "    .venv/bin/python benchmarks/recover_backends_bench.py  # recovery of the other INT8 targets (make bench runs it)",
+        "    .venv/bin/python benchmarks/debug_bench.py --samples 32  # `edgekit debug` on ResNet-18 (make bench runs it)",
+        "    make bench-anchors                           # NNCF, ORT, ModelOpt, AIMET on the same files (anchors.json)",
         "    .venv/bin/python benchmarks/profile_ops.py benchmarks/work/minilm/edgekit/ort-int8-dynamic/model.onnx "
         "benchmarks/work/minilm_val.npz  # time per op type",
         "",

@@ -90,8 +90,16 @@ def main_() -> None:
     parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
     parser.add_argument("--result", default="recover_backends.json", help="file name under benchmarks/results/")
     args = parser.parse_args()
+    import sys
+
+    sys.path.insert(0, str(HERE))
+    from run import _commit  # the benchmarks' git commit (run.py)
+    from edgekit.hostinfo import cpu
+
     results: dict[str, Any] = {"host": {"machine": platform.machine(), "cpus": os.cpu_count(), "cpu": _cpu(),
-                                        "load_before": os.getloadavg()}, "budget_s": args.budget, "models": {}}
+                                        "isa": cpu().get("isa"), "commit": _commit(), "load_before": os.getloadavg()},
+                               "command": ".venv/bin/python benchmarks/recover_backends_bench.py " + " ".join(sys.argv[1:]),
+                               "budget_s": args.budget, "models": {}}
     with tempfile.TemporaryDirectory(prefix="edgekit-recover-backends-") as tmp:
         root = Path(tmp)
         _prepare(root)

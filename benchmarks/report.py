@@ -351,9 +351,9 @@ def render(doc: dict[str, Any], json_path: Path | str) -> str:
     runs = history_section(load_history(), cpu["model"])
     from debug_bench import debug_section  # benchmarks/debug_bench.py's result, when it has been run
     from int4_report import int4_section  # benchmarks/int4_bench.py's result, when it has been run
-    from recover_report import recover_section  # benchmarks/recover_bench.py's result, when it has been run
+    from recover_report import backends_section, recover_section  # recover_bench.py's, recover_backends_bench.py's results
 
-    lines += (summary + [""] + runs + body + int4_section() + recover_section() + anchors_section() + calibration_section()
+    lines += (summary + [""] + runs + body + int4_section() + recover_section() + backends_section() + anchors_section() + calibration_section()
               + debug_section() + ST_NOTE(doc))
     return "\n".join(lines) + "\n"
 
