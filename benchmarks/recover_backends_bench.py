@@ -90,11 +90,14 @@ def main_() -> None:
     parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
     parser.add_argument("--result", default="recover_backends.json", help="file name under benchmarks/results/")
     args = parser.parse_args()
+    import subprocess
     import sys
 
-    sys.path.insert(0, str(HERE))
-    from run import _commit  # the benchmarks' git commit (run.py)
     from edgekit.hostinfo import cpu
+
+    # the commit, not through run.py: importing it sets OMP_WAIT_POLICY, which slows torch's tiny models 2-4x here
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
+    _commit = lambda: head.stdout.strip() or None  # noqa: E731
 
     results: dict[str, Any] = {"host": {"machine": platform.machine(), "cpus": os.cpu_count(), "cpu": _cpu(),
                                         "isa": cpu().get("isa"), "commit": _commit(), "load_before": os.getloadavg()},
