@@ -21,6 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+# as `edgekit build` on the command line runs (edgekit/cli/main.py, docs/gates.md "How latency is timed"): torch's
+# OpenMP workers sleep between calls, set before torch loads (tests/small_models.py imports it). Before this line
+# the benchmark timed torch with spinning workers, which no user of the command line gets: on these 0.3 ms models
+# torch-fbgemm measured 0.37x (mbv2) and 1.0x (vit) spinning, 0.11x and 0.30x sleeping.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 HERE = Path(__file__).resolve().parent
 TARGETS = ("tensorrt-int8", "ort-int8-dynamic", "torch-fbgemm", "torch-qnnpack")
 MODELS = HERE.parent / "tests" / "small_models.py"  # the tests' models, loaded by path (tests/ is no package)
@@ -95,7 +101,7 @@ def main_() -> None:
 
     from edgekit.hostinfo import cpu
 
-    # the commit, not through run.py: importing it sets OMP_WAIT_POLICY, which slows torch's tiny models 2-4x here
+    # the commit (run.py's _commit would import the whole benchmark harness)
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
     _commit = lambda: head.stdout.strip() or None  # noqa: E731
 
