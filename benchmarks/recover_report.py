@@ -116,9 +116,16 @@ BACKENDS_HISTORY = [
     "The speed-ups are below 1x: these models run in 0.2-0.4 ms, where call overhead decides, and torch's 2 OpenMP "
     "threads suffer most from the load (the validator does not decide min_speedup here).",
     "",
-    "Determinism: the same cosines through the same candidates for all 8 targets at commits 381a800 (load 2.0) and "
-    "0c3b1ea (load 1.2-1.4); the run before 381a800's (load 6.3-7.6) differed only for vit torch-qnnpack, whose repair "
-    "order a fix changed in between. Speed-ups of these sub-millisecond models move by up to 0.2x between runs.",
+    "Determinism: the same cosines through the same candidates for all 8 targets at commits 381a800 (load 2.0), "
+    "0c3b1ea (load 1.2-1.4) and since; the run before 381a800's (load 6.3-7.6) differed only for vit torch-qnnpack, "
+    "whose repair order a fix changed in between. Speed-ups of these sub-millisecond models move by up to 0.2x "
+    "between runs.",
+    "",
+    "Torch's speed-ups: until commit 5254e4a this benchmark timed torch with spinning OpenMP workers (it imported torch "
+    "before edgekit's command line sets `OMP_WAIT_POLICY=PASSIVE`, docs/gates.md), which no command-line user gets: "
+    "torch-fbgemm measured 0.37-0.43x on mbv2 and 0.96-1.07x on vit then, 0.12x and 0.26x with sleeping workers, the "
+    "same cosines. On these 0.3 ms models the workers' wake-up between ops is most of a call; the cost of timing "
+    "every runner in one process without busy-waiting.",
 ]
 
 
