@@ -19,11 +19,10 @@ The rewrite: ``x -> [Q -> DQ ->] MaxPool -> Q'`` becomes ``x -> MaxPool -> Relu 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from pathlib import Path
 
 from edgekit.backends.onnx.graph import prune_dead
 from edgekit.onnxio import load_onnx, save_like
@@ -32,8 +31,9 @@ QMIN = {2: 0, 3: -128}  # onnx TensorProto.UINT8 / INT8: the lowest value of the
 
 
 def pool_fp32_outputs(graph: Any) -> int:
-    """Rewrite every MaxPool of ``graph`` (a GraphProto, edited in place) that pools a Q/DQ copy of an FP32 layer's
-    output as described above. Returns how many were rewritten."""
+    """Rewrite every MaxPool of ``graph`` (a GraphProto, edited in place) that pools an FP32 layer's output, directly
+    or through its Q/DQ pair, and whose own Q clamps at 0, as the module docstring describes. Returns how many were
+    rewritten."""
     from onnx import helper, numpy_helper
 
     producer = {o: n for n in graph.node for o in n.output}
