@@ -91,14 +91,15 @@ def image_layer_costs(build: Path, target: str, report) -> dict:
         return {"layer": None}
     row = next(x for x in report.layers if x.onnx_node == image.node)
     ranked = [x for x in report.layers if x.rank is not None]
-    first = ranked[0] if ranked[0].onnx_node != image.node or len(ranked) < 2 else ranked[1]  # the one to compare with
+    # timed beside it: the first-ranked layer, or the runner-up when the image layer is first
+    other = ranked[0] if ranked[0].onnx_node != image.node or len(ranked) < 2 else ranked[1]
     out = {"layer": row.label, "rank": row.rank, "keep_fp32_cosine": row.keep_fp32.cosine if row.keep_fp32 else None,
            "most_recovered": row.keep_fp32 is not None and all(
                (x.keep_fp32.cosine or 0.0) <= (row.keep_fp32.cosine or 0.0) for x in report.layers if x.keep_fp32)}
     threads = int(manifest["profiles"][target]["runtime"]["threads"])
     base = session(g.artifact.SerializeToString(), threads, spinning=False)
     runs = {}
-    for x in dict.fromkeys([image.node, first.onnx_node]):
+    for x in dict.fromkeys([image.node, other.onnx_node]):
         sess = session(keep_fp32(g, [layers[x]]), threads, spinning=False)
         runs[(x,)] = (lambda s: lambda feed: s.run(None, feed))(sess)
     feed = {i.name: np.random.default_rng(0).standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim])

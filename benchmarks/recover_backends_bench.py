@@ -103,10 +103,9 @@ def main_() -> None:
 
     # the commit (run.py's _commit would import the whole benchmark harness)
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
-    _commit = lambda: head.stdout.strip() or None  # noqa: E731
 
     results: dict[str, Any] = {"host": {"machine": platform.machine(), "cpus": os.cpu_count(), "cpu": _cpu(),
-                                        "isa": cpu().get("isa"), "commit": _commit(), "load_before": os.getloadavg()},
+                                        "isa": cpu().get("isa"), "commit": head.stdout.strip() or None, "load_before": os.getloadavg()},
                                "command": ".venv/bin/python benchmarks/recover_backends_bench.py " + " ".join(sys.argv[1:]),
                                "budget_s": args.budget, "models": {}}
     with tempfile.TemporaryDirectory(prefix="edgekit-recover-backends-") as tmp:

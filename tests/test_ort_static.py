@@ -385,7 +385,7 @@ def test_a_pool_after_an_fp32_stem_pools_the_fp32_output_with_the_same_numbers(t
     notes = quantize_static_qdq(model, out, calib, specs, settings, keep_stem)
     assert "1 MaxPool(s) after an FP32 layer" in notes["fp32_pools"]
     with monkeypatch.context() as m:  # the same build without the rewrite
-        m.setattr(qdq, "pool_fp32_outputs_in", lambda path: 0)
+        m.setattr(qdq, "pool_fp32_outputs", lambda graph: 0)
         quantize_static_qdq(model, plain, calib, specs, settings, keep_stem)
     graph = onnx.load(str(out)).graph
     producer = {o: n for n in graph.node for o in n.output}

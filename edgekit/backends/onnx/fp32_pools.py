@@ -19,21 +19,17 @@ The rewrite: ``x -> [Q -> DQ ->] MaxPool -> Q'`` becomes ``x -> MaxPool -> Relu 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from edgekit.backends.onnx.graph import prune_dead
-from edgekit.onnxio import load_onnx, save_like
 
 QMIN = {2: 0, 3: -128}  # onnx TensorProto.UINT8 / INT8: the lowest value of the zero point's type
 
 
 def pool_fp32_outputs(graph: Any) -> int:
-    """Rewrite every MaxPool of ``graph`` (a GraphProto, edited in place) that pools an FP32 layer's output, directly
-    or through its Q/DQ pair, and whose own Q clamps at 0, as the module docstring describes. Returns how many were
-    rewritten."""
+    """Rewrite every MaxPool of ``graph`` (a GraphProto, edited in place; the caller drops the Q/DQ pairs no node
+    reads any more) that pools an FP32 layer's output, directly or through its Q/DQ pair, and whose own Q clamps at
+    0, as the module docstring describes. Returns how many were rewritten."""
     from onnx import helper, numpy_helper
 
     producer = {o: n for n in graph.node for o in n.output}
@@ -98,17 +94,5 @@ def pool_fp32_outputs(graph: Any) -> int:
                 nodes.append(relus[n.output[0]])
         del graph.node[:]
         graph.node.extend(nodes)
-        prune_dead(graph)
     return rewritten
 
-
-def pool_fp32_outputs_in(path: Path) -> int:
-    """``pool_fp32_outputs`` on the model file at ``path``, rewritten only when a pool was."""
-    import onnx
-
-    if not pool_fp32_outputs(onnx.load(str(path), load_external_data=False).graph):  # the check without the weights
-        return 0
-    model = load_onnx(path)
-    rewritten = pool_fp32_outputs(model.graph)
-    save_like(model, path, path)
-    return rewritten

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from edgekit.backends.base import CalibrationSettings
 from edgekit.backends.onnx import qdq_ranges, stats_cache
 from edgekit.backends.onnx.calibration import FeedCalibrationReader
-from edgekit.backends.onnx.fp32_pools import pool_fp32_outputs_in
+from edgekit.backends.onnx.fp32_pools import pool_fp32_outputs
 from edgekit.backends.onnx.graph import first_line, nodes_of_types, scratch_cwd, strip_value_info
 from edgekit.backends.onnx.session import session
 from edgekit.onnxio import has_external_data, load_onnx, move_model, save_like
@@ -172,8 +172,7 @@ def quantize_static_qdq(
             use_external_data_format=has_external_data(model),
             **cache,
         )
-        chosen["fp32_reads"] = fp32_nodes_read_fp32(out, graph, set(fp32_nodes))
-        chosen["fp32_pools"] = pool_fp32_outputs_in(out)
+        chosen["fp32_reads"], chosen["fp32_pools"] = fp32_islands(out, graph, set(fp32_nodes))
 
     with tempfile.TemporaryDirectory(prefix="edgekit-ort-") as tmpdir:
         tmp = Path(tmpdir)
@@ -223,11 +222,35 @@ def quantize_static_qdq(
     return notes
 
 
-def fp32_nodes_read_fp32(path: Path, source: Any, fp32_nodes: set[str]) -> int:
-    """Rewire the quantized model at ``path`` so that its FP32 nodes (``fp32_nodes``, kept out of quantization) read
-    the FP32 tensors they read in ``source`` (the graph that was quantized), not the Q/DQ copies ONNX Runtime's
-    quantizer hands every consumer of a quantized tensor; Q/DQ pairs no node reads any more are dropped. Returns the
-    number of inputs rewired (the file is rewritten only when that is not 0).
+def fp32_islands(path: Path, source: Any, fp32_nodes: set[str]) -> tuple[int, int]:
+    """The quantized model at ``path`` with its FP32 nodes reading FP32 tensors (``fp32_nodes_read_fp32``) and the
+    pools after FP32 layers in FP32 (``fp32_pools.pool_fp32_outputs``), read and written once; Q/DQ pairs no node
+    reads any more are dropped. Returns (inputs rewired, pools rewritten); the file is rewritten only when one is
+    not 0."""
+    import onnx
+
+    from edgekit.backends.onnx.graph import prune_dead
+
+    def rewrite(graph: Any) -> tuple[int, int]:
+        return fp32_nodes_read_fp32(graph, source, fp32_nodes), pool_fp32_outputs(graph)
+
+    model = onnx.load(str(path), load_external_data=False)  # the whole model unless its weights are external
+    counts = rewrite(model.graph)
+    if not any(counts):
+        return counts
+    if has_external_data(path):  # the weights too, to write the file again
+        model = load_onnx(path)
+        rewrite(model.graph)
+    prune_dead(model.graph)
+    save_like(model, path, path)
+    return counts
+
+
+def fp32_nodes_read_fp32(graph: Any, source: Any, fp32_nodes: set[str]) -> int:
+    """Rewire the quantized ``graph`` (edited in place; the caller drops what no node reads any more) so that its FP32
+    nodes (``fp32_nodes``, kept out of quantization) read the FP32 tensors they read in ``source`` (the graph that
+    was quantized), not the Q/DQ copies ONNX Runtime's quantizer hands every consumer of a quantized tensor. Returns
+    the number of inputs rewired.
 
     Why: a tensor is quantized once for all its readers. In a transformer the LayerNorm output feeding the Q/K/V
     projections also feeds the residual Add; keeping the projections FP32 left that tensor quantized for the Add, so the
@@ -235,16 +258,13 @@ def fp32_nodes_read_fp32(path: Path, source: Any, fp32_nodes: set[str]) -> int:
     An input whose Q reads another tensor than the node read before is left as is: ONNX Runtime folds a Relu/Clip
     into the Q after it and gives the producer before it the folded node's output name, so the name alone does not
     say; the producer's node name does."""
-    from edgekit.backends.onnx.graph import prune_dead
-
     before = {n.name: list(n.input) for n in source.node if n.name in fp32_nodes}
     if not before:
         return 0
     made_by = {o: n.name for n in source.node for o in n.output}
-    model = load_onnx(path)
-    producer = {o: n for n in model.graph.node for o in n.output}
+    producer = {o: n for n in graph.node for o in n.output}
     rewired = 0
-    for node in model.graph.node:
+    for node in graph.node:
         original = before.get(node.name)
         if original is None or len(original) != len(node.input):
             continue
@@ -257,9 +277,6 @@ def fp32_nodes_read_fp32(path: Path, source: Any, fp32_nodes: set[str]) -> int:
             if (now.name if now is not None else None) == made_by.get(original[k]):  # not a folded Relu's input renamed
                 node.input[k] = original[k]
                 rewired += 1
-    if rewired:
-        prune_dead(model.graph)
-        save_like(model, path, path)
     return rewired
 
 
