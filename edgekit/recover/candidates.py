@@ -152,11 +152,9 @@ class StaticQdq(Family):
         """SmoothQuant-style smoothing (backends/ort/passes/smooth.py) of every weighted MatMul/Gemm input, with
         ``alpha`` or, for the inputs of a role in ``by_role``, the role's; only in graphs with a LayerNormalization
         (transformers, whose outlier hidden dimensions it is for): None otherwise."""
-        import onnx
-
         from edgekit.backends.ort.matmul_stats import activation_stats
 
-        if not any(n.op_type == "LayerNormalization" for n in onnx.load(str(self.reference), load_external_data=False).graph.node):
+        if "LayerNormalization" not in self._nodes_of(self.reference)[0]:
             return None  # nothing to smooth: no calibration pass for it
         if self.matmul_stats is None:
             self.matmul_stats = activation_stats(self.reference, self.calib, self.specs, self.settings, max_samples=RANK_SAMPLES * 2)
